@@ -1,0 +1,111 @@
+"""Write a model back to a Hugging Face checkpoint directory that `transformers` loads as is.
+
+Tensors are gathered from the (possibly sharded, possibly multi-host) parameters one at a time,
+re-laid out through the same weight table the loader uses, and streamed into safetensors shards.
+Only process 0 writes files; every process takes part in the gathers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from diabetica_jax.hf.safetensors_io import PlannedTensor, parse_size, plan_shards, write_safetensors
+from diabetica_jax.hf.tokenizer import load_tokenizer
+from diabetica_jax.hf.weight_map import hf_names
+from diabetica_jax.model.config import QwenConfig
+from diabetica_jax.model.qwen import Qwen
+
+EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+_take_layer = jax.jit(lambda stacked, i: stacked[i])
+
+
+def save(
+    model: Qwen,
+    config: QwenConfig,
+    path: str | Path,
+    max_shard_size: int | str = "5GB",
+    dtype: str = "bfloat16",
+    tokenizer=None,
+    progress: bool = True,
+) -> Path:
+    """Write config.json, generation_config.json, safetensors (sharded with an index when larger than
+    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default)."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype {dtype!r} is not one of {sorted(EXPORT_DTYPES)}")
+    np_dtype = EXPORT_DTYPES[dtype]
+    path = Path(path)
+    writer = jax.process_index() == 0
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
+
+    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    bar = tqdm(total=sum(1 for _ in hf_names(config)), desc="exporting", unit="tensor", disable=not progress or not writer)
+
+    def producer(entry, layer):
+        def produce() -> np.ndarray:
+            param = state
+            for key in entry.param_path:
+                param = param[key]
+            value = _take_layer(param, layer) if layer is not None else param
+            bar.update(1)
+            return entry.layout.to_hf(_to_host(value)).astype(np_dtype)
+
+        return produce
+
+    planned = []
+    for name, entry, layer in hf_names(config):
+        param = state
+        for key in entry.param_path:
+            param = param[key]
+        shape = param.shape[1:] if layer is not None else param.shape
+        planned.append(PlannedTensor(name, entry.layout.hf_shape(tuple(shape)), np_dtype, producer(entry, layer)))
+
+    shards = plan_shards(planned, parse_size(max_shard_size))
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for filename, shard in zip(names, shards):
+        if writer:
+            write_safetensors(path / filename, shard, metadata={"format": "pt"})
+        else:  # still join the collective gathers, in the same order
+            for t in shard:
+                t.produce()
+    bar.close()
+
+    if writer:
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for t in planned)},
+                "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard},
+            }
+            (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (path / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
+        (path / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
+        (tokenizer or load_tokenizer(None)).save_pretrained(str(path))
+    return path
+
+
+def _generation_config(config: QwenConfig) -> dict:
+    return {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": 151643,
+        "do_sample": False,
+    }

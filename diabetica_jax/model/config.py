@@ -1,0 +1,234 @@
+"""The Qwen-family model configuration: read from / written to a Hugging Face `config.json`.
+
+One dataclass covers Qwen2, Qwen2.5 (same architecture as Qwen2) and Qwen3 dense. Anything the
+model does not implement (RoPE scaling, sliding-window layers, MoE, other activations) is refused
+with an error naming the file and the field, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+# config.json `architectures[0]` / `model_type` -> our family name.
+SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "save_matmuls")
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be used; the message names the source and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenConfig:
+    # architecture (what config.json describes)
+    family: str  # "qwen2" (also Qwen2.5) or "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    qkv_bias: bool  # Qwen2/2.5: biases on q, k, v projections
+    qk_norm: bool  # Qwen3: per-head RMSNorm on q and k before RoPE
+    max_position_embeddings: int = 32768
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    # runtime (how this process computes; not part of config.json)
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype of matmuls and attention
+    attention: str = "auto"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})"
+            )
+        for name, allowed in (("dtype", COMPUTE_DTYPES), ("param_dtype", COMPUTE_DTYPES),
+                              ("attention", ATTENTION_BACKENDS), ("remat", REMAT_POLICIES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+
+    def replace(self, **changes: Any) -> "QwenConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def architecture(self) -> str:
+        return {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.family]
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings included once when tied)."""
+        e, i, h, k, d = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = e * h * d + 2 * e * k * d + h * d * e
+        if self.qkv_bias:
+            attn += h * d + 2 * k * d
+        if self.qk_norm:
+            attn += 2 * d
+        layer = attn + 3 * e * i + 2 * e
+        head = 0 if self.tie_word_embeddings else e * self.vocab_size
+        return self.vocab_size * e + self.num_layers * layer + e + head
+
+    # ---- Hugging Face config.json -------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json", **runtime: Any) -> "QwenConfig":
+        def need(key: str) -> Any:
+            if key not in raw or raw[key] is None:
+                raise ConfigError(f"{source}: required field {key!r} is missing")
+            return raw[key]
+
+        archs = raw.get("architectures") or []
+        if archs:
+            if archs[0] not in SUPPORTED_ARCHITECTURES:
+                raise ConfigError(
+                    f"{source}: architectures={archs} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+                )
+            family = SUPPORTED_ARCHITECTURES[archs[0]]
+        else:
+            model_type = need("model_type")
+            if model_type not in SUPPORTED_MODEL_TYPES:
+                raise ConfigError(
+                    f"{source}: model_type={model_type!r} is not supported; supported: {sorted(SUPPORTED_MODEL_TYPES)}"
+                )
+            family = SUPPORTED_MODEL_TYPES[model_type]
+
+        act = raw.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"{source}: hidden_act={act!r} is not supported (only 'silu')")
+        for moe_key in ("num_experts", "num_local_experts"):
+            if raw.get(moe_key):
+                raise ConfigError(f"{source}: {moe_key}={raw[moe_key]} (mixture of experts) is not supported")
+
+        rope_theta = _rope_theta(raw, source)
+        num_layers = int(need("num_hidden_layers"))
+        _refuse_sliding_window(raw, source, num_layers)
+
+        hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+        head_dim = raw.get("head_dim") or hidden // heads
+        if family == "qwen2" and head_dim * heads != hidden:
+            raise ConfigError(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+        qkv_bias = True if family == "qwen2" else bool(raw.get("attention_bias", False))
+        return cls(
+            family=family,
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=num_layers,
+            num_heads=heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            rope_theta=rope_theta,
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            qk_norm=family == "qwen3",
+            max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=raw.get("eos_token_id"),
+            **runtime,
+        )
+
+    def to_hf_dict(self, torch_dtype: str = "float32") -> dict[str, Any]:
+        """config.json content readable by transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+        out: dict[str, Any] = {
+            "architectures": [self.architecture],
+            "model_type": self.family,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "torch_dtype": torch_dtype,
+            "dtype": torch_dtype,
+            "use_cache": True,
+        }
+        if self.family == "qwen3":
+            out["attention_bias"] = self.qkv_bias
+        return out
+
+    @classmethod
+    def from_json_file(cls, path: str | Path, **runtime: Any) -> "QwenConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: file not found")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_hf_dict(raw, source=str(path), **runtime)
+
+    @classmethod
+    def preset(cls, name: str, **runtime: Any) -> "QwenConfig":
+        """A named shape from diabetica_jax/presets (also reachable as configs/models/)."""
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown model preset {name!r}; known: {list_presets()}")
+        return cls.from_hf_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path), **runtime)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _rope_theta(raw: dict[str, Any], source: str) -> float:
+    """RoPE base from either the 4.x form (`rope_theta`, `rope_scaling`) or 5.x (`rope_parameters`)."""
+    params = raw.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:  # per-layer-type form
+        params = params["full_attention"]
+    scaling = raw.get("rope_scaling")
+    for field, block in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if block:
+            kind = block.get("rope_type", block.get("type", "default"))
+            if kind != "default":
+                raise ConfigError(f"{source}: {field} rope_type={kind!r} is not supported (only default RoPE)")
+    if params and "rope_theta" in params:
+        return float(params["rope_theta"])
+    if "rope_theta" in raw:
+        return float(raw["rope_theta"])
+    return 10000.0
+
+
+def _refuse_sliding_window(raw: dict[str, Any], source: str, num_layers: int) -> None:
+    layer_types = raw.get("layer_types")
+    if layer_types:
+        sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
+        if sliding:
+            raise ConfigError(
+                f"{source}: layer_types marks layers {sliding} as {layer_types[sliding[0]]!r}; only full attention is supported"
+            )
+    if raw.get("use_sliding_window") and raw.get("sliding_window"):
+        first_sliding = int(raw.get("max_window_layers", 0))
+        if first_sliding < num_layers:
+            raise ConfigError(
+                f"{source}: use_sliding_window=true with max_window_layers={first_sliding} < num_hidden_layers="
+                f"{num_layers} puts sliding-window attention in use; it is not supported"
+            )

@@ -1,0 +1,103 @@
+"""Building blocks: a general linear map, RMSNorm, token embedding and rotary position embedding.
+
+Every parameter is an `nnx.Param` with `axes` metadata: the logical names of its dimensions, which
+the sharding rules (diabetica_jax.parallel.rules) turn into a mesh layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+
+def _normal(rngs: nnx.Rngs, shape: Sequence[int], std: float, dtype) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """y = x . W (+ b), contracting the trailing `in_shape` dims of x against W[in_shape + out_shape].
+
+    Multi-dimensional in/out shapes let attention keep heads as their own axis
+    ([embed] -> [heads, head_dim]) so the head axis can be sharded directly.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        *,
+        in_axes: Sequence[str],
+        out_axes: Sequence[str],
+        use_bias: bool = False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        name: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.dtype = dtype
+        self.name = name  # activation name for remat policies (checkpoint_name)
+        std = 1.0 / math.sqrt(math.prod(self.in_shape))
+        self.kernel = nnx.Param(
+            _normal(rngs, self.in_shape + self.out_shape, std, param_dtype), axes=tuple(in_axes) + tuple(out_axes)
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros(self.out_shape, param_dtype), axes=tuple(out_axes)) if use_bias else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_shape)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.name is not None:
+            y = checkpoint_name(y, self.name)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, computed in float32 like the reference implementation."""
+
+    def __init__(self, size: int, *, eps: float, param_dtype=jnp.float32, axis_name: str = "norm"):
+        self.eps = eps
+        self.weight = nnx.Param(jnp.ones((size,), param_dtype), axes=(axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return x.astype(dtype) * self.weight[...].astype(dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding table [vocab, embed]; also the output projection when embeddings are tied."""
+
+    def __init__(self, vocab_size: int, features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = nnx.Param(_normal(rngs, (vocab_size, features), 0.02, param_dtype), axes=("vocab", "embed"))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [batch, seq, head_dim] for integer positions, in float32."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)  # Qwen rotates halves, not interleaved pairs
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x [batch, seq, heads, head_dim] by the position tables."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(dtype)

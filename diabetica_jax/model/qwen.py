@@ -1,0 +1,149 @@
+"""The Qwen family (Qwen2, Qwen2.5, Qwen3 dense) as one Flax NNX model.
+
+Decoder layers are created stacked (one leading `layers` axis on every layer parameter) and run
+under `jax.lax.scan`, so compile time does not grow with depth; the remat policy wraps the scanned
+layer body.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from diabetica_jax.model.attention import attend
+from diabetica_jax.model.config import QwenConfig
+from diabetica_jax.model.layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
+from diabetica_jax.parallel.rules import constrain
+
+# Activations named by Linear(name=...), kept (not recomputed) by the `save_matmuls` remat policy.
+MATMUL_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.backend = cfg.attention
+        proj = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.q_proj = Linear((e,), (h, d), in_axes=("embed",), out_axes=("heads", "head_dim"),
+                             use_bias=cfg.qkv_bias, name="q_proj", **proj)
+        self.k_proj = Linear((e,), (k, d), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
+                             use_bias=cfg.qkv_bias, name="k_proj", **proj)
+        self.v_proj = Linear((e,), (k, d), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
+                             use_bias=cfg.qkv_bias, name="v_proj", **proj)
+        self.o_proj = Linear((h, d), (e,), in_axes=("heads", "head_dim"), out_axes=("embed",),
+                             name="o_proj", **proj)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
+            self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
+            self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x, cos, sin, segment_ids):
+        q = self.q_proj(x)  # [b, t, heads, head_dim]
+        k = self.k_proj(x)  # [b, t, kv_heads, head_dim]
+        v = self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
+        k = constrain(apply_rope(k, cos, sin), ("batch", "seq", "act_kv_heads", None))
+        v = constrain(v, ("batch", "seq", "act_kv_heads", None))
+        out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
+        return self.o_proj(out)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+        e, i = cfg.hidden_size, cfg.intermediate_size
+        proj = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.gate_proj = Linear((e,), (i,), in_axes=("embed",), out_axes=("mlp",), name="gate_proj", **proj)
+        self.up_proj = Linear((e,), (i,), in_axes=("embed",), out_axes=("mlp",), name="up_proj", **proj)
+        self.down_proj = Linear((i,), (e,), in_axes=("mlp",), out_axes=("embed",), name="down_proj", **proj)
+
+    def __call__(self, x):
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(constrain(h, ("batch", "seq", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segment_ids):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return constrain(x, ("batch", "seq", "act_embed"))
+
+
+def _remat(body, policy: str):
+    if policy == "none":
+        return body
+    if policy == "full":
+        return jax.checkpoint(body, prevent_cse=False)
+    return jax.checkpoint(
+        body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*MATMUL_NAMES)
+    )
+
+
+class Qwen(nnx.Module):
+    """Decoder-only Qwen LM: tokens [batch, seq] -> logits [batch, seq, vocab] (float32)."""
+
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = jnp.dtype(cfg.dtype)
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_layers)
+        def make_layers(layer_rngs):
+            return DecoderLayer(cfg, rngs=layer_rngs)
+
+        self.layers = make_layers(rngs)
+        for _, node in nnx.iter_graph(self.layers):
+            if isinstance(node, nnx.Variable):
+                node.set_metadata(axes=("layers",) + tuple(node.get_metadata()["axes"]))
+
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            (cfg.hidden_size,), (cfg.vocab_size,), in_axes=("embed",), out_axes=("vocab",),
+            dtype=self.dtype, param_dtype=pdt, rngs=rngs,
+        )
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None):
+        """Final-norm hidden states [batch, seq, embed]; the loss projects these to the vocabulary in chunks."""
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
+
+        graphdef, stacked = nnx.split(self.layers)
+
+        def layer_step(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids), None
+
+        x, _ = jax.lax.scan(_remat(layer_step, self.config.remat), x, stacked)
+        return self.norm(x)
+
+    def output_kernel(self) -> jax.Array:
+        """The [embed, vocab] output projection (the embedding table, transposed, when tied)."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden):
+        """Project hidden states to float32 logits (matmul in the compute dtype, float32 accumulation)."""
+        logits = jnp.einsum("...e,ev->...v", hidden.astype(self.dtype), self.output_kernel().astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+
+    def __call__(self, tokens, positions=None, segment_ids=None):
+        return self.logits(self.hidden_states(tokens, positions, segment_ids))

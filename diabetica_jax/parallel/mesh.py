@@ -1,0 +1,50 @@
+"""Build the (data, fsdp, tensor) device mesh from configured sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
+    """Turn {'data': 1, 'fsdp': -1, 'tensor': 2} into concrete sizes that multiply to `n_devices`.
+
+    At most one axis may be -1 (it takes whatever devices are left); missing axes are 1.
+    """
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh: unknown axis {sorted(unknown)}; the axes are {list(MESH_AXES)}")
+    shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    free = [i for i, s in enumerate(shape) if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh: only one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+    fixed = math.prod(s for s in shape if s != -1)
+    if free:
+        if n_devices % fixed:
+            raise ValueError(
+                f"mesh: {dict(zip(MESH_AXES, shape))} does not divide the {n_devices} available devices"
+            )
+        shape[free[0]] = n_devices // fixed
+    if math.prod(shape) != n_devices:
+        raise ValueError(
+            f"mesh: {dict(zip(MESH_AXES, shape))} uses {math.prod(shape)} devices but {n_devices} are available"
+        )
+    return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over all (or the given) devices with axes (data, fsdp, tensor).
+
+    Axis types are Auto: shardings of intermediates are left to XLA's propagation, guided by the
+    explicit constraints the model places on its activations.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(sizes or {"fsdp": -1}, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)

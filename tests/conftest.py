@@ -1,0 +1,33 @@
+"""Test setup: 8 emulated CPU devices (set before jax is imported anywhere) and tiny HF checkpoints."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random transformers checkpoint per supported variant, saved as safetensors."""
+    root = tmp_path_factory.mktemp("hf")
+    return {name: make_hf_checkpoint(name, root / name, seed=i) for i, name in enumerate(VARIANTS)}
+
+
+@pytest.fixture
+def tokens():
+    import numpy as np
+
+    return np.random.RandomState(0).randint(0, 512, size=(2, 12))
