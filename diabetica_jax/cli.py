@@ -61,6 +61,53 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from diabetica_jax.parallel.distributed import initialize
+    from diabetica_jax.train.config import check_against_devices, load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)  # config errors before any device work
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    check_against_devices(cfg, jax.device_count(), jax.process_count(), source=args.config)
+    from diabetica_jax.train.loop import train
+
+    result = train(cfg, args.run_dir, progress=not args.no_progress, stop_after=args.stop_after)
+    if jax.process_index() == 0:
+        last = result.history[-1] if result.history else {}
+        status = "preempted (SIGTERM), checkpoint saved" if result.preempted else "done"
+        print(f"{status}: step {result.final_step}/{cfg.train.steps}, loss {last.get('loss', float('nan')):.4f}, "
+              f"run dir {result.run_dir}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.train.plan import format_plan, plan
+
+    cfg = load_train_config(args.config, args.overrides)
+    print(format_plan(plan(cfg)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from diabetica_jax import hf
+    from diabetica_jax.train.loop import trained_model
+
+    model, cfg, step = trained_model(args.run_dir, args.step)
+    out = hf.save(model, cfg, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype)
+    merged = " (LoRA adapters merged)" if cfg.lora_rank else ""
+    print(f"exported step {step} of {args.run_dir} to {out}{merged}")
+    return 0
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diabetica-jax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -77,18 +124,72 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
     gen.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
     gen.set_defaults(func=cmd_generate)
+
+    tr = sub.add_parser("train", help="fine-tune (full or LoRA) from a YAML config")
+    tr.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 mesh.tensor=2")
+    tr.add_argument("--run-dir", required=True, help="metrics, TensorBoard and checkpoints go here; rerun to resume")
+    tr.add_argument("--stop-after", type=int, help="run at most this many steps now (the schedule still spans train.steps)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed_flags(tr)
+    tr.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plan", help="compile the train step for a mesh and print per-device memory")
+    pl.add_argument("config")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--devices", type=int, help="emulated devices (default: the mesh's size when fully given)")
+    pl.set_defaults(func=cmd_plan)
+
+    ex = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
+    ex.add_argument("--run-dir", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    ex.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ex.add_argument("--max-shard-size", default="5GB")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 
+def _emulate_devices_for_plan(args) -> None:
+    """`plan` compiles for the target mesh on CPU: make that many host devices before jax starts."""
+    import os
+
+    n = args.devices
+    if n is None:
+        from diabetica_jax.configuration import apply_overrides, load_yaml
+
+        mesh = apply_overrides(load_yaml(args.config), args.overrides).get("mesh", {}) or {}
+        sizes = [int(mesh.get(axis, 1 if axis != "fsdp" else -1)) for axis in ("data", "fsdp", "tensor")]
+        if any(size < 1 for size in sizes):
+            raise SystemExit("plan: give --devices N, or mesh sizes without -1 in the config")
+        n = sizes[0] * sizes[1] * sizes[2]
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (key=value) may come before or after the options; argparse alone wants them first.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from diabetica_jax.hf.errors import CheckpointError
-    from diabetica_jax.model.config import ConfigError
+    from diabetica_jax.configuration import ConfigFileError
 
     try:
+        if args.command == "plan":
+            _emulate_devices_for_plan(args)
+        from diabetica_jax.hf.errors import CheckpointError
+        from diabetica_jax.model.config import ConfigError
+    except ConfigFileError as e:
+        print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    try:
         return args.func(args)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, ConfigFileError) as e:
         print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,7 @@ from diabetica_jax.hf.safetensors_io import PlannedTensor, parse_size, plan_shar
 from diabetica_jax.hf.tokenizer import load_tokenizer
 from diabetica_jax.hf.weight_map import hf_names
 from diabetica_jax.model.config import QwenConfig
+from diabetica_jax.model.lora import merge_lora
 from diabetica_jax.model.qwen import Qwen
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -54,6 +55,8 @@ def save(
     if writer:
         path.mkdir(parents=True, exist_ok=True)
 
+    if config.lora_rank:  # HF checkpoints hold plain weights: fold the adapters in
+        model, config = merge_lora(model), config.without_lora()
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     bar = tqdm(total=sum(1 for _ in hf_names(config)), desc="exporting", unit="tensor", disable=not progress or not writer)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from diabetica_jax.model.layers import LoRASpec
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 # config.json `architectures[0]` / `model_type` -> our family name.
@@ -23,6 +25,8 @@ SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_matmuls")
+# The linear layers of a decoder layer, by their HF names; LoRA targets are chosen among them.
+LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -53,6 +57,12 @@ class QwenConfig:
     dtype: str = "float32"  # compute dtype of matmuls and attention
     attention: str = "auto"
     remat: str = "none"
+    # LoRA adapters (rank 0: none). Targets are names from LINEAR_LAYERS; all of them by default,
+    # as the Diabetica recipe adapted all linear layers.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LINEAR_LAYERS
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -63,6 +73,20 @@ class QwenConfig:
                               ("attention", ATTENTION_BACKENDS), ("remat", REMAT_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        unknown = set(self.lora_targets) - set(LINEAR_LAYERS)
+        if unknown:
+            raise ConfigError(f"lora_targets {sorted(unknown)} are not linear layers; choose from {LINEAR_LAYERS}")
+        if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_rank must be >= 0 and lora_dropout in [0, 1), got {self.lora_rank}, {self.lora_dropout}")
+
+    def lora_for(self, layer: str) -> LoRASpec | None:
+        """The adapter spec for linear layer `layer`, or None when it is not adapted."""
+        if self.lora_rank == 0 or layer not in self.lora_targets:
+            return None
+        return LoRASpec(self.lora_rank, self.lora_alpha, self.lora_dropout)
+
+    def without_lora(self) -> "QwenConfig":
+        return self.replace(lora_rank=0)
 
     def replace(self, **changes: Any) -> "QwenConfig":
         return dataclasses.replace(self, **changes)

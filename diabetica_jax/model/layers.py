@@ -6,6 +6,7 @@ the sharding rules (diabetica_jax.parallel.rules) turn into a mesh layout.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -17,6 +18,13 @@ from jax.ad_checkpoint import checkpoint_name
 
 def _normal(rngs: nnx.Rngs, shape: Sequence[int], std: float, dtype) -> jax.Array:
     return (std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASpec:
+    rank: int
+    alpha: float
+    dropout: float = 0.0
 
 
 class Linear(nnx.Module):
@@ -37,6 +45,7 @@ class Linear(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         name: str | None = None,
+        lora: "LoRASpec | None" = None,
         rngs: nnx.Rngs,
     ):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
@@ -49,16 +58,38 @@ class Linear(nnx.Module):
         self.bias = (
             nnx.Param(jnp.zeros(self.out_shape, param_dtype), axes=tuple(out_axes)) if use_bias else None
         )
+        # LoRA adapter: y += (alpha / rank) * dropout(x) . A . B, with B zero-initialised so a new
+        # adapter starts as the identity change. A and B are LoRAParams, the only trainable
+        # parameters in LoRA fine-tuning.
+        self.lora_scale = lora.alpha / lora.rank if lora is not None else 0.0
+        self.lora_dropout = lora.dropout if lora is not None else 0.0
+        self.lora_a = None if lora is None else nnx.LoRAParam(
+            _normal(rngs, self.in_shape + (lora.rank,), std, param_dtype), axes=tuple(in_axes) + ("lora_rank",)
+        )
+        self.lora_b = None if lora is None else nnx.LoRAParam(
+            jnp.zeros((lora.rank,) + self.out_shape, param_dtype), axes=("lora_rank",) + tuple(out_axes)
+        )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        n_in = len(self.in_shape)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ())))
+    def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = _contract(x, self.kernel[...].astype(self.dtype), len(self.in_shape))
+        if self.lora_a is not None:
+            xa = x
+            if self.lora_dropout > 0.0 and dropout_rng is not None:
+                keep = jax.random.bernoulli(dropout_rng, 1.0 - self.lora_dropout, x.shape)
+                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
+            down = _contract(xa, self.lora_a[...].astype(self.dtype), len(self.in_shape))
+            y = y + self.lora_scale * _contract(down, self.lora_b[...].astype(self.dtype), 1)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if self.name is not None:
             y = checkpoint_name(y, self.name)
         return y
+
+
+def _contract(x: jax.Array, w: jax.Array, n: int) -> jax.Array:
+    """Contract the trailing n dims of x with the leading n dims of w."""
+    return jax.lax.dot_general(x, w, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
 
 
 class RMSNorm(nnx.Module):

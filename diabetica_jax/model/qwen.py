@@ -20,37 +20,42 @@ from diabetica_jax.parallel.rules import constrain
 MATMUL_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _key(rng: jax.Array | None, index: int) -> jax.Array | None:
+    """A distinct dropout key per linear layer, or None when dropout is off."""
+    return None if rng is None else jax.random.fold_in(rng, index)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.backend = cfg.attention
-        proj = dict(dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.q_proj = Linear((e,), (h, d), in_axes=("embed",), out_axes=("heads", "head_dim"),
-                             use_bias=cfg.qkv_bias, name="q_proj", **proj)
-        self.k_proj = Linear((e,), (k, d), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
-                             use_bias=cfg.qkv_bias, name="k_proj", **proj)
-        self.v_proj = Linear((e,), (k, d), in_axes=("embed",), out_axes=("kv_heads", "head_dim"),
-                             use_bias=cfg.qkv_bias, name="v_proj", **proj)
-        self.o_proj = Linear((h, d), (e,), in_axes=("heads", "head_dim"), out_axes=("embed",),
-                             name="o_proj", **proj)
+
+        def proj(name, in_shape, out_shape, in_axes, out_axes, bias=False):
+            return Linear(in_shape, out_shape, in_axes=in_axes, out_axes=out_axes, use_bias=bias, name=name,
+                          lora=cfg.lora_for(name), dtype=dt, param_dtype=pdt, rngs=rngs)
+
+        self.q_proj = proj("q_proj", (e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)
+        self.k_proj = proj("k_proj", (e,), (k, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
+        self.v_proj = proj("v_proj", (e,), (k, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
+        self.o_proj = proj("o_proj", (h, d), (e,), ("heads", "head_dim"), ("embed",))
         if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
             self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
             self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, cos, sin, segment_ids):
-        q = self.q_proj(x)  # [b, t, heads, head_dim]
-        k = self.k_proj(x)  # [b, t, kv_heads, head_dim]
-        v = self.v_proj(x)
+    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
+        q = self.q_proj(x, _key(dropout_rng, 0))  # [b, t, heads, head_dim]
+        k = self.k_proj(x, _key(dropout_rng, 1))  # [b, t, kv_heads, head_dim]
+        v = self.v_proj(x, _key(dropout_rng, 2))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
         out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
-        return self.o_proj(out)
+        return self.o_proj(out, _key(dropout_rng, 3))
 
 
 class MLP(nnx.Module):
@@ -58,14 +63,19 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
         e, i = cfg.hidden_size, cfg.intermediate_size
-        proj = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
-        self.gate_proj = Linear((e,), (i,), in_axes=("embed",), out_axes=("mlp",), name="gate_proj", **proj)
-        self.up_proj = Linear((e,), (i,), in_axes=("embed",), out_axes=("mlp",), name="up_proj", **proj)
-        self.down_proj = Linear((i,), (e,), in_axes=("mlp",), out_axes=("embed",), name="down_proj", **proj)
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
-    def __call__(self, x):
-        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
-        return self.down_proj(constrain(h, ("batch", "seq", "act_mlp")))
+        def proj(name, n_in, n_out, in_axis, out_axis):
+            return Linear((n_in,), (n_out,), in_axes=(in_axis,), out_axes=(out_axis,), name=name,
+                          lora=cfg.lora_for(name), dtype=dt, param_dtype=pdt, rngs=rngs)
+
+        self.gate_proj = proj("gate_proj", e, i, "embed", "mlp")
+        self.up_proj = proj("up_proj", e, i, "embed", "mlp")
+        self.down_proj = proj("down_proj", i, e, "mlp", "embed")
+
+    def __call__(self, x, dropout_rng=None):
+        h = jax.nn.silu(self.gate_proj(x, _key(dropout_rng, 4))) * self.up_proj(x, _key(dropout_rng, 5))
+        return self.down_proj(constrain(h, ("batch", "seq", "act_mlp")), _key(dropout_rng, 6))
 
 
 class DecoderLayer(nnx.Module):
@@ -76,9 +86,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng)
+        x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
         return constrain(x, ("batch", "seq", "act_embed"))
 
 
@@ -117,8 +127,11 @@ class Qwen(nnx.Module):
             dtype=self.dtype, param_dtype=pdt, rngs=rngs,
         )
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None):
-        """Final-norm hidden states [batch, seq, embed]; the loss projects these to the vocabulary in chunks."""
+    def hidden_states(self, tokens, positions=None, segment_ids=None, dropout_rng=None):
+        """Final-norm hidden states [batch, seq, embed]; the loss projects these to the vocabulary in chunks.
+
+        `dropout_rng` switches on LoRA dropout (training); without it the model is deterministic.
+        """
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -127,10 +140,12 @@ class Qwen(nnx.Module):
 
         graphdef, stacked = nnx.split(self.layers)
 
-        def layer_step(h, layer_state):
-            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids), None
+        def layer_step(h, layer):
+            layer_state, layer_rng = layer
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, layer_rng), None
 
-        x, _ = jax.lax.scan(_remat(layer_step, self.config.remat), x, stacked)
+        layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
+        x, _ = jax.lax.scan(_remat(layer_step, self.config.remat), x, (stacked, layer_rngs))
         return self.norm(x)
 
     def output_kernel(self) -> jax.Array:

@@ -11,10 +11,11 @@ from jax.sharding import AxisType, Mesh
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
+def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int, allow_subset: bool = False) -> tuple[int, ...]:
     """Turn {'data': 1, 'fsdp': -1, 'tensor': 2} into concrete sizes that multiply to `n_devices`.
 
-    At most one axis may be -1 (it takes whatever devices are left); missing axes are 1.
+    At most one axis may be -1 (it takes whatever devices are left); missing axes are 1. With
+    `allow_subset`, fully specified sizes may use fewer devices than there are (the first ones).
     """
     unknown = set(sizes) - set(MESH_AXES)
     if unknown:
@@ -32,9 +33,10 @@ def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> tuple[int, .
                 f"mesh: {dict(zip(MESH_AXES, shape))} does not divide the {n_devices} available devices"
             )
         shape[free[0]] = n_devices // fixed
-    if math.prod(shape) != n_devices:
+    used = math.prod(shape)
+    if used > n_devices or (used < n_devices and not allow_subset):
         raise ValueError(
-            f"mesh: {dict(zip(MESH_AXES, shape))} uses {math.prod(shape)} devices but {n_devices} are available"
+            f"mesh: {dict(zip(MESH_AXES, shape))} uses {used} devices but {n_devices} are available"
         )
     return tuple(shape)
 
@@ -46,5 +48,8 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     explicit constraints the model places on its activations.
     """
     devices = list(devices if devices is not None else jax.devices())
-    shape = resolve_mesh_shape(sizes or {"fsdp": -1}, len(devices))
+    # A single process may leave devices unused (a one-device reference run on a bigger host);
+    # across processes every device must be in the mesh.
+    shape = resolve_mesh_shape(sizes or {"fsdp": -1}, len(devices), allow_subset=jax.process_count() == 1)
+    devices = devices[: math.prod(shape)]
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)

@@ -1,0 +1,1 @@
+"""Data: batch sources for training and their assembly into global (multi-host) arrays."""

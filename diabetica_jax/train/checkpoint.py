@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the train state: asynchronous, keep-last-K, restorable onto any mesh.
+
+A checkpoint step directory holds `state` (step, trainable params, optimizer state, RNG) and
+`meta` (JSON: the model architecture, LoRA settings, where the frozen weights came from, the
+trainable parameter shapes, and the data iterator state). Restoring checks `meta` against the
+current run first, so an incompatible checkpoint is refused with a clear message instead of
+failing deep inside Orbax; restoring targets the current shardings, so the device count and mesh
+may differ from the run that wrote it. Orbax writes each step to a temporary directory and commits
+it by rename; old steps are deleted only after a newer one is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from diabetica_jax.hf.errors import CheckpointError
+from diabetica_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _as_tree(state: TrainState) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def _from_tree(tree: dict) -> TrainState:
+    return TrainState(**tree)
+
+
+def param_shapes(params: dict) -> dict[str, list[int]]:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): list(x.shape) for path, x in flat}
+
+
+class Checkpoints:
+    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
+        """Start saving (returns while the write goes on when asynchronous)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # Orbax raises many types for missing or damaged files
+            raise CheckpointError(f"{self.directory / str(step)}: cannot read checkpoint metadata ({e})") from e
+
+    def restore(self, step: int, target: TrainState, expected: dict[str, Any]) -> tuple[TrainState, dict[str, Any]]:
+        """State of `step`, laid out as `target` (abstract arrays with shardings) says."""
+        meta = self.read_meta(step)
+        where = self.directory / str(step)
+        for key in ("model", "lora", "frozen_source", "trainable"):
+            if meta.get(key) != expected.get(key):
+                raise CheckpointError(
+                    f"{where}: incompatible checkpoint: its {key!r} is {_short(meta.get(key))} but this run has "
+                    f"{_short(expected.get(key))}"
+                )
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(target)))
+            )["state"]
+        except Exception as e:
+            raise CheckpointError(f"{where}: checkpoint is damaged or unreadable ({type(e).__name__}: {e})") from e
+        # Orbax hands back plain containers; put the leaves back into the target's exact structure
+        # (optax state classes, the TrainState dataclass) so the compiled step accepts them.
+        leaves = jax.tree.leaves(restored)
+        return _from_tree(jax.tree.unflatten(jax.tree.structure(_as_tree(target)), leaves)), meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

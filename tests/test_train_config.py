@@ -1,0 +1,107 @@
+"""Bad training configs and checkpoints fail first, with messages that name what is wrong."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diabetica_jax.cli import main
+from diabetica_jax.configuration import ConfigFileError, reference
+from diabetica_jax.hf.errors import CheckpointError
+from diabetica_jax.train.checkpoint import Checkpoints
+from diabetica_jax.train.config import TrainConfig, check_against_devices, load_train_config
+from diabetica_jax.train.loop import train
+from diabetica_jax.train.state import TrainState
+from train_helpers import tiny_config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trian.steps=3"], "unknown key 'trian'"),
+        (["train.stepz=3"], "unknown key 'train.stepz'"),
+        (["train.steps=ten"], "train.steps: expected an integer, got 'ten'"),
+        (["model.dtype=float64"], "model.dtype: 'float64' is not one of ['float32', 'bfloat16']"),
+        (["train.tensorboard=maybe"], "train.tensorboard: expected true or false"),
+        (["data.global_batch=8", "data.grad_accum=3"], "does not divide into data.grad_accum=3"),
+        (["lora.targets=[q_proj, lm_head]"], "['lm_head'] are not linear layers"),
+        (["optim.warmup_steps=500", "train.steps=100"], "exceeds train.steps=100"),
+        (["train.steps"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_refused(overrides, message):
+    with pytest.raises(ConfigFileError) as err:
+        load_train_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  steps: [1, 2\n")
+    with pytest.raises(ConfigFileError, match=str(path)):
+        load_train_config(str(path))
+    path.write_text("optim:\n  lr: 1e-4\n")  # YAML 1.1 reads this as a string; accepted as the number it is
+    assert load_train_config(str(path)).optim.lr == 1e-4
+
+
+def test_mesh_and_batch_must_fit_the_devices():
+    with pytest.raises(ConfigFileError, match="does not divide the 8 available devices"):
+        check_against_devices(load_train_config(None, ["mesh.tensor=3"]), 8)
+    with pytest.raises(ConfigFileError, match="uses 16 devices but 8"):
+        check_against_devices(load_train_config(None, ["mesh.fsdp=8", "mesh.tensor=2"]), 8)
+    with pytest.raises(ConfigFileError, match="12 sequences per micro-batch do not divide over the data x fsdp = 8"):
+        check_against_devices(load_train_config(None, ["data.global_batch=12"]), 8)
+    assert check_against_devices(load_train_config(None, ["mesh.fsdp=-1", "mesh.tensor=2"]), 8) == (1, 4, 2)
+
+
+def test_cli_fails_before_any_work(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  steps: 0\n")
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert f"{config}" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_config_reference_covers_every_field():
+    keys = {row[0] for row in reference(TrainConfig)}
+    assert {"model.hf_path", "lora.rank", "mesh.tensor", "data.grad_accum", "optim.lr", "train.loss_chunk"} <= keys
+    assert all(row[3] for row in reference(TrainConfig))  # every field documented
+
+
+def test_incompatible_or_damaged_checkpoints_are_refused(hf_checkpoints, tmp_path):
+    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=3", "mesh.fsdp=2")
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="incompatible checkpoint: its 'model'"):
+        train(tiny_config(hf_checkpoints["qwen3"], "train.steps=4", "mesh.fsdp=2"), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="incompatible checkpoint: its 'lora'"):
+        train(tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=4", "lora.rank=2"), tmp_path / "run",
+              progress=False)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "run", damaged)
+    for f in (damaged / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="damaged or unreadable"):
+        train(tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=4", "mesh.fsdp=2"), damaged, progress=False)
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(tmp_path):
+    checkpoints = Checkpoints(tmp_path, keep=2, async_save=False)
+
+    def state(step, value):
+        return TrainState(step=jnp.int32(step), params={"w": jnp.full((4,), value)}, opt_state=(), rng=jax.random.PRNGKey(0))
+
+    checkpoints.save(1, state(1, 1.0), {})
+    checkpoints.save(2, state(2, 2.0), {})
+    with pytest.raises(Exception):
+        checkpoints.save(3, TrainState(step=jnp.int32(3), params={"w": object()}, opt_state=(), rng=None), {})
+    checkpoints.wait()
+    assert checkpoints.all_steps() == [1, 2] and checkpoints.latest_step() == 2
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        jax.devices()[0])), state(0, 0.0))
+    restored, _ = checkpoints.restore(2, target, {})
+    np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.full((4,), 2.0))
+    checkpoints.save(3, state(3, 3.0), {})
+    checkpoints.wait()
+    assert checkpoints.all_steps() == [2, 3]

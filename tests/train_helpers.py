@@ -1,0 +1,65 @@
+"""Small training configs over the tiny HF checkpoints, and subprocess launchers for the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from diabetica_jax.train.config import TrainConfig, load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(hf_path: Path, *overrides: str) -> TrainConfig:
+    base = [
+        f"model.hf_path={hf_path}", "model.dtype=float32", "model.remat=none",
+        "data.seq_len=32", "data.global_batch=8", "optim.lr=1e-2", "optim.warmup_steps=1",
+        "train.steps=6", "train.checkpoint_every=3", "train.loss_chunk=16", "train.tensorboard=false",
+        "train.async_checkpoint=false",
+    ]
+    return load_train_config(None, base + list(overrides))
+
+
+def cli_env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def write_config(hf_path: Path, path: Path, **sections) -> Path:
+    """A YAML training config for the tiny checkpoint (sections override the defaults here)."""
+    import yaml
+
+    config = {
+        "model": {"hf_path": str(hf_path), "dtype": "float32", "remat": "none"},
+        "data": {"seq_len": 32, "global_batch": 8},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},
+        "train": {"steps": 6, "checkpoint_every": 3, "loss_chunk": 16, "tensorboard": False},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_command(config: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "diabetica_jax.cli", "train", str(config), "--run-dir", str(run_dir),
+            "--no-progress", *overrides]
+
+
+def run_cli(args: list[str], devices: int = 8, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=cli_env(devices), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    import json
+
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
