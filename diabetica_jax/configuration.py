@@ -155,6 +155,18 @@ def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             rows.extend(reference(hint, f"{prefix}{f.name}."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        type_name = str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+        if typing.get_origin(hint) is typing.Literal:
+            type_name = "one of " + ", ".join(map(str, typing.get_args(hint)))
+        else:
+            type_name = str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
         rows.append((f"{prefix}{f.name}", type_name, repr(default), f.metadata.get("help", "")))
     return rows
+
+
+def markdown_reference(cls: type) -> str:
+    """The configuration reference as a Markdown table (embedded in the README; a test keeps it current)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, help_text in reference(cls):
+        type_name = type_name.replace("|", "or")
+        lines.append(f"| `{key}` | {type_name} | `{default}` | {help_text} |")
+    return "\n".join(lines)

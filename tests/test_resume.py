@@ -1,6 +1,7 @@
 """Checkpoints: preemption and resume give exactly the uninterrupted losses; other meshes and hosts too."""
 
 import signal
+import sys
 import socket
 import subprocess
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from diabetica_jax.train.loop import train
-from train_helpers import cli_env, losses, run_cli, tiny_config, train_command, write_config
+from train_helpers import REPO, cli_env, losses, run_cli, tiny_config, train_command, write_config
 
 MESH = {"fsdp": 4, "tensor": 2}
 
@@ -87,7 +88,14 @@ def test_two_processes_train_checkpoint_and_resume_like_one(hf_checkpoints, tmp_
     run_dir = tmp_path / "multi"
     _two_processes(config, run_dir, "--stop-after", "3")
     assert sorted(losses(run_dir)) == [1, 2, 3]
-    _two_processes(config, run_dir)  # resumes at step 3
+    # resume through the launch script, as a user would
+    launched = subprocess.run(
+        ["bash", str(REPO / "launch" / "local_cpu.sh"), "2", "4", "train", str(config), "--run-dir", str(run_dir),
+         "--no-progress"],
+        env={**cli_env(4), "PORT": str(_free_port()), "PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
     multi = losses(run_dir)
     assert sorted(multi) == list(range(1, 7))
     single = _reference(path, tmp_path, 6, 6)

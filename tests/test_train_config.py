@@ -105,3 +105,14 @@ def test_failed_save_keeps_the_last_good_checkpoint(tmp_path):
     checkpoints.save(3, state(3, 3.0), {})
     checkpoints.wait()
     assert checkpoints.all_steps() == [2, 3]
+
+
+def test_readme_configuration_reference_is_current():
+    from pathlib import Path
+
+    from diabetica_jax.configuration import markdown_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
+    current = readme[readme.index(start) + len(start): readme.index(end)]
+    assert current == markdown_reference(TrainConfig), "README config reference drifted: regenerate it"

@@ -3,7 +3,8 @@
 `initialize()` connects the processes through `jax.distributed.initialize`:
   - explicit: coordinator address, process count and this process's id (flags or environment
     DIABETICA_COORDINATOR, DIABETICA_NUM_PROCESSES, DIABETICA_PROCESS_ID);
-  - automatic on Cloud TPU pods and under SLURM (JAX reads their environment itself);
+  - automatic on Cloud TPU pods and under SLURM (JAX reads their environment itself) when
+    DIABETICA_DISTRIBUTED=auto (the launch scripts set it), or SLURM runs several tasks;
   - otherwise a single process, nothing to do.
 On CPU the cross-process collectives go through gloo.
 """
@@ -16,7 +17,7 @@ import jax
 
 
 def _wants_auto() -> bool:
-    if os.environ.get("TPU_WORKER_HOSTNAMES") and "," in os.environ["TPU_WORKER_HOSTNAMES"]:
+    if os.environ.get("DIABETICA_DISTRIBUTED") == "auto":
         return True
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
 

@@ -1,0 +1,108 @@
+"""Training throughput: tokens/s and MFU of the real train step on random weights and synthetic batches.
+
+    python bench/train_throughput.py                       # Qwen2-0.5B and Qwen2-1.5B shapes, seq 2048
+    python bench/train_throughput.py --presets qwen2-1.5b --batch 8 --remat save_matmuls --peak-tflops 788
+    python bench/train_throughput.py --presets tiny --seq 128 --batch 8 --steps 3   # CPU smoke run
+
+The step is the one `diabetica-jax train` runs (chunked loss, accumulation scan, AdamW, donated
+state); data loading and checkpointing are left out. MFU counts model FLOPs only (see
+diabetica_jax/train/flops.py): 6 N + 12 L T H D per token for full fine-tuning, against
+--peak-tflops per device (default: the vendor's dense bf16 figure for the device kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+
+
+def bench_one(preset: str, args) -> dict:
+    from diabetica_jax.data.synthetic import SyntheticSource
+    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_token
+    from diabetica_jax.train.loop import prepare
+    from diabetica_jax.train.state import init_state
+    from diabetica_jax.train.step import batch_sharding, make_train_step
+    from diabetica_jax.data.global_batch import to_global
+    from diabetica_jax.parallel import make_mesh
+
+    cfg = load_train_config(None, [
+        f"model.preset={preset}", f"model.dtype={args.dtype}", f"model.remat={args.remat}",
+        f"model.attention={args.attention}", f"data.seq_len={args.seq}", f"data.global_batch={args.batch}",
+        f"data.grad_accum={args.accum}", f"train.loss_chunk={args.loss_chunk}", "train.steps=1000",
+        f"lora.rank={args.lora_rank}",
+    ])
+    mesh = make_mesh(cfg.mesh.sizes())
+    with jax.set_mesh(mesh):
+        setup = prepare(cfg, mesh)
+        state = init_state(setup.params, setup.optimizer, 0, setup.shardings)
+        setup.params = None
+        sharding = batch_sharding(mesh)
+        step = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.train.loss_chunk,
+                               dropout=False, shardings=setup.shardings, frozen_shardings=setup.frozen_sharding,
+                               batch_sharding=sharding)
+        source = SyntheticSource(cfg.data.seq_len, cfg.data.global_batch, cfg.data.grad_accum, vocab=64)
+        shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
+        batch = to_global(source.batch(0), sharding, shape)
+        t0 = time.perf_counter()
+        state, metrics = step(state, setup.frozen, batch)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            state, metrics = step(state, setup.frozen, batch)
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = step(state, setup.frozen, batch)
+        jax.block_until_ready(metrics)
+        seconds = (time.perf_counter() - t0) / args.steps
+    tokens = cfg.data.global_batch * cfg.data.seq_len
+    flops = tokens * train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
+    peak = peak_flops_per_device(args.peak_tflops)
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "preset": preset, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "batch": args.batch, "seq": args.seq, "accum": args.accum, "dtype": args.dtype, "remat": args.remat,
+        "attention": args.attention, "loss_chunk": args.loss_chunk, "lora_rank": args.lora_rank,
+        "step_s": seconds, "tokens_per_s": tokens / seconds,
+        "model_tflops_per_s": flops / seconds / 1e12,
+        "mfu": flops / seconds / (peak * jax.device_count()) if peak else None,
+        "peak_tflops_per_device": peak / 1e12 if peak else None, "compile_s": compile_s,
+        "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["qwen2-0.5b", "qwen2-1.5b"])
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--remat", default="save_matmuls", choices=["none", "full", "save_matmuls"])
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--loss-chunk", type=int, default=512)
+    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per device for MFU")
+    parser.add_argument("--json", help="also append results as JSON lines to this file")
+    args = parser.parse_args()
+    for preset in args.presets:
+        result = bench_one(preset, args)
+        mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+        print(f"{preset:12s} {result['device']} x{result['devices']}  batch {args.batch}x{args.seq} "
+              f"{args.dtype} remat={args.remat}: {result['tokens_per_s']:,.0f} tokens/s, "
+              f"{result['model_tflops_per_s']:.1f} model TFLOP/s, MFU {mfu}, step {result['step_s'] * 1e3:.1f} ms, "
+              f"peak mem {result['peak_memory_gib']:.1f} GiB, compile {result['compile_s']:.0f} s")
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
