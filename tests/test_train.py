@@ -79,3 +79,20 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
     adapted_logits = np.asarray(forward(adapted, tokens))
     assert np.abs(adapted_logits - np.asarray(forward(base, tokens))).max() > 1e-3
     assert np.abs(torch_logits(tmp_path / "hf", tokens) - adapted_logits).max() <= 1e-4
+
+
+def test_plan_reports_per_device_memory_from_the_shardings():
+    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.train.plan import format_plan, plan
+
+    cfg = load_train_config(None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "data.seq_len=64",
+                                   "train.loss_chunk=32"])
+    report = plan(cfg)
+    n = report["parameters_total"]
+    assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    # f32 weights split 8 ways (the small norms are replicated), Adam's two moments twice that
+    assert n * 4 / 8 <= report["trainable_params_bytes"] < n * 4 / 8 * 1.01
+    assert 2 * report["trainable_params_bytes"] <= report["optimizer_state_bytes"] < 2.01 * report["trainable_params_bytes"]
+    assert report["temporaries_bytes"] > 0 and "optimizer state" in format_plan(report)
+    lora = plan(load_train_config(None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "lora.rank=4"]))
+    assert lora["frozen_params_bytes"] >= n * 4 / 8 and lora["trainable_parameters"] < n / 50

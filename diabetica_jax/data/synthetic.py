@@ -23,7 +23,12 @@ class SyntheticSource:
         self.seq_len, self.global_batch, self.grad_accum = seq_len, global_batch, grad_accum
         self.micro_batch = global_batch // grad_accum
         self.seed, self.vocab = seed, vocab
-        self.successor = np.random.default_rng([seed, 2**31 - 1]).permutation(vocab).astype(np.int32)
+        successor = np.random.default_rng([seed, 2**31 - 1]).permutation(vocab).astype(np.int32)
+        # walks[s, i]: the token i steps after start token s; rows are slices of it, no Python per token
+        self.walks = np.empty((vocab, seq_len), np.int32)
+        self.walks[:, 0] = np.arange(vocab)
+        for i in range(1, seq_len):
+            self.walks[:, i] = successor[self.walks[:, i - 1]]
 
     def row(self, step: int, index: int) -> tuple[np.ndarray, ...]:
         rng = np.random.default_rng([self.seed, step, index])
@@ -35,10 +40,7 @@ class SyntheticSource:
         positions = np.empty(t, np.int32)
         for seg, (lo, hi) in enumerate(((0, split), (split, t)), start=1):
             n = hi - lo
-            token = int(rng.integers(0, self.vocab))
-            for i in range(lo, hi):
-                tokens[i] = token
-                token = int(self.successor[token])
+            tokens[lo:hi] = self.walks[int(rng.integers(0, self.vocab)), :n]
             loss_mask[lo + n // 2 : hi] = 1
             segment_ids[lo:hi] = seg
             positions[lo:hi] = np.arange(n)
