@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 
@@ -101,6 +102,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_curate(args) -> int:
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).is_file():  # `curate key=value --out DIR`: no config file
+        config, overrides = None, [config] + overrides
+    cfg = load_curate_config(config, overrides, args.input)
+    card = curate(cfg, args.out)
+    print(f"curated {card['collected']} collected (+{card['generated']} generated): kept {card['kept']}, "
+          f"rejected {card['rejected']} -> {args.out}/shards, rejects.jsonl, data_card.md")
+    for stage in card["stages"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in list(stage["reasons"].items())[:3])
+        print(f"  {stage['name']:14s} {stage['entered']:6d} in {stage['kept']:6d} kept {stage['rejected']:5d} rejected"
+              + (f"  ({reasons})" if reasons else ""))
+    return 0
+
+
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
     group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
@@ -139,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*")
     pl.add_argument("--devices", type=int, help="emulated devices (default: the mesh's size when fully given)")
     pl.set_defaults(func=cmd_plan)
+
+    cu = sub.add_parser("curate", help="collect, filter, augment and refine training data; write shards and a data card")
+    cu.add_argument("config", nargs="?", help="curation YAML (default: the embedded demo corpus)")
+    cu.add_argument("overrides", nargs="*", help="dotted overrides, e.g. augment.backend=openai")
+    cu.add_argument("--input", action="append", help="input file (repeatable): curate these with the default stages")
+    cu.add_argument("--out", required=True, help="output directory")
+    cu.set_defaults(func=cmd_curate)
 
     ex = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
     ex.add_argument("--run-dir", required=True)

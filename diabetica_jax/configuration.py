@@ -24,6 +24,8 @@ class ConfigFileError(ValueError):
 
 def field(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with documentation."""
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda d=default: d, metadata={"help": help}, **kwargs)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
@@ -103,6 +105,12 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         if value not in typing.get_args(hint):
             raise ConfigFileError(f"{source}: {key}: {value!r} is not one of {list(typing.get_args(hint))}")
         return value
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigFileError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return {_coerce(key_type, k, source, f"{key}.{k}"): _coerce(value_type, v, source, f"{key}.{k}")
+                for k, v in value.items()}
     if origin in (list, tuple):
         (item,) = typing.get_args(hint)[:1]
         if isinstance(value, str):

@@ -1,0 +1,153 @@
+"""`diabetica-jax curate`: collect -> filter -> augment -> refine -> write, with every drop recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from diabetica_jax.data.curate import filters
+from diabetica_jax.data.curate.augment import AugmentSettings, augment
+from diabetica_jax.data.curate.benchmarks import load_benchmark_items
+from diabetica_jax.data.curate.collect import InputSpec, collect
+from diabetica_jax.data.curate.config import BackendSection, CurateConfig
+from diabetica_jax.data.curate.refine import RefineSettings, refine
+from diabetica_jax.data.curate.teacher import CachedTeacher, LocalTeacher, OpenAITeacher
+from diabetica_jax.data.records import Record, Reject, dumps
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StageLog:
+    name: str
+    entered: int
+    kept: int
+    rejected: int
+    reasons: dict[str, int]
+    by_source: dict[str, int]
+    by_kind: dict[str, int]
+    by_language: dict[str, int]
+
+
+def _reason_class(reason: str) -> str:
+    """Group reasons for the card: 'near duplicate of x (Jaccard ~0.9)' -> 'near duplicate'."""
+    for cut in (":", " of ", " (", " <", " >"):
+        if cut in reason:
+            reason = reason.split(cut)[0]
+    return reason.strip()
+
+
+def _stage(name: str, entered: list, kept: list[Record], rejects: list[Reject]) -> StageLog:
+    return StageLog(name, len(entered), len(kept), len(rejects),
+                    dict(Counter(_reason_class(r.reason) for r in rejects).most_common()),
+                    dict(Counter(r.source for r in kept)), dict(Counter(r.kind for r in kept)),
+                    dict(Counter(r.language for r in kept)))
+
+
+def _backend(section: BackendSection, cache_dir: Path) -> CachedTeacher:
+    if section.backend == "openai":
+        teacher = OpenAITeacher(section.base_url, section.model, section.api_key_env, section.timeout)
+    else:
+        teacher = LocalTeacher(section.model)
+    return CachedTeacher(teacher, cache_dir, retries=section.retries)
+
+
+def demo_inputs() -> list[InputSpec]:
+    from diabetica_jax.demo import CORPUS_DIR, DEMO_FILES
+
+    return [InputSpec(str(CORPUS_DIR / name)) for name in DEMO_FILES]
+
+
+def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run every stage; write shards, rejects.jsonl and the data card under `out`; return the card."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages: list[StageLog] = []
+    all_rejects: list[Reject] = []
+
+    specs = [InputSpec(i.path, i.format, i.kind, i.source, dict(i.fields)) for i in cfg.inputs]
+    specs += demo_inputs() if cfg.demo else []
+    records: list[Record] = []
+    collect_rejects: list[Reject] = []
+    for spec in specs:
+        for item in collect(spec):
+            (records if isinstance(item, Record) else collect_rejects).append(item)
+    collected = len(records) + len(collect_rejects)
+    stages.append(_stage("collect", [None] * collected, records, collect_rejects))
+    all_rejects += collect_rejects
+
+    def run(name, fn, *args):
+        nonlocal records
+        entered = records
+        records, rejects = fn(records, *args)
+        stages.append(_stage(name, entered, records, rejects))
+        all_rejects.extend(rejects)
+
+    run("relevance", filters.relevance, filters.RelevanceConfig(
+        dict(cfg.relevance.positive), dict(cfg.relevance.negative), cfg.relevance.min_score))
+    run("quality", filters.quality, filters.QualityConfig(**dataclasses.asdict(cfg.quality)))
+    run("exact_dedup", filters.exact_dedup)
+    run("near_dedup", filters.near_dedup, filters.NearDedupConfig(
+        cfg.dedup.near_threshold, cfg.dedup.shingle, cfg.dedup.num_perm, cfg.dedup.bands))
+    benchmark_items = _benchmark_items(cfg)
+    decontamination = filters.DecontaminationConfig(cfg.decontamination.n, cfg.decontamination.threshold)
+    run("decontaminate", filters.decontaminate, benchmark_items, decontamination)
+
+    generated: list[Record] = []
+    augment_stats = {"enabled": cfg.augment.backend != "none"}
+    if cfg.augment.backend != "none":
+        teacher = _backend(cfg.augment, out / "cache" / "augment")
+        entered = records
+        result = augment(records, teacher, AugmentSettings(cfg.augment.qa_per_passage, cfg.augment.min_grounding,
+                                                           cfg.augment.concurrency))
+        records = result.kept
+        stages.append(_stage("augment", entered, records, result.rejects))
+        all_rejects += result.rejects + result.generated_rejects
+        # teacher output can echo benchmark text too: it passes decontamination before joining
+        clean, leaked = filters.decontaminate(result.generated, benchmark_items, decontamination)
+        all_rejects += leaked
+        generated = clean
+        augment_stats.update(teacher=teacher.name, calls=teacher.calls, cache_hits=teacher.cache_hits,
+                             failures=teacher.failures, explained_mcqs=result.explained,
+                             generated=len(result.generated) + len(result.generated_rejects),
+                             generated_kept=len(clean),
+                             generated_rejected=len(result.generated_rejects) + len(leaked))
+        records = records + generated
+
+    refine_stats: dict = {"enabled": cfg.refine.backend != "none"}
+    if cfg.refine.backend != "none":
+        model = _backend(cfg.refine, out / "cache" / "refine")
+        records, counts = refine(records, model, RefineSettings(cfg.refine.min_recall, cfg.refine.concurrency))
+        refine_stats.update(model=model.name, **dict(counts))
+
+    total_in = collected + augment_stats.get("generated", 0)
+    if len(records) + len(all_rejects) != total_in:
+        raise AssertionError(f"curation lost records: kept {len(records)} + rejected {len(all_rejects)} != {total_in}")
+
+    from diabetica_jax.data.curate.write import write_outputs
+
+    return write_outputs(out, cfg, records, all_rejects, stages, collected, augment_stats, refine_stats, progress)
+
+
+def _benchmark_items(cfg: CurateConfig):
+    paths = list(cfg.decontamination.benchmarks)
+    if cfg.decontamination.embedded_benchmarks:
+        from diabetica_jax.demo import BENCHMARK_DIR
+
+        paths.append(str(BENCHMARK_DIR))
+    items = []
+    for path in paths:
+        items += load_benchmark_items(path)
+    return items
+
+
+def write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+
+
+__all__ = ["curate", "write_jsonl", "json"]

@@ -1,0 +1,129 @@
+"""Teacher and base-model backends for augmentation and refinement.
+
+`OpenAITeacher` talks to any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`);
+its API key is read from the environment variable named in the config and never logged.
+`LocalTeacher` runs a checkpoint (or preset) through the project's own JAX decoder.
+`CachedTeacher` answers repeated requests from disk (keyed by a hash of model, messages and
+parameters), so an interrupted run resumes without paying twice; failures are retried with
+exponential backoff and are not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Protocol
+
+
+class TeacherError(RuntimeError):
+    """The backend could not produce a reply (after retries)."""
+
+
+class Teacher(Protocol):
+    name: str
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str: ...
+
+
+class OpenAITeacher:
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+
+    def chat(self, messages, max_tokens: int, temperature: float) -> str:
+        body = json.dumps({"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                           "temperature": temperature}).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            raise TeacherError(f"HTTP {e.code} from {self.base_url}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TeacherError(f"timeout or connection error ({type(reason).__name__}: {reason})") from None
+        except json.JSONDecodeError:
+            raise TeacherError("reply is not JSON") from None
+        try:
+            return payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise TeacherError("reply has no choices[0].message.content") from None
+
+
+class LocalTeacher:
+    """A Hugging Face checkpoint directory (or a model preset) run by diabetica-jax itself."""
+
+    def __init__(self, model: str, max_batch: int = 8):
+        from diabetica_jax import hf
+        from diabetica_jax.model import QwenConfig, create_model
+
+        self.name = f"local:{model}"
+        if Path(model).is_dir():
+            self.model, _ = hf.load(model, progress=False)
+            self.tokenizer = hf.load_tokenizer(model)
+        else:
+            self.model = create_model(QwenConfig.preset(model))
+            self.tokenizer = hf.load_tokenizer(None)
+
+    def chat(self, messages, max_tokens: int, temperature: float) -> str:
+        from diabetica_jax.generate import greedy_generate
+
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        stop = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        out = greedy_generate(self.model, [ids], max_tokens, stop_ids=stop, pad_id=stop[-1])[0]
+        return self.tokenizer.decode(out, skip_special_tokens=True)
+
+
+class CachedTeacher:
+    """Disk cache + retries with exponential backoff in front of a teacher."""
+
+    def __init__(self, teacher: Teacher, cache_dir: str | Path, retries: int = 3, backoff: float = 0.5):
+        self.teacher, self.name = teacher, teacher.name
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.retries, self.backoff = retries, backoff
+        self.calls = self.cache_hits = self.failures = 0
+        self._lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def _path(self, messages, max_tokens, temperature) -> Path:
+        key = json.dumps([self.name, messages, max_tokens, temperature], ensure_ascii=False, sort_keys=True)
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+    def chat(self, messages, max_tokens: int = 512, temperature: float = 0.0) -> str:
+        path = self._path(messages, max_tokens, temperature)
+        if path.is_file():
+            self._count("cache_hits")
+            return json.loads(path.read_text(encoding="utf-8"))["reply"]
+        last = None
+        for attempt in range(self.retries):
+            self._count("calls")
+            try:
+                reply = self.teacher.chat(messages, max_tokens, temperature)
+            except TeacherError as e:
+                last = e
+                time.sleep(self.backoff * 2**attempt)
+                continue
+            tmp = path.with_suffix(".partial")
+            tmp.write_text(json.dumps({"reply": reply}, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(path)
+            return reply
+        self._count("failures")
+        raise TeacherError(f"teacher failed after {self.retries} attempts: {last}")

@@ -1,0 +1,150 @@
+"""Write curation outputs: ArrayRecord shards, rejects.jsonl, samples, and the data card (JSON, Markdown, PNG)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from diabetica_jax.configuration import to_dict
+from diabetica_jax.data.records import Record, Reject, dumps
+
+SHARD_PATTERN = "curated-{index:05d}-of-{count:05d}.array_record"
+
+
+def shard_paths(directory: str | Path) -> list[Path]:
+    paths = sorted((Path(directory) / "shards").glob("curated-*.array_record"))
+    if not paths:
+        raise FileNotFoundError(f"{directory}: no curated shards (shards/curated-*.array_record); run curate first")
+    return paths
+
+
+def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    directory = out / "shards"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("curated-*.array_record"):
+        old.unlink()
+    count = max(1, min(count, len(records) or 1))
+    paths = []
+    per_shard = math.ceil(len(records) / count) if records else 0
+    for index in range(count):
+        path = directory / SHARD_PATTERN.format(index=index, count=count)
+        writer = ArrayRecordWriter(str(path), "group_size:1")
+        for record in records[index * per_shard : (index + 1) * per_shard]:
+            writer.write(dumps(record.to_json()).encode("utf-8"))
+        writer.close()
+        paths.append(path)
+    return paths
+
+
+def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], stages, collected: int,
+                  augment_stats: dict, refine_stats: dict, progress: bool = True) -> dict:
+    from diabetica_jax.hf.tokenizer import load_tokenizer
+    from diabetica_jax.data.chat import encode_record
+
+    shards = write_shards(out, records, cfg.output.shards)
+    with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
+        for reject in rejects:
+            f.write(dumps(reject.to_json()) + "\n")
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        for record in records[:20]:
+            f.write(dumps(record.to_json()) + "\n")
+
+    tokenizer = load_tokenizer(cfg.output.tokenizer)
+    lengths = [len(encode_record(tokenizer, r)[0]) for r in records]
+    card = {
+        "collected": collected,
+        "generated": augment_stats.get("generated", 0),
+        "kept": len(records),
+        "rejected": len(rejects),
+        "stages": [dataclasses.asdict(s) for s in stages],
+        "rejected_by_stage": dict(Counter(r.stage for r in rejects)),
+        "kept_by_source": dict(Counter(r.source for r in records)),
+        "kept_by_kind": dict(Counter(r.kind for r in records)),
+        "kept_by_language": dict(Counter(r.language for r in records)),
+        "augment": augment_stats,
+        "refine": refine_stats,
+        "tokens": {"total": int(sum(lengths)), "mean": float(np.mean(lengths)) if lengths else 0.0,
+                   "p50": float(np.percentile(lengths, 50)) if lengths else 0.0,
+                   "p95": float(np.percentile(lengths, 95)) if lengths else 0.0, "max": int(max(lengths, default=0))},
+        "shards": [str(p.relative_to(out)) for p in shards],
+        "config": to_dict(cfg),
+    }
+    if card["kept"] + card["rejected"] != card["collected"] + card["generated"]:
+        raise AssertionError("data card does not add up: kept + rejected != collected + generated")
+    (out / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "data_card.md").write_text(_markdown(card), encoding="utf-8")
+    _plot(out / "data_card.png", card, lengths)
+    return card
+
+
+def _markdown(card: dict) -> str:
+    lines = [
+        "# Data card", "",
+        f"Collected **{card['collected']}** records, generated **{card['generated']}** with the teacher; "
+        f"kept **{card['kept']}**, rejected **{card['rejected']}** (every rejected record is in `rejects.jsonl` "
+        "with its stage and reason).", "",
+        "| stage | entered | kept | rejected | main reasons |", "|---|---|---|---|---|",
+    ]
+    for s in card["stages"]:
+        reasons = ", ".join(f"{k} ({v})" for k, v in list(s["reasons"].items())[:3])
+        lines.append(f"| {s['name']} | {s['entered']} | {s['kept']} | {s['rejected']} | {reasons} |")
+    lines += ["", "| kept by kind | count |", "|---|---|"] + [f"| {k} | {v} |" for k, v in card["kept_by_kind"].items()]
+    lines += ["", "| kept by language | count |", "|---|---|"] + [
+        f"| {k} | {v} |" for k, v in card["kept_by_language"].items()]
+    lines += ["", "| kept by source | count |", "|---|---|"] + [f"| {k} | {v} |" for k, v in card["kept_by_source"].items()]
+    t = card["tokens"]
+    lines += ["", f"Tokens: {t['total']} in total; per record mean {t['mean']:.0f}, median {t['p50']:.0f}, "
+              f"95th percentile {t['p95']:.0f}, max {t['max']}.", ""]
+    if card["augment"].get("enabled"):
+        a = card["augment"]
+        lines.append(f"Augmentation ({a['teacher']}): {a['explained_mcqs']} MCQs explained, {a['generated_kept']} of "
+                     f"{a['generated']} generated QA pairs kept; {a['calls']} calls, {a['cache_hits']} cache hits, "
+                     f"{a['failures']} failures.")
+    if card["refine"].get("enabled"):
+        r = {k: v for k, v in card["refine"].items() if k not in ("enabled", "model")}
+        lines.append(f"Refinement ({card['refine']['model']}): " + ", ".join(f"{k}: {v}" for k, v in r.items()) + ".")
+    lines += ["", "![records per stage](data_card.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, card: dict, lengths: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    stages = card["stages"]
+    ax = axes[0, 0]
+    ax.bar([s["name"] for s in stages], [s["kept"] for s in stages], color="tab:blue", label="kept")
+    ax.bar([s["name"] for s in stages], [s["rejected"] for s in stages], bottom=[s["kept"] for s in stages],
+           color="tab:red", alpha=0.6, label="rejected")
+    ax.set_title("records after each stage")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend()
+    for ax, key, title in ((axes[0, 1], "by_kind", "kind after each stage"),
+                           (axes[1, 0], "by_language", "language after each stage")):
+        names = sorted({k for s in stages for k in s[key]})
+        bottom = np.zeros(len(stages))
+        for name in names:
+            values = np.array([s[key].get(name, 0) for s in stages])
+            ax.bar([s["name"] for s in stages], values, bottom=bottom, label=name)
+            bottom += values
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    ax.hist(lengths or [0], bins=30, color="tab:green")
+    ax.set_title("token length of kept records")
+    ax.set_xlabel("tokens")
+    fig.suptitle(f"curation: {card['collected']} collected, {card['kept']} kept, {card['rejected']} rejected")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

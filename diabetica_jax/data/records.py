@@ -1,0 +1,80 @@
+"""The one record schema every source is converted to, and the rejects that explain every drop."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+KINDS = ("mcq", "qa", "dialogue", "passage", "cloze")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass
+class Record:
+    """One training example.
+
+    `messages` (chat turns) for mcq / qa / dialogue / cloze; `text` for passages. MCQs also keep
+    their parsed `options` and keyed `answer` letter, so later stages can check that a rewrite or
+    an explanation still picks the same option.
+    """
+
+    id: str
+    source: str
+    kind: str
+    language: str
+    provenance: dict[str, Any]  # {"file": ..., "row": ...}
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+    options: dict[str, str] | None = None
+    answer: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {KINDS}")
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("a record has either messages or text")
+
+    def content(self) -> str:
+        """All of its text, for filters and dedup."""
+        if self.text is not None:
+            return self.text
+        return "\n".join(m["content"] for m in self.messages)
+
+    def prompt_text(self) -> str:
+        """The user-side text (question / stem): what benchmark decontamination compares."""
+        if self.text is not None:
+            return self.text
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Record":
+        return cls(**data)
+
+
+def record_id(source: str, file: str, row: Any, content: str) -> str:
+    digest = hashlib.sha1(f"{source}\x00{file}\x00{row}\x00{content}".encode()).hexdigest()[:16]
+    return f"{source}-{digest}"
+
+
+@dataclasses.dataclass
+class Reject:
+    """A record (or raw input that never became one) dropped by a stage, and why."""
+
+    stage: str
+    reason: str
+    provenance: dict[str, Any]
+    record: dict[str, Any] | None = None  # the Record as JSON, when there was one
+    raw: str | None = None  # the raw input, when it could not be parsed
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
