@@ -41,7 +41,7 @@ class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", "data"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -49,10 +49,26 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-        """Start saving (returns while the write goes on when asynchronous)."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args, force=True)
+    def save(self, step: int, state: TrainState, meta: dict[str, Any], data_iterator=None) -> None:
+        """Start saving (returns while the write goes on when asynchronous). With a Grain iterator, its
+        state as of now is saved too (one file per process)."""
+        items = {"state": ocp.args.StandardSave(_as_tree(state)), "meta": ocp.args.JsonSave(meta)}
+        if data_iterator is not None:
+            import grain
+
+            from diabetica_jax.data.loader import FrozenIteratorState
+
+            items["data"] = grain.checkpoint.CheckpointSave(FrozenIteratorState(data_iterator.get_state()))
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_data(self, step: int, data_iterator) -> None:
+        """Put a Grain iterator back where it was when `step` was saved."""
+        import grain
+
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except Exception as e:
+            raise CheckpointError(f"{self.directory / str(step)}: cannot restore the data iterator ({e})") from e
 
     def read_meta(self, step: int) -> dict[str, Any]:
         try:

@@ -40,7 +40,14 @@ class MeshSection:
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
-    source: Literal["synthetic"] = field("synthetic", "batch source (synthetic: deterministic learnable sequences)")
+    source: Literal["synthetic", "curated"] = field(
+        "synthetic", "batch source: curated (the shards `diabetica-jax curate` wrote) or synthetic sequences")
+    path: str | None = field(None, "curated output directory (data.source: curated)")
+    epochs: int = field(1, "passes over the curated data (training stops when they are used up)")
+    pack: Literal["first_fit", "best_fit"] = field("first_fit", "how examples are packed into rows")
+    overlong: Literal["truncate", "drop"] = field("truncate", "what happens to examples longer than seq_len")
+    packing_bins: int = field(16, "rows filled at once while packing (more: less padding)")
+    workers: int = field(0, "Grain worker processes (0: in the training process)")
     seq_len: int = field(128, "tokens per sequence")
     global_batch: int = field(8, "sequences per optimizer step, over all devices and accumulation steps")
     grad_accum: int = field(1, "micro-batches per optimizer step (global_batch must divide by it)")
@@ -99,6 +106,10 @@ def _check_values(cfg: TrainConfig, source: str) -> None:
             bad(key, f"must be positive, got {value}")
     if cfg.data.global_batch % cfg.data.grad_accum:
         bad("data.global_batch", f"{cfg.data.global_batch} does not divide into data.grad_accum={cfg.data.grad_accum} micro-batches")
+    if cfg.data.source == "curated" and not cfg.data.path:
+        bad("data.path", "data.source: curated needs the curated output directory")
+    if cfg.data.epochs <= 0 or cfg.data.packing_bins <= 0 or cfg.data.workers < 0:
+        bad("data", "epochs and packing_bins must be positive, workers >= 0")
     if cfg.lora.rank < 0:
         bad("lora.rank", f"must be >= 0, got {cfg.lora.rank}")
     if not 0.0 <= cfg.lora.dropout < 1.0:

@@ -15,7 +15,7 @@ from flax import nnx
 from diabetica_jax import hf
 from diabetica_jax.configuration import build, to_dict
 from diabetica_jax.data.global_batch import local_rows, to_global
-from diabetica_jax.data.synthetic import SyntheticSource
+from diabetica_jax.data.feed import make_feed
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.lora import add_lora
 from diabetica_jax.parallel import make_mesh
@@ -38,6 +38,7 @@ class TrainResult:
     final_step: int
     preempted: bool
     history: list[dict[str, Any]]
+    data_exhausted: bool = False
 
 
 def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
@@ -138,7 +139,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                   async_save=cfg.train.async_checkpoint)
         start = checkpoints.latest_step()
-        if start is None:
+        resumed = start is not None
+        if not resumed:
             state, start = init_state(setup.params, setup.optimizer, cfg.model.seed, setup.shardings), 0
         else:
             state, _ = checkpoints.restore(start, setup.restore_target(), setup.meta)
@@ -148,10 +150,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
         step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.train.loss_chunk,
                                   dropout=cfg.lora.dropout > 0, shardings=setup.shardings,
                                   frozen_shardings=setup.frozen_sharding, batch_sharding=batch_sharding(mesh))
-        source_data = SyntheticSource(cfg.data.seq_len, cfg.data.global_batch, cfg.data.grad_accum, cfg.data.seed,
-                                      vocab=min(64, setup.model_cfg.vocab_size))
         global_shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
-        rows = local_rows(batch_sharding(mesh), global_shape)
+        feed = make_feed(cfg, local_rows(batch_sharding(mesh), global_shape), setup.model_cfg.vocab_size,
+                         run_dir if writer else None)
+        if resumed and feed.iterator is not None:
+            checkpoints.restore_data(start, feed.iterator)
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
         peak = peak_flops_per_device(cfg.train.peak_tflops)
@@ -161,22 +164,31 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
             log_every=cfg.train.log_every, tensorboard=cfg.train.tensorboard, enabled=writer, progress=progress,
         )
         end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
-        done = start
+        done = saved = start
+        data_exhausted = False
         with _Preemption() as preemption:
             for step in range(start, end):
-                batch = to_global(source_data.batch(step, rows), batch_sharding(mesh), global_shape)
-                state, step_metrics = step_fn(state, setup.frozen, batch)
+                try:
+                    local = feed.next(step)
+                except StopIteration:
+                    data_exhausted = True
+                    log.warning("the data ran out after step %d (data.epochs=%d)", done, cfg.data.epochs)
+                    break
+                state, step_metrics = step_fn(state, setup.frozen, to_global(local, batch_sharding(mesh), global_shape))
                 metrics.push(step, step_metrics)
                 done = step + 1
                 if preemption.requested or done % cfg.train.checkpoint_every == 0 or done == end:
-                    checkpoints.save(done, state, setup.meta)
+                    checkpoints.save(done, state, setup.meta, feed.iterator)
+                    saved = done
                 if preemption.requested:
                     log.warning("SIGTERM: checkpoint saved at step %d, stopping", done)
                     break
+        if saved != done:  # the data ended between checkpoints
+            checkpoints.save(done, state, setup.meta, feed.iterator)
         metrics.close()
         checkpoints.wait()
         checkpoints.close()
-    return TrainResult(run_dir, done, preemption.requested, metrics.history)
+    return TrainResult(run_dir, done, preemption.requested, metrics.history, data_exhausted)
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

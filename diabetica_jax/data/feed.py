@@ -1,0 +1,56 @@
+"""Where the train loop's batches come from: this process's rows of each global batch, as host arrays."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from diabetica_jax.data.synthetic import SyntheticSource
+from diabetica_jax.train.config import TrainConfig
+from diabetica_jax.train.state import Batch
+
+log = logging.getLogger(__name__)
+
+
+class SyntheticFeed:
+    """Deterministic synthetic rows: a pure function of the step, so there is no iterator to save."""
+
+    iterator = None
+
+    def __init__(self, cfg: TrainConfig, rows: range, vocab: int):
+        self.source = SyntheticSource(cfg.data.seq_len, cfg.data.global_batch, cfg.data.grad_accum, cfg.data.seed,
+                                      vocab=min(64, vocab))
+        self.rows = rows
+
+    def next(self, step: int) -> Batch:
+        return self.source.batch(step, self.rows)
+
+
+class CuratedFeed:
+    """Packed batches of curated records through Grain; its iterator state is checkpointed."""
+
+    def __init__(self, cfg: TrainConfig, rows: range, run_dir: Path | None):
+        from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, process_shard, read_records
+        from diabetica_jax.hf.tokenizer import load_tokenizer
+
+        records = read_records(cfg.data.path)
+        store = TokenStore(records, load_tokenizer(cfg.model.hf_path), cfg.data.seq_len, cfg.data.overlong)
+        self.stats = store.stats
+        log.info("curated data: %s", store.stats)
+        if run_dir is not None:
+            (run_dir / "data_stats.json").write_text(json.dumps(vars(store.stats), indent=2) + "\n")
+        settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
+                                  epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
+                                  overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins,
+                                  workers=cfg.data.workers)
+        self.iterator = iter(packed_batches(store, settings, *process_shard()))
+
+    def next(self, step: int) -> Batch:
+        return next(self.iterator)  # StopIteration when the epochs are used up
+
+
+def make_feed(cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
+    if cfg.data.source == "curated":
+        return CuratedFeed(cfg, rows, run_dir)
+    return SyntheticFeed(cfg, rows, vocab)
