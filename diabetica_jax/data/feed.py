@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from diabetica_jax.configuration import ConfigFileError
 from diabetica_jax.data.synthetic import SyntheticSource
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.state import Batch
@@ -30,13 +31,17 @@ class SyntheticFeed:
 class CuratedFeed:
     """Packed batches of curated records through Grain; its iterator state is checkpointed."""
 
-    def __init__(self, cfg: TrainConfig, rows: range, run_dir: Path | None):
+    def __init__(self, cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
         from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, process_shard, read_records
         from diabetica_jax.hf.tokenizer import load_tokenizer
 
         records = read_records(cfg.data.path)
         store = TokenStore(records, load_tokenizer(cfg.model.hf_path), cfg.data.seq_len, cfg.data.overlong)
         self.stats = store.stats
+        if store.tokens.size and int(store.tokens.max()) >= vocab:
+            raise ConfigFileError(
+                f"data.path={cfg.data.path}: token id {int(store.tokens.max())} is outside the model's vocabulary of "
+                f"{vocab}; the tokenizer ({cfg.model.hf_path or 'embedded Qwen2'}) does not match the model")
         log.info("curated data: %s", store.stats)
         if run_dir is not None:
             (run_dir / "data_stats.json").write_text(json.dumps(vars(store.stats), indent=2) + "\n")
@@ -52,5 +57,5 @@ class CuratedFeed:
 
 def make_feed(cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
     if cfg.data.source == "curated":
-        return CuratedFeed(cfg, rows, run_dir)
+        return CuratedFeed(cfg, rows, vocab, run_dir)
     return SyntheticFeed(cfg, rows, vocab)

@@ -1,0 +1,158 @@
+"""Chat-template loss masks, packing, and resumable Grain iteration."""
+
+import numpy as np
+import pytest
+
+from diabetica_jax.data.chat import EmptyLossMask, encode_messages, encode_record
+from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches
+from diabetica_jax.data.records import Record
+from diabetica_jax.hf.tokenizer import embedded_tokenizer
+
+CONVERSATIONS = {
+    "single turn": [{"role": "user", "content": "什么是糖尿病？"}, {"role": "assistant", "content": "一种以高血糖为特征的代谢病。"}],
+    "with system": [{"role": "system", "content": "You are a diabetes educator."},
+                    {"role": "user", "content": "What is HbA1c?"},
+                    {"role": "assistant", "content": "Average glucose over about three months."}],
+    "multi turn": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+                   {"role": "user", "content": "低血糖怎么办？"}, {"role": "assistant", "content": "先吃15克糖，15分钟后复测。"}],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return embedded_tokenizer()
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_loss_mask_covers_exactly_the_assistant_answers(tokenizer, name):
+    messages = CONVERSATIONS[name]
+    ids, mask = encode_messages(tokenizer, messages)
+    reference = tokenizer.apply_chat_template(messages, tokenize=True)
+    reference = reference["input_ids"] if hasattr(reference, "keys") else reference
+    assert ids.tolist() == list(reference)
+    answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+    assert tokenizer.decode(ids[mask == 1]) == "".join(answers)
+    # nothing of the prompt side leaks in: the tokens before the first answer carry no loss
+    first_answer = tokenizer.apply_chat_template(messages[: next(i for i, m in enumerate(messages)
+                                                                    if m["role"] == "assistant")],
+                                                 tokenize=False, add_generation_prompt=True)
+    assert mask[: len(tokenizer.encode(first_answer))].sum() == 0
+
+
+def test_empty_mask_is_an_error_and_passages_train_on_everything(tokenizer):
+    with pytest.raises(EmptyLossMask, match="record r1"):
+        encode_messages(tokenizer, [{"role": "user", "content": "hello"}], "r1")
+    passage = Record(id="p", source="s", kind="passage", language="en", provenance={}, text="Insulin lowers glucose.")
+    ids, mask = encode_record(tokenizer, passage)
+    assert mask.all() and ids[-1] == 151643
+
+
+def _store(lengths, seq_len=16, overlong="truncate"):
+    class Direct:  # a tokenizer stand-in: record text is the token count
+        def convert_tokens_to_ids(self, token):
+            return 0
+
+        def encode(self, text, add_special_tokens=False):
+            n = int(text)
+            return list(range(100 * n, 100 * n + n - 1))
+
+    records = [Record(id=str(i), source="s", kind="passage", language="en", provenance={}, text=str(n))
+               for i, n in enumerate(lengths)]
+    return TokenStore(records, Direct(), seq_len, overlong)
+
+
+def test_packing_segments_positions_and_overlong_counts():
+    store = _store([5, 9, 3, 20, 7, 4, 6])
+    assert store.stats.truncated == 1 and store.stats.examples == 7
+    assert _store([5, 20, 30], overlong="drop").stats.dropped_overlong == 2
+    batches = list(packed_batches(store, LoaderSettings(seq_len=16, rows=2, grad_accum=1, packing_bins=2)))
+    seen = []
+    for batch in batches:
+        assert batch.tokens.shape == (1, 2, 16)
+        for row in range(2):
+            seg, pos, tok = batch.segment_ids[0, row], batch.positions[0, row], batch.tokens[0, row]
+            for s in set(seg.tolist()) - {0}:
+                span = np.flatnonzero(seg == s)
+                assert (pos[span] == np.arange(len(span))).all()  # positions restart per document
+                seen.append(len(span))
+            assert (batch.loss_mask[0, row][seg == 0] == 0).all()  # padding has no loss
+    assert sorted(seen)[:3] == [3, 4, 5] and sum(seen) <= store.stats.tokens
+
+
+def test_packed_loss_equals_unpacked_losses(hf_checkpoints, tokenizer):
+    """Attention never crosses documents: a packed row's loss is the sum of its documents' losses alone."""
+    import jax.numpy as jnp
+
+    from diabetica_jax import hf
+    from diabetica_jax.train.loss import chunked_cross_entropy, next_token_targets
+
+    model, _ = hf.load(hf_checkpoints["qwen2_untied"], progress=False)
+    rng = np.random.RandomState(0)
+    docs = [(rng.randint(0, 512, n).astype(np.int32), (rng.rand(n) > 0.3).astype(np.int32)) for n in (9, 14, 6)]
+
+    def loss(tokens, mask, segments, positions):
+        hidden = model.hidden_states(jnp.asarray(tokens)[None], jnp.asarray(positions)[None], jnp.asarray(segments)[None])
+        targets, weights = next_token_targets(jnp.asarray(tokens)[None], jnp.asarray(mask)[None], jnp.asarray(segments)[None])
+        return float(chunked_cross_entropy(hidden, model.output_kernel(), targets, weights, 8)[0])
+
+    alone = sum(loss(t, m, np.ones_like(t), np.arange(len(t))) for t, m in docs)
+    tokens = np.concatenate([t for t, _ in docs] + [np.zeros(3, np.int32)])
+    masks = np.concatenate([m for _, m in docs] + [np.zeros(3, np.int32)])
+    segments = np.concatenate([np.full(len(t), i + 1) for i, (t, _) in enumerate(docs)] + [np.zeros(3, np.int64)])
+    positions = np.concatenate([np.arange(len(t)) for t, _ in docs] + [np.zeros(3, np.int64)])
+    assert loss(tokens, masks, segments, positions) == pytest.approx(alone, rel=1e-5)
+
+
+def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
+    store = _store(list(range(3, 40)) * 3)
+    settings = LoaderSettings(seq_len=32, rows=2, grad_accum=2, epochs=2, seed=7)
+    reference = list(packed_batches(store, settings))
+    iterator = iter(packed_batches(store, settings))
+    for _ in range(5):
+        next(iterator)
+    state = iterator.get_state()
+    fresh = iter(packed_batches(store, settings))
+    fresh.set_state(state)
+    rest = list(fresh)
+    assert len(rest) == len(reference) - 5
+    for a, b in zip(rest, reference[5:]):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    unique = _store(list(range(3, 30)))  # every document distinct
+    shards = [{int(t) for b in packed_batches(unique, LoaderSettings(seq_len=32, rows=1, epochs=1), i, 2)
+               for t in b.tokens[b.segment_ids > 0].ravel()} - {0} for i in range(2)]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+
+
+def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.train.loop import train
+
+    curate(load_curate_config(None), tmp_path / "curated", progress=False)
+    settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
+                f"data.path={tmp_path / 'curated'}", "data.seq_len=128", "data.global_batch=4", "train.loss_chunk=128",
+                "train.steps=5", "train.checkpoint_every=2", "train.tensorboard=false", "mesh.fsdp=2",
+                "optim.lr=3e-3", "train.async_checkpoint=false"]
+    cfg = load_train_config(None, settings)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    first = train(cfg, tmp_path / "split", progress=False, stop_after=2)
+    rest = train(cfg, tmp_path / "split", progress=False)
+    assert first.final_step == 2 and rest.final_step == 5
+    losses = [h["loss"] for h in whole.history]
+    assert [h["loss"] for h in first.history + rest.history] == losses and np.isfinite(losses).all()
+    assert '"examples": 159' in (tmp_path / "whole" / "data_stats.json").read_text()
+
+
+def test_tokens_outside_the_model_vocabulary_are_refused(hf_checkpoints, tmp_path):
+    from diabetica_jax.configuration import ConfigFileError
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.train.loop import train
+    from train_helpers import tiny_config
+
+    curate(load_curate_config(None), tmp_path / "curated", progress=False)
+    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "data.source=curated", f"data.path={tmp_path / 'curated'}")
+    with pytest.raises(ConfigFileError, match="vocabulary of 512"):
+        train(cfg, tmp_path / "run", progress=False)
