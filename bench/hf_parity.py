@@ -31,7 +31,6 @@ def main() -> None:
 
     from diabetica_jax import hf
     from diabetica_jax.cli import _parse_mesh
-    from diabetica_jax.generate import left_pad
     from diabetica_jax.model import forward
     from diabetica_jax.parallel import make_mesh
 
@@ -39,7 +38,11 @@ def main() -> None:
     ids = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                           add_generation_prompt=True), add_special_tokens=False)
            for p in PROMPTS]
-    tokens, valid = left_pad(ids, tokenizer.pad_token_id or 0)
+    width = max(len(p) for p in ids)
+    tokens = np.full((len(ids), width), tokenizer.pad_token_id or 0, np.int32)
+    valid = np.zeros((len(ids), width), bool)
+    for row, prompt in enumerate(ids):
+        tokens[row, width - len(prompt):], valid[row, width - len(prompt):] = prompt, True
     mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
     model, _ = hf.load(args.model, mesh=mesh, dtype=args.dtype)
     segments = valid.astype(np.int32)

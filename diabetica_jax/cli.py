@@ -32,34 +32,67 @@ def _load_model(args):
     mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
     if args.model:
         model, cfg = hf.load(args.model, mesh=mesh, dtype=args.dtype, allow_pickle=args.allow_pickle)
-        return model, cfg, hf.load_tokenizer(args.model)
+        return model, cfg, hf.load_tokenizer(args.model), mesh
     cfg = QwenConfig.preset(args.preset, dtype=args.dtype)
-    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, hf.load_tokenizer(None)
+    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, hf.load_tokenizer(None), mesh
+
+
+def _sampling(args):
+    from diabetica_jax.generate import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
 def cmd_generate(args) -> int:
-    from diabetica_jax.generate import greedy_generate
+    from diabetica_jax.generate.chat import chat_prompt, engine_for
 
-    model, cfg, tokenizer = _load_model(args)
+    model, cfg, tokenizer, mesh = _load_model(args)
     prompts = args.prompt or [DEFAULT_PROMPT]
     if args.raw:
-        ids = [tokenizer.encode(p) for p in prompts]
+        ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     else:
-        ids = [
-            tokenizer.encode(
-                tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False,
-            )
-            for p in prompts
-        ]
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None})
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    outputs = greedy_generate(model, ids, args.max_new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+        ids = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    outputs = engine_for(model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
     source = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
-    print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; greedy, {args.max_new_tokens} new tokens max")
+    print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new tokens max")
     for prompt, out in zip(prompts, outputs):
         print(f"\n>>> {prompt}\n{tokenizer.decode(out, skip_special_tokens=True)}")
     return 0
+
+
+def cmd_chat(args) -> int:
+    """Interactive chat in the terminal: streamed tokens, multi-turn history, /reset and /quit."""
+    from diabetica_jax.generate.chat import chat_prompt, engine_for
+
+    model, _, tokenizer, mesh = _load_model(args)
+    engine = engine_for(model, tokenizer, mesh)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    print("diabetica-jax chat: type a message; /reset clears the history, /quit (or Ctrl-D) leaves.")
+    while True:
+        try:
+            text = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        print("assistant> ", end="", flush=True)
+        reply: list[int] = []
+        shown = ""
+        for token in engine.stream(chat_prompt(tokenizer, history), args.max_new_tokens, _sampling(args)):
+            reply.append(token)
+            decoded = tokenizer.decode(reply, skip_special_tokens=True)
+            print(decoded[len(shown):], end="", flush=True)  # decode the whole reply: multi-byte characters
+            shown = decoded
+        print()
+        history.append({"role": "assistant", "content": shown})
 
 
 def cmd_train(args) -> int:
@@ -132,17 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def model_flags(p):
+        p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors)")
+        p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
+        p.add_argument("--seed", type=int, default=0, help="random init seed for --preset, and the sampling seed")
+        p.add_argument("--max-new-tokens", type=int, default=32)
+        p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--repetition-penalty", type=float, default=1.0)
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+        p.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
+        p.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
+
     gen = sub.add_parser("generate", help="generate text from a checkpoint or the embedded default model")
-    gen.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors)")
-    gen.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
-    gen.add_argument("--seed", type=int, default=0, help="random init seed for --preset")
+    model_flags(gen)
     gen.add_argument("--prompt", action="append", help="prompt text (repeatable); a diabetes question by default")
     gen.add_argument("--raw", action="store_true", help="do not wrap prompts in the ChatML chat template")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    gen.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
-    gen.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
     gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive multi-turn chat with streamed tokens")
+    model_flags(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.set_defaults(func=cmd_chat, max_new_tokens=512)
 
     tr = sub.add_parser("train", help="fine-tune (full or LoRA) from a YAML config")
     tr.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")

@@ -1,37 +1,85 @@
-"""Greedy decoding (the interim, cache-free decoder) equals transformers' generate; the main job runs."""
+"""The KV-cache engine: token-for-token equal to transformers' generate, few compilations, sharded too."""
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from diabetica_jax import hf
 from diabetica_jax.cli import main
-from diabetica_jax.generate import greedy_generate
+from diabetica_jax.generate import Engine, SamplingParams
+from diabetica_jax.generate.sampling import apply_repetition_penalty, choose
 
 
-def test_batched_left_padded_greedy_equals_transformers_generate(hf_checkpoints):
-    path = hf_checkpoints["qwen3"]
-    rng = np.random.RandomState(3)
-    prompts = [rng.randint(0, 500, n).tolist() for n in (3, 9, 6)]
+def _prompts(seed=3, lengths=(3, 9, 6, 20)):
+    rng = np.random.RandomState(seed)
+    return [rng.randint(0, 500, n).tolist() for n in lengths]
+
+
+def _reference(model, prompt, n, penalty):
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, repetition_penalty=penalty,
+                         eos_token_id=511, pad_token_id=510)[0, len(prompt):].tolist()
+    return out[: out.index(511)] if 511 in out else out
+
+
+@pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3"])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
+    path = hf_checkpoints[variant]
     model, _ = hf.load(path, progress=False)
-    ours = greedy_generate(model, prompts, max_new_tokens=10, stop_ids=[511], pad_id=510)
+    engine = Engine(model, stop_ids=[511], pad_id=510)
+    prompts = _prompts()
+    ours = engine.generate(prompts, 12, SamplingParams(repetition_penalty=penalty))
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    for prompt, out in zip(prompts, ours):
-        expected = reference.generate(
-            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=511, pad_token_id=510
-        )[0, len(prompt):].tolist()
-        if 511 in expected:
-            expected = expected[: expected.index(511)]
-        assert out == expected
+    assert ours == [_reference(reference, p, 12, penalty) for p in prompts]
 
 
-def test_generation_stops_at_stop_token(hf_checkpoints):
+def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):
+    model, _ = hf.load(hf_checkpoints["qwen2_untied"], progress=False)
+    engine = Engine(model, stop_ids=[511], pad_id=510)
+    rng = np.random.RandomState(0)
+    for _ in range(12):
+        batch = int(rng.randint(1, 5))
+        engine.generate([rng.randint(0, 500, int(rng.randint(1, 30))).tolist() for _ in range(batch)], 6)
+    # prompt buckets 16 and 32, batch buckets 1, 2 and 4: at most 6 programs for 12 different request shapes
+    assert engine.compilations <= 6
+
+
+def test_stop_tokens_and_streaming(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_tied"], progress=False)
-    free = greedy_generate(model, [[1, 2, 3]], max_new_tokens=6, stop_ids=[511], pad_id=0)[0]
-    assert len(free) == 6
-    # make the third generated token a stop token: output is cut before it
-    cut = greedy_generate(model, [[1, 2, 3]], max_new_tokens=6, stop_ids=[free[2]], pad_id=0)[0]
-    assert cut == free[: free.index(free[2])]
+    free = Engine(model, stop_ids=[511], pad_id=0).generate([[1, 2, 3]], 8)[0]
+    assert len(free) == 8
+    stop_at = free[3]
+    cut = Engine(model, stop_ids=[stop_at], pad_id=0).generate([[1, 2, 3]], 8)[0]
+    assert cut == free[: free.index(stop_at)]
+    engine = Engine(model, stop_ids=[511], pad_id=0)
+    assert list(engine.stream([1, 2, 3], 8)) == free
+
+
+def test_sharded_generation_equals_single_device(hf_checkpoints):
+    from diabetica_jax.parallel import make_mesh
+
+    path = hf_checkpoints["qwen3"]
+    single, _ = hf.load(path, progress=False)
+    mesh = make_mesh({"fsdp": 2, "tensor": 2})
+    sharded, _ = hf.load(path, mesh=mesh, progress=False)
+    prompts = _prompts(lengths=(5, 11))
+    expected = Engine(single, stop_ids=[511], pad_id=510).generate(prompts, 8)
+    assert Engine(sharded, stop_ids=[511], pad_id=510, mesh=mesh).generate(prompts, 8) == expected
+
+
+def test_sampling_rules():
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.array([[2.0, -1.0, 0.5, 3.0]])
+    seen = jnp.array([[True, True, False, False]])
+    np.testing.assert_allclose(apply_repetition_penalty(logits, seen, 2.0), [[1.0, -2.0, 0.5, 3.0]])
+    keys = jax.random.split(jax.random.PRNGKey(0), 200)
+    top1 = {int(choose(logits, ~seen, SamplingParams(temperature=1.0, top_k=1), k)[0]) for k in keys[:20]}
+    assert top1 == {3}
+    top_p = {int(choose(logits, ~seen, SamplingParams(temperature=1.0, top_p=0.7), k)[0]) for k in keys}
+    assert top_p == {0, 3}  # p(3) = 0.65 < 0.7, so the next most likely token joins; the rest never appear
 
 
 def test_generate_command_on_the_embedded_default(capsys):

@@ -116,3 +116,16 @@ def test_readme_configuration_reference_is_current():
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     current = readme[readme.index(start) + len(start): readme.index(end)]
     assert current == markdown_reference(TrainConfig), "README config reference drifted: regenerate it"
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from diabetica_jax.data.curate.config import load_curate_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(configs.glob("*.yaml")):
+        if path.name.startswith("curate"):
+            assert load_curate_config(str(path)).demo
+        else:
+            assert load_train_config(str(path)).train.steps > 0

@@ -1,5 +1,6 @@
-"""Text generation with Qwen models."""
+"""Text generation: the KV-cache engine and sampling."""
 
-from diabetica_jax.generate.greedy import greedy_generate, left_pad
+from diabetica_jax.generate.engine import Engine, bucket
+from diabetica_jax.generate.sampling import SamplingParams
 
-__all__ = ["greedy_generate", "left_pad"]
+__all__ = ["Engine", "SamplingParams", "bucket"]

@@ -60,8 +60,12 @@ def attention_mask(seq_len: int, segment_ids: jax.Array | None = None) -> jax.Ar
     return mask
 
 
-def xla_attention(q, k, v, *, segment_ids=None):
-    """Plain einsum attention with float32 softmax; the reference every backend is tested against."""
+def xla_attention(q, k, v, *, segment_ids=None, mask=None):
+    """Plain einsum attention with float32 softmax; the reference every backend is tested against.
+
+    Without `mask`, causal within the sequence (and same-segment); with `mask` ([b or 1, 1, t, s]
+    booleans), exactly that, as the KV-cache decoder uses it.
+    """
     b, t, h, d = q.shape
     kv_heads = k.shape[2]
     groups = h // kv_heads
@@ -69,7 +73,8 @@ def xla_attention(q, k, v, *, segment_ids=None):
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(d).astype(
         jnp.float32
     )
-    mask = attention_mask(t, segment_ids)  # [b|1, 1, t, t]
+    if mask is None:
+        mask = attention_mask(t, segment_ids)  # [b|1, 1, t, t]
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from diabetica_jax.model.attention import attend
+from diabetica_jax.model.attention import attend, xla_attention
 from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
 from diabetica_jax.parallel.rules import constrain
@@ -45,7 +45,7 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
+    def _qkv(self, x, cos, sin, dropout_rng):
         q = self.q_proj(x, _key(dropout_rng, 0))  # [b, t, heads, head_dim]
         k = self.k_proj(x, _key(dropout_rng, 1))  # [b, t, kv_heads, head_dim]
         v = self.v_proj(x, _key(dropout_rng, 2))
@@ -54,8 +54,24 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("batch", "seq", "act_kv_heads", None))
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
+        return q, k, v
+
+    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
+        q, k, v = self._qkv(x, cos, sin, dropout_rng)
         out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
         return self.o_proj(out, _key(dropout_rng, 3))
+
+    def cached(self, x, cos, sin, cache_k, cache_v, write_index, key_valid):
+        """Attend over a KV cache [b, max_len, kv_heads, head_dim] after writing this step's keys and values
+        at slots write_index .. write_index + t. A query at slot i sees valid keys at slots <= i."""
+        q, k, v = self._qkv(x, cos, sin, None)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), write_index, axis=1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), write_index, axis=1)
+        query_slots = write_index + jnp.arange(x.shape[1])
+        visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slots[:, None]  # [t, max_len]
+        mask = visible[None, None] & key_valid[:, None, None, :]
+        out = xla_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask=mask)
+        return self.o_proj(out), cache_k, cache_v
 
 
 class MLP(nnx.Module):
@@ -90,6 +106,13 @@ class DecoderLayer(nnx.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng)
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
         return constrain(x, ("batch", "seq", "act_embed"))
+
+    def cached(self, x, cos, sin, cache_k, cache_v, write_index, key_valid):
+        attn, cache_k, cache_v = self.self_attn.cached(self.input_layernorm(x), cos, sin, cache_k, cache_v,
+                                                      write_index, key_valid)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return constrain(x, ("batch", "seq", "act_embed")), cache_k, cache_v
 
 
 def _remat(body, policy: str):
@@ -162,3 +185,24 @@ class Qwen(nnx.Module):
 
     def __call__(self, tokens, positions=None, segment_ids=None):
         return self.logits(self.hidden_states(tokens, positions, segment_ids))
+
+    def decode_step(self, tokens, positions, cache, write_index, key_valid):
+        """One prefill or decode step against a KV cache.
+
+        tokens/positions [b, t]; cache = (k, v), each [layers, b, max_len, kv_heads, head_dim];
+        key_valid [b, max_len] marks cache slots holding real tokens (left padding stays False).
+        Returns the float32 logits of the last position [b, vocab] and the updated cache.
+        """
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
+        graphdef, stacked = nnx.split(self.layers)
+
+        def layer_step(h, layer):
+            layer_state, cache_k, cache_v = layer
+            h, cache_k, cache_v = nnx.merge(graphdef, layer_state).cached(h, cos, sin, cache_k, cache_v,
+                                                                            write_index, key_valid)
+            return h, (cache_k, cache_v)
+
+        x, (cache_k, cache_v) = jax.lax.scan(layer_step, x, (stacked, cache[0], cache[1]))
+        cache_axes = ("layers", "batch", None, "act_kv_heads", None)
+        return self.logits(self.norm(x[:, -1])), (constrain(cache_k, cache_axes), constrain(cache_v, cache_axes))

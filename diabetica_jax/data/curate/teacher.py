@@ -71,20 +71,24 @@ class LocalTeacher:
         from diabetica_jax.model import QwenConfig, create_model
 
         self.name = f"local:{model}"
+        from diabetica_jax.generate.chat import engine_for
+
         if Path(model).is_dir():
-            self.model, _ = hf.load(model, progress=False)
+            loaded, _ = hf.load(model, progress=False)
             self.tokenizer = hf.load_tokenizer(model)
         else:
-            self.model = create_model(QwenConfig.preset(model))
+            loaded = create_model(QwenConfig.preset(model))
             self.tokenizer = hf.load_tokenizer(None)
+        self.engine = engine_for(loaded, self.tokenizer)
+        self._lock = threading.Lock()
 
     def chat(self, messages, max_tokens: int, temperature: float) -> str:
-        from diabetica_jax.generate import greedy_generate
+        from diabetica_jax.generate import SamplingParams
+        from diabetica_jax.generate.chat import chat_prompt
 
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        stop = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-        out = greedy_generate(self.model, [ids], max_tokens, stop_ids=stop, pad_id=stop[-1])[0]
+        with self._lock:  # one engine, called from the augment thread pool
+            out = self.engine.generate([chat_prompt(self.tokenizer, messages)], max_tokens,
+                                       SamplingParams(temperature=temperature))[0]
         return self.tokenizer.decode(out, skip_special_tokens=True)
 
 
