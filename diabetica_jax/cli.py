@@ -153,6 +153,32 @@ def cmd_curate(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from diabetica_jax.evaluation.config import load_eval_config
+    from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).is_file():
+        config, overrides = None, [config] + overrides
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.task or args.data:
+        if not (args.task and args.data):
+            raise SystemExit("eval: --task and --data go together")
+        overrides.append(f"tasks=[{{task: {args.task}, files: [{json.dumps(str(Path(args.data).absolute()))}]}}]")
+    cfg = load_eval_config(config, overrides)
+    result = evaluate(cfg, args.out)
+    runs = [result] + [json.loads((Path(d) / "report.json").read_text()) for d in args.compare or []]
+    if len(runs) > 1:
+        (Path(args.out) / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
+        compare_plot(runs, Path(args.out) / "comparison.png")
+    print(summary_markdown(runs))
+    print(f"reports in {args.out}: report.json, report_<task>.json, summary.md, comparison.png")
+    return 0
+
+
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
     group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
@@ -211,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--out", required=True, help="output directory")
     cu.set_defaults(func=cmd_curate)
 
+    ev = sub.add_parser("eval", help="run the Diabetica benchmarks (MCQ, fill-in-the-blank, judged dialogue)")
+    ev.add_argument("config", nargs="?", help="suite YAML, e.g. eval/demo.yaml or eval/diabetica.yaml")
+    ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. mode=faithful protocol=FILE")
+    ev.add_argument("--model", help="Hugging Face checkpoint directory (default: the tiny random preset)")
+    ev.add_argument("--task", choices=["mcq", "cloze", "dialog"], help="one task on one --data file, no suite")
+    ev.add_argument("--data", help="benchmark file for --task")
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")
+    ev.set_defaults(func=cmd_eval)
+
     ex = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
     ex.add_argument("--run-dir", required=True)
     ex.add_argument("--out", required=True)
@@ -253,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plan":
             _emulate_devices_for_plan(args)
+        from diabetica_jax.evaluation.data import EvalDataError
         from diabetica_jax.hf.errors import CheckpointError
         from diabetica_jax.model.config import ConfigError
     except ConfigFileError as e:
@@ -260,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, ConfigFileError) as e:
+    except (CheckpointError, ConfigError, ConfigFileError, EvalDataError) as e:
         print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,63 @@
+"""Benchmark items, read from the user's files with errors that name the file and row."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from diabetica_jax.data.curate.collect import _rows, detect_format
+from diabetica_jax.data.curate.mcq import MCQParseError, parse_answer, parse_question
+from diabetica_jax.data.records import Reject
+
+
+class EvalDataError(ValueError):
+    """A benchmark file that cannot be evaluated; names the file, row and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: str
+    question: str  # as in the file (MCQ: stem and option lines)
+    answer: str  # MCQ: the keyed letter; cloze: the expected text; dialog: the physician rules
+    options: dict[str, str] | None = None
+    reference: str | None = None  # dialog: a reference response, when the file has one
+
+
+QUESTION = ("question",)
+ANSWERS = {"mcq": ("answer",), "cloze": ("answer",), "dialog": ("rulehuman", "rules", "rule")}
+
+
+def load_items(path: str | Path, task: str) -> list[Item]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"{path}: benchmark file not found")
+    items: list[Item] = []
+    columns_checked = False
+    for row_index, row in _rows(path, detect_format(path)):
+        where = f"{path}: row {row_index}"
+        if isinstance(row, Reject):
+            raise EvalDataError(f"{where}: {row.reason}")
+        if not columns_checked:
+            for needed in (QUESTION, ANSWERS[task]):
+                if not any(c in row for c in needed):
+                    raise EvalDataError(f"{path}: missing column {needed[0]!r} (columns: {sorted(row)})")
+            columns_checked = True
+        question = str(row.get("question") or "").strip()
+        answer = str(next((row[c] for c in ANSWERS[task] if row.get(c)), "") or "").strip()
+        if not question:
+            raise EvalDataError(f"{where}: empty 'question'")
+        if not answer:
+            raise EvalDataError(f"{where}: empty {ANSWERS[task][0]!r}")
+        item_id = str(row.get("ID") or row.get("id") or row_index)
+        if task == "mcq":
+            try:
+                _, options = parse_question(question)
+                letter = parse_answer(answer, options)
+            except MCQParseError as e:
+                raise EvalDataError(f"{where}: {e}") from None
+            items.append(Item(item_id, question, letter, options))
+        else:
+            items.append(Item(item_id, question, answer, reference=row.get("response") or None))
+    if not items:
+        raise EvalDataError(f"{path}: no items")
+    return items

@@ -1,0 +1,67 @@
+"""What the model and the judge are asked: the project's own prompts, or a protocol file's (faithful mode)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    system: str | None
+    mcq: str  # format strings with {question}
+    cloze: str
+    dialog: str
+    judge: str  # {question}, {rules}, {answer}
+    mcq_rule: str = "picked"  # picked: the option the reply commits to; first_letter: first A-E character
+    score_rule: str = "last"  # last: last score-like number; first_digit: the protocol's original parser
+    decoding: dict = dataclasses.field(default_factory=dict)  # task -> {max_new_tokens, repetition_penalty}
+    judge_temperature: float = 0.0
+    published: dict = dataclasses.field(default_factory=dict)
+
+
+OWN = Prompts(
+    system="You are a careful assistant for diabetes care. Answer accurately and concisely.",
+    mcq="下面是一道单项选择题，请只回答最佳选项的字母（A–E）。\n\n{question}",
+    cloze="请在括号（）处填写最恰当的内容，只输出要填写的内容。\n\n{question}",
+    dialog="{question}",
+    judge=(
+        "You grade a diabetes care answer against a physician's rules.\n"
+        "Question:\n{question}\n\nRules the answer must satisfy:\n{rules}\n\nAnswer to grade:\n{answer}\n\n"
+        "Check the answer against each rule, explain briefly, and finish with a line \"Score: N\" where N is "
+        "from 1 (fails every rule or is unsafe) to 10 (satisfies every rule, accurate and safe)."
+    ),
+    decoding={"mcq": {"max_new_tokens": 16}, "cloze": {"max_new_tokens": 32},
+              "dialog": {"max_new_tokens": 512, "repetition_penalty": 1.1}},
+)
+
+
+def from_protocol(path: str | Path) -> Prompts:
+    """Prompts, decoding and scoring rules as a protocol file (layout of Diabetica's protocol.json) gives them."""
+    protocol = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        cloze = protocol["fill_in_the_blank"]
+        placeholder = cloze.get("placeholder", "<question>")
+        judge = protocol["dialog"]["judge"]
+        judge_prompt = (judge["prompt"].replace("{", "{{").replace("}", "}}")
+                        .replace("<instruction>", "{question}").replace("<rule>", "{rules}").replace("<output>", "{answer}"))
+
+        def decoding(section):
+            d = protocol[section].get("decoding", {})
+            return {k: d[k] for k in ("max_new_tokens", "repetition_penalty") if k in d}
+
+        return Prompts(
+            system=protocol.get("system_prompt"),
+            mcq=protocol["mcq"]["user_prompt"],
+            cloze=cloze["user_prompt"].replace("{", "{{").replace("}", "}}").replace(placeholder, "{question}"),
+            dialog=protocol["dialog"]["user_prompt"],
+            judge=judge_prompt,
+            mcq_rule="first_letter",
+            score_rule="first_digit",
+            decoding={"mcq": decoding("mcq"), "cloze": decoding("fill_in_the_blank"), "dialog": decoding("dialog")},
+            judge_temperature=float(judge.get("temperature", 0.0)),
+            published=protocol.get("published_results", {}),
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: protocol file lacks {e.args[0]!r}") from None
