@@ -87,3 +87,22 @@ def test_generate_command_on_the_embedded_default(capsys):
     out = capsys.readouterr().out
     assert "preset tiny (random weights, seed 0)" in out and "9.8M parameters" in out
     assert ">>> 什么是糖尿病？" in out
+
+
+def test_chat_command_streams_and_keeps_history(monkeypatch, capsys):
+    replies = iter(["什么是糖尿病？", "/reset", "Thanks", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    seen_prompts = []
+    from diabetica_jax.generate import chat as chat_module
+
+    original = chat_module.chat_prompt
+
+    def recording(tokenizer, messages):
+        seen_prompts.append([m["role"] for m in messages])
+        return original(tokenizer, messages)
+
+    monkeypatch.setattr(chat_module, "chat_prompt", recording)
+    assert main(["chat", "--max-new-tokens", "3", "--system", "Be brief."]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 2
+    assert seen_prompts == [["system", "user"], ["system", "user"]]  # /reset dropped the first exchange
