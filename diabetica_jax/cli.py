@@ -179,6 +179,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from diabetica_jax.pipeline.config import load_run_config
+    from diabetica_jax.pipeline.run import run
+
+    cfg = load_run_config(args.config, args.overrides)
+    result = run(cfg, args.run_dir, progress=not args.no_progress)
+    for stage, status in result["stages"].items():
+        seconds = result["seconds"].get(stage)
+        print(f"  {stage:8s} {status}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+    print(f"summary: {Path(result['run_dir']) / 'summary.md'}")
+    return 0
+
+
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
     group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
@@ -246,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")
     ev.set_defaults(func=cmd_eval)
+
+    rn = sub.add_parser("run", help="the whole pipeline: curate, train, eval, export (finished stages are skipped)")
+    rn.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    rn.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train.steps=20")
+    rn.add_argument("--run-dir", required=True)
+    rn.add_argument("--no-progress", action="store_true")
+    rn.set_defaults(func=cmd_run)
 
     ex = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
     ex.add_argument("--run-dir", required=True)

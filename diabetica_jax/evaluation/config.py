@@ -41,10 +41,14 @@ def load_eval_config(path: str | None, overrides: list[str] | None = None) -> Ev
 
         data["data_dir"] = str((Path(path).parent / data["data_dir"]).resolve())
     cfg = build(EvalConfig, data, source)
-    if not cfg.tasks:
+    validate_eval(cfg, source)
+    return cfg
+
+
+def validate_eval(cfg: EvalConfig, source: str, need_tasks: bool = True) -> None:
+    if need_tasks and not cfg.tasks:
         raise ConfigFileError(f"{source}: no tasks to run")
     if cfg.mode == "faithful" and not cfg.protocol:
         raise ConfigFileError(f"{source}: mode faithful needs `protocol` (a protocol.json file)")
     if cfg.judge.backend != "none" and not cfg.judge.model:
         raise ConfigFileError(f"{source}: judge.model is required with judge backend {cfg.judge.backend!r}")
-    return cfg

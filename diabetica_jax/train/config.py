@@ -93,7 +93,7 @@ class TrainConfig:
         return self.data.global_batch // self.data.grad_accum
 
 
-def _check_values(cfg: TrainConfig, source: str) -> None:
+def validate_train(cfg: TrainConfig, source: str) -> None:
     def bad(key: str, message: str):
         raise ConfigFileError(f"{source}: {key}: {message}")
 
@@ -150,5 +150,5 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
         data = apply_overrides(data, overrides)
         source += " + overrides"
     cfg = build(TrainConfig, data, source)
-    _check_values(cfg, source)
+    validate_train(cfg, source)
     return cfg

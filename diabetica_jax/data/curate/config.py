@@ -121,6 +121,11 @@ def load_curate_config(path: str | None, overrides: list[str] | None = None, inp
             if isinstance(item, dict) and "path" in item and not Path(str(item["path"])).is_absolute():
                 item["path"] = str(base / item["path"])
     cfg = build(CurateConfig, data, source)
+    validate_curate(cfg, source)
+    return cfg
+
+
+def validate_curate(cfg: CurateConfig, source: str) -> None:
     if not cfg.inputs and not cfg.demo:
         raise ConfigFileError(f"{source}: no inputs: list some under `inputs`, pass --input, or set demo: true")
     for i, item in enumerate(cfg.inputs):
@@ -132,4 +137,3 @@ def load_curate_config(path: str | None, overrides: list[str] | None = None, inp
         section = getattr(cfg, name)
         if section.backend != "none" and not section.model:
             raise ConfigFileError(f"{source}: {name}.model is required with backend {section.backend!r}")
-    return cfg

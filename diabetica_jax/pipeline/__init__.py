@@ -1,0 +1,1 @@
+"""`diabetica-jax run`: the whole Diabetica pipeline (curate, train, evaluate, export) from one YAML."""

@@ -1,0 +1,188 @@
+"""Run the stages in order, each into its own folder of the run directory, skipping what is done.
+
+A stage is skipped when its marker (`STAGE/.stage.json`) records the same content hash: the stage's
+config, the hashes of the stages it reads from, and (for curation) the bytes of its input files.
+A stage whose hash changed starts over in a clean folder; an interrupted training stage resumes from
+its last checkpoint, because `train` always does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from diabetica_jax.configuration import to_dict
+from diabetica_jax.pipeline.config import RunConfig
+
+log = logging.getLogger(__name__)
+STAGES = ("curate", "train", "eval", "export")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _files_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.name).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Stage:
+    def __init__(self, run_dir: Path, name: str, digest: str):
+        self.dir, self.name, self.digest = run_dir / name, name, digest
+        self.marker = self.dir / ".stage.json"
+
+    def done(self) -> bool:
+        if not self.marker.is_file():
+            return False
+        return json.loads(self.marker.read_text()).get("hash") == self.digest
+
+    def begin(self) -> None:
+        """Keep a matching unfinished stage (to resume it); clear one made from other inputs."""
+        if self.marker.is_file() and json.loads(self.marker.read_text()).get("hash") != self.digest:
+            log.warning("%s: inputs or config changed, starting the stage over", self.dir)
+            shutil.rmtree(self.dir)
+        started = self.dir / ".started.json"
+        if started.is_file() and json.loads(started.read_text()).get("hash") != self.digest:
+            log.warning("%s: an unfinished stage from other inputs, starting over", self.dir)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps({"hash": self.digest}))
+
+    def finish(self, summary: dict) -> None:
+        self.marker.write_text(json.dumps({"hash": self.digest, "finished": time.time(), **summary}, indent=2) + "\n")
+
+
+def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    """Curate, train, evaluate (base and trained), export; return what each stage did."""
+    from diabetica_jax.data.curate.pipeline import curate, demo_inputs
+
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    statuses: dict[str, str] = {}
+    timings: dict[str, float] = {}
+
+    inputs = [Path(i.path) for i in cfg.curate.inputs] + ([Path(s.path) for s in demo_inputs()] if cfg.curate.demo else [])
+    curate_stage = Stage(run_dir, "data", _digest([to_dict(cfg.curate), _files_digest(inputs)]))
+    train_cfg = dataclasses.replace(cfg.train, data=dataclasses.replace(cfg.train.data, source="curated",
+                                                                        path=str(curate_stage.dir)))
+    train_stage = Stage(run_dir, "train", _digest([to_dict(train_cfg), curate_stage.digest]))
+    eval_stage = Stage(run_dir, "eval", _digest([to_dict(cfg.eval), cfg.eval_base, train_stage.digest]))
+    export_stage = Stage(run_dir, "hf", _digest([to_dict(cfg.export), train_stage.digest]))
+
+    def do(stage: Stage, label: str, work):
+        if stage.done():
+            statuses[label] = "skipped (up to date)"
+            log.info("%s: up to date, skipped", label)
+            return
+        start = time.perf_counter()
+        stage.begin()
+        summary = work(stage.dir) or {}
+        stage.finish(summary)
+        statuses[label] = "done"
+        timings[label] = time.perf_counter() - start
+
+    do(curate_stage, "curate", lambda out: _card_summary(curate(cfg.curate, out, progress=progress)))
+    do(train_stage, "train", lambda out: _train(train_cfg, out, progress))
+    do(eval_stage, "eval", lambda out: _evaluate(cfg, train_cfg, out, train_stage.dir, progress))
+    do(export_stage, "export", lambda out: _export(cfg, out, train_stage.dir))
+    result = {"run_dir": str(run_dir), "stages": statuses, "seconds": timings}
+    from diabetica_jax.pipeline.summary import write_summary
+
+    write_summary(run_dir, result)
+    return result
+
+
+def _card_summary(card: dict) -> dict:
+    return {k: card[k] for k in ("collected", "generated", "kept", "rejected")}
+
+
+def _train(train_cfg, out: Path, progress: bool) -> dict:
+    from diabetica_jax.train.loop import train
+
+    result = train(train_cfg, out, progress=progress)
+    if result.preempted:
+        raise SystemExit(f"training was preempted at step {result.final_step}; rerun the same command to resume")
+    return {"final_step": result.final_step, "data_exhausted": result.data_exhausted}
+
+
+def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: bool) -> dict:
+    from diabetica_jax import hf
+    from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
+    from diabetica_jax.parallel import make_mesh
+    from diabetica_jax.train.loop import build_model, trained_model
+
+    tokenizer = hf.load_tokenizer(train_cfg.model.hf_path)
+    runs = []
+    if cfg.eval_base:
+        mesh = make_mesh({"fsdp": -1})
+        with jax.set_mesh(mesh):
+            base, _, _ = build_model(train_cfg, mesh)
+        name = Path(train_cfg.model.hf_path).name if train_cfg.model.hf_path else f"{train_cfg.model.preset} (base)"
+        runs.append(evaluate(dataclasses.replace(cfg.eval, name=f"{name} before training"), out / "base",
+                             model=base, tokenizer=tokenizer, progress=progress))
+        del base
+    model, _, step = trained_model(train_dir)
+    runs.append(evaluate(dataclasses.replace(cfg.eval, name=f"trained (step {step})"), out / "trained",
+                         model=model, tokenizer=tokenizer, progress=progress))
+    (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
+    compare_plot(runs[::-1], out / "comparison.png")
+    return {"runs": [r["model"] for r in runs]}
+
+
+def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:
+    from diabetica_jax import hf
+    from diabetica_jax.train.loop import load_run_config, trained_model
+
+    model, model_cfg, step = trained_model(train_dir)
+    tokenizer = hf.load_tokenizer(load_run_config(train_dir).model.hf_path)
+    hf.save(model, model_cfg, out, max_shard_size=cfg.export.max_shard_size, dtype=cfg.export.dtype,
+            tokenizer=tokenizer, progress=False)
+    summary = {"step": step, "dtype": cfg.export.dtype}
+    if cfg.export.verify:
+        summary["verify"] = verify_export(out, tokenizer, cfg.export.verify_prompts, cfg.export.verify_tokens)
+        (out / "verify.json").write_text(json.dumps(summary["verify"], indent=2, ensure_ascii=False) + "\n")
+        if not summary["verify"]["identical"]:
+            raise RuntimeError(f"{out}: transformers' greedy tokens differ from the JAX engine's (see verify.json)")
+    return summary
+
+
+def verify_export(path: Path, tokenizer, n_prompts: int, n_tokens: int) -> dict:
+    """transformers loads the export and greedily produces the same tokens as the JAX engine on it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from diabetica_jax import hf
+    from diabetica_jax.demo.facts import BENCH_DIALOG, BENCH_MCQ
+    from diabetica_jax.generate.chat import chat_prompt, engine_for
+
+    questions = [q for q, _, _ in BENCH_MCQ] + [q for q, _ in BENCH_DIALOG]
+    prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions[:n_prompts]]
+    model, _ = hf.load(path, progress=False)
+    engine = engine_for(model, tokenizer)
+    ours = engine.generate(prompts, n_tokens)
+    reference_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    stop = set(int(s) for s in engine.stop_ids)
+    theirs = []
+    with torch.no_grad():
+        for prompt in prompts:
+            out = reference_model.generate(torch.tensor([prompt]), max_new_tokens=n_tokens, do_sample=False,
+                                           eos_token_id=sorted(stop), pad_token_id=engine.pad_id)[0, len(prompt):]
+            tokens = out.tolist()
+            cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
+            theirs.append(tokens[:cut])
+    return {"identical": ours == theirs, "prompts": len(prompts), "tokens_per_prompt": n_tokens,
+            "jax": ours, "transformers": theirs, "agreement": float(np.mean([a == b for a, b in zip(ours, theirs)]))}
