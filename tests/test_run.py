@@ -1,0 +1,67 @@
+"""`diabetica-jax run` on the embedded default, reduced: every stage's outputs, skipping, and resuming."""
+
+import json
+import signal
+import subprocess
+import time
+
+from diabetica_jax.pipeline.config import load_run_config
+from diabetica_jax.pipeline.run import run
+from train_helpers import REPO, cli_env
+
+DEMO = str(REPO / "configs" / "demo.yaml")
+SMALL = ["train.train.steps=4", "train.train.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
+         "train.train.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
+         "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 3}, "
+         "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}, "
+         "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2"]
+
+
+def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
+    result = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
+    assert result["stages"] == {"curate": "done", "train": "done", "eval": "done", "export": "done"}
+    card = json.loads((tmp_path / "data" / "data_card.json").read_text())
+    assert (card["collected"], card["kept"]) == (194, 159) and list((tmp_path / "data" / "shards").iterdir())
+    metrics = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]
+    for run_name in ("base", "trained"):
+        report = json.loads((tmp_path / "eval" / run_name / "report.json").read_text())
+        assert report["tasks"]["mcq"]["n_items"] == 3 and report["tasks"]["cloze"]["n_items"] == 2
+    verify = json.loads((tmp_path / "hf" / "verify.json").read_text())
+    assert verify["identical"] and verify["prompts"] == 2
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.json").is_file()
+    summary = (tmp_path / "summary.md").read_text()
+    for heading in ("## Data", "## Training", "## Evaluation", "## Export"):
+        assert heading in summary
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
+
+    again = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
+    assert set(again["stages"].values()) == {"skipped (up to date)"}
+    # an evaluation setting changes: only evaluation reruns
+    changed = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2"]), tmp_path, progress=False)
+    assert changed["stages"] == {"curate": "skipped (up to date)", "train": "skipped (up to date)", "eval": "done",
+                                 "export": "skipped (up to date)"}
+
+
+def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
+    args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
+            "train.train.steps=60", "train.train.checkpoint_every=1000", "train.data.seq_len=64",
+            "train.data.global_batch=4", "train.train.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
+            "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false"]
+    proc = subprocess.Popen(args, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "train" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "rerun the same command to resume" in err
+    stopped = len(metrics.read_text().splitlines())
+    assert 2 <= stopped < 60 and not (tmp_path / "train" / ".stage.json").exists()
+    finish = args[:8] + ["train.train.steps=60"] + args[9:]
+    # finish quickly: the same run (same hash) continues from its checkpoint to the end
+    proc = subprocess.run(finish, env=cli_env(1), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 61))  # no step trained twice, none skipped
+    assert "curate   skipped (up to date)" in proc.stdout and "train    done" in proc.stdout
