@@ -115,11 +115,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _is_pipeline_config(data: dict) -> bool:
+    return isinstance(data.get("train"), dict) and "model" in data["train"] or "curate" in data
+
+
 def cmd_plan(args) -> int:
+    from diabetica_jax.configuration import load_yaml
     from diabetica_jax.train.config import load_train_config
     from diabetica_jax.train.plan import format_plan, plan
 
-    cfg = load_train_config(args.config, args.overrides)
+    if _is_pipeline_config(load_yaml(args.config)):  # a `run` config: plan its training stage
+        from diabetica_jax.pipeline.config import load_run_config
+
+        cfg = load_run_config(args.config, args.overrides).train
+    else:
+        cfg = load_train_config(args.config, args.overrides)
     print(format_plan(plan(cfg)))
     return 0
 
@@ -285,7 +295,8 @@ def _emulate_devices_for_plan(args) -> None:
     if n is None:
         from diabetica_jax.configuration import apply_overrides, load_yaml
 
-        mesh = apply_overrides(load_yaml(args.config), args.overrides).get("mesh", {}) or {}
+        data = apply_overrides(load_yaml(args.config), args.overrides)
+        mesh = (data["train"] if _is_pipeline_config(data) else data).get("mesh", {}) or {}
         sizes = [int(mesh.get(axis, 1 if axis != "fsdp" else -1)) for axis in ("data", "fsdp", "tensor")]
         if any(size < 1 for size in sizes):
             raise SystemExit("plan: give --devices N, or mesh sizes without -1 in the config")

@@ -8,6 +8,7 @@ starts. Each field's `help` metadata documents it (and generates the README's co
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -167,7 +168,14 @@ def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             type_name = "one of " + ", ".join(map(str, typing.get_args(hint)))
         else:
             type_name = str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
-        rows.append((f"{prefix}{f.name}", type_name, repr(default), f.metadata.get("help", "")))
+            type_name = re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", type_name)  # no module paths
+        shown = repr(default)
+        if len(shown) > 60:  # long built-in lists (term weights, targets) are summarised
+            shown = f"{type(default).__name__} of {len(default)} (built in)"
+        rows.append((f"{prefix}{f.name}", type_name, shown, f.metadata.get("help", "")))
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
+        if dataclasses.is_dataclass(item):  # a list of sections: document one entry's keys
+            rows.extend(reference(item, f"{prefix}{f.name}[]."))
     return rows
 
 

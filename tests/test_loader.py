@@ -156,3 +156,27 @@ def test_tokens_outside_the_model_vocabulary_are_refused(hf_checkpoints, tmp_pat
     cfg = tiny_config(hf_checkpoints["qwen2_untied"], "data.source=curated", f"data.path={tmp_path / 'curated'}")
     with pytest.raises(ConfigFileError, match="vocabulary of 512"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_steps_from_the_data(tmp_path):
+    from diabetica_jax.configuration import ConfigFileError
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.data.feed import count_steps
+    from diabetica_jax.train.config import load_train_config
+
+    with pytest.raises(ConfigFileError, match="needs data.source: curated"):
+        load_train_config(None, ["train.steps=-1"])
+    curate(load_curate_config(None), tmp_path, progress=False)
+    cfg = load_train_config(None, ["train.steps=-1", "data.source=curated", f"data.path={tmp_path}",
+                                   "data.seq_len=256", "data.global_batch=4", "data.epochs=2"])
+    steps = count_steps(cfg, range(4))
+    store = TokenStore(read_records_for(tmp_path), embedded_tokenizer(), 256)
+    packed_rows = sum(1 for _ in packed_batches(store, LoaderSettings(seq_len=256, rows=1, epochs=2)))
+    assert steps == packed_rows // 4 and steps > 10
+
+
+def read_records_for(path):
+    from diabetica_jax.data.loader import read_records
+
+    return read_records(path)

@@ -123,9 +123,16 @@ def test_shipped_configs_load():
 
     from diabetica_jax.data.curate.config import load_curate_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    for path in sorted(configs.glob("*.yaml")):
+    from diabetica_jax.evaluation.config import load_eval_config
+    from diabetica_jax.pipeline.config import load_run_config
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "configs").glob("*.yaml")):
         if path.name.startswith("curate"):
             assert load_curate_config(str(path)).demo
+        elif path.name.startswith(("demo", "diabetica")):
+            assert load_run_config(str(path)).train.data.source == "curated"
         else:
             assert load_train_config(str(path)).train.steps > 0
+    for path in sorted((root / "eval").glob("*.yaml")):
+        assert load_eval_config(str(path)).tasks

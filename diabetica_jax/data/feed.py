@@ -55,6 +55,29 @@ class CuratedFeed:
         return next(self.iterator)  # StopIteration when the epochs are used up
 
 
+def count_steps(cfg: TrainConfig, rows: range) -> int:
+    """Optimizer steps that data.epochs of the curated data fill (the smallest count over processes)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, process_shard, read_records
+    from diabetica_jax.hf.tokenizer import load_tokenizer
+
+    store = TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
+                       cfg.data.overlong)
+    settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
+                              epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
+                              overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins)
+    count = sum(1 for _ in packed_batches(store, settings, *process_shard()))
+    if jax.process_count() > 1:
+        count = int(np.min(multihost_utils.process_allgather(np.int32(count))))
+    if count == 0:
+        raise ConfigFileError(f"data.path={cfg.data.path}: too little data for one step of "
+                              f"{cfg.data.global_batch} x {cfg.data.seq_len} tokens")
+    return count
+
+
 def make_feed(cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
     if cfg.data.source == "curated":
         return CuratedFeed(cfg, rows, vocab, run_dir)

@@ -70,6 +70,14 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Curate, train, evaluate (base and trained), export; return what each stage did."""
     from diabetica_jax.data.curate.pipeline import curate, demo_inputs
 
+    if cfg.export.verify:
+        try:
+            import torch  # noqa: F401  (transformers needs it to reload the export)
+        except ImportError:
+            from diabetica_jax.configuration import ConfigFileError
+
+            raise ConfigFileError("export.verify needs PyTorch for transformers: pip install -e '.[torch]', "
+                                  "or set export.verify=false") from None
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, str] = {}

@@ -69,7 +69,7 @@ class OptimSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    steps: int = field(100, "optimizer steps in the whole run")
+    steps: int = field(100, "optimizer steps in the whole run; -1: as many as data.epochs of curated data fill")
     log_every: int = field(1, "write metrics every N steps")
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and always at the end and on SIGTERM)")
     keep_checkpoints: int = field(3, "how many recent checkpoints to keep")
@@ -98,7 +98,7 @@ def validate_train(cfg: TrainConfig, source: str) -> None:
         raise ConfigFileError(f"{source}: {key}: {message}")
 
     positive = {"data.seq_len": cfg.data.seq_len, "data.global_batch": cfg.data.global_batch,
-                "data.grad_accum": cfg.data.grad_accum, "train.steps": cfg.train.steps,
+                "data.grad_accum": cfg.data.grad_accum, "train.steps": cfg.train.steps if cfg.train.steps != -1 else 1,
                 "train.log_every": cfg.train.log_every, "train.checkpoint_every": cfg.train.checkpoint_every,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints, "train.loss_chunk": cfg.train.loss_chunk}
     for key, value in positive.items():
@@ -119,7 +119,9 @@ def validate_train(cfg: TrainConfig, source: str) -> None:
         bad("lora.targets", f"{sorted(unknown)} are not linear layers; choose from {list(LINEAR_LAYERS)}")
     if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0:
         bad("optim", "lr must be positive and warmup_steps >= 0")
-    if cfg.optim.warmup_steps > cfg.train.steps:
+    if cfg.train.steps == -1 and cfg.data.source != "curated":
+        bad("train.steps", "-1 (from the data) needs data.source: curated")
+    if cfg.train.steps != -1 and cfg.optim.warmup_steps > cfg.train.steps:
         bad("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds train.steps={cfg.train.steps}")
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 from diabetica_jax import hf
 from diabetica_jax.configuration import build, to_dict
 from diabetica_jax.data.global_batch import local_rows, to_global
-from diabetica_jax.data.feed import make_feed
+from diabetica_jax.data.feed import count_steps, make_feed
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.lora import add_lora
 from diabetica_jax.parallel import make_mesh
@@ -129,6 +129,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
     run_dir = Path(run_dir)
     check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
+    if cfg.train.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
+        shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
+        steps = count_steps(cfg, local_rows(batch_sharding(mesh), shape))
+        log.info("data.epochs=%d of %s fill %d steps", cfg.data.epochs, cfg.data.path, steps)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     writer = jax.process_index() == 0
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
