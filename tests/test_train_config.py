@@ -115,7 +115,9 @@ def test_readme_configuration_reference_is_current():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     current = readme[readme.index(start) + len(start): readme.index(end)]
-    assert current == markdown_reference(TrainConfig), "README config reference drifted: regenerate it"
+    from diabetica_jax.pipeline.config import RunConfig
+
+    assert current == markdown_reference(RunConfig), "README config reference drifted: regenerate it"
 
 
 def test_shipped_configs_load():
