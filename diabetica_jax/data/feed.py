@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,15 +29,27 @@ class SyntheticFeed:
         return self.source.batch(step, self.rows)
 
 
+def _store_and_settings(cfg: TrainConfig, rows: range):
+    """The tokenized curated records and the loader settings the config asks for."""
+    from diabetica_jax.data.loader import LoaderSettings, TokenStore, read_records
+    from diabetica_jax.hf.tokenizer import load_tokenizer
+
+    store = TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
+                       cfg.data.overlong)
+    settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
+                              epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
+                              overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins,
+                              workers=cfg.data.workers)
+    return store, settings
+
+
 class CuratedFeed:
     """Packed batches of curated records through Grain; its iterator state is checkpointed."""
 
     def __init__(self, cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
-        from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, process_shard, read_records
-        from diabetica_jax.hf.tokenizer import load_tokenizer
+        from diabetica_jax.data.loader import packed_batches, process_shard
 
-        records = read_records(cfg.data.path)
-        store = TokenStore(records, load_tokenizer(cfg.model.hf_path), cfg.data.seq_len, cfg.data.overlong)
+        store, settings = _store_and_settings(cfg, rows)
         self.stats = store.stats
         if store.tokens.size and int(store.tokens.max()) >= vocab:
             raise ConfigFileError(
@@ -45,10 +58,6 @@ class CuratedFeed:
         log.info("curated data: %s", store.stats)
         if run_dir is not None:
             (run_dir / "data_stats.json").write_text(json.dumps(vars(store.stats), indent=2) + "\n")
-        settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
-                                  epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
-                                  overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins,
-                                  workers=cfg.data.workers)
         self.iterator = iter(packed_batches(store, settings, *process_shard()))
 
     def next(self, step: int) -> Batch:
@@ -61,15 +70,11 @@ def count_steps(cfg: TrainConfig, rows: range) -> int:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, process_shard, read_records
-    from diabetica_jax.hf.tokenizer import load_tokenizer
+    from diabetica_jax.data.loader import packed_batches, process_shard
 
-    store = TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
-                       cfg.data.overlong)
-    settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
-                              epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
-                              overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins)
-    count = sum(1 for _ in packed_batches(store, settings, *process_shard()))
+    store, settings = _store_and_settings(cfg, rows)
+    counting = dataclasses.replace(settings, workers=0)  # a pass over lengths needs no worker processes
+    count = sum(1 for _ in packed_batches(store, counting, *process_shard()))
     if jax.process_count() > 1:
         count = int(np.min(multihost_utils.process_allgather(np.int32(count))))
     if count == 0:
