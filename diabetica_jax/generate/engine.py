@@ -104,7 +104,7 @@ class Engine:
             lengths = jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1), max_new_tokens)
             return out, lengths
 
-        return jax.jit(run, donate_argnums=())
+        return jax.jit(run)
 
     # ---- streaming (interactive chat) --------------------------------------------------------------
 
@@ -115,8 +115,8 @@ class Engine:
         prefill, decode = self._stream_programs(width, max_len, params)
         tokens = np.full((1, width), self.pad_id, np.int32)
         tokens[0, width - len(prompt):] = prompt
-        valid = tokens * 0 == 0
-        valid[0, : width - len(prompt)] = False
+        valid = np.zeros((1, width), bool)
+        valid[0, width - len(prompt):] = True
         key = jax.random.PRNGKey(params.seed)
         with self._mesh():
             token, carry = prefill(self.state, tokens, valid, key)
