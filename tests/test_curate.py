@@ -164,3 +164,19 @@ def test_config_errors_name_the_key():
         load_curate_config(None, ["augment.backend=openai"])
     with pytest.raises(ConfigFileError, match="unknown key 'quality.min_len'"):
         load_curate_config(None, ["quality.min_len=3"])
+
+
+def test_hub_dataset_without_a_network_fails_clearly(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="some-org/diabetes-qa: cannot load this dataset from the Hugging Face hub"):
+        list(collect(InputSpec("some-org/diabetes-qa", format="hf_hub")))
+
+
+def test_local_model_backend_answers_through_the_engine():
+    from diabetica_jax.data.curate.teacher import LocalTeacher
+
+    teacher = LocalTeacher("tiny")
+    reply = teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], max_tokens=4, temperature=0.0)
+    assert isinstance(reply, str) and reply == teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], 4, 0.0)
+    assert teacher.name == "local:tiny"

@@ -26,7 +26,7 @@ from diabetica_jax.data.curate.mcq import MCQParseError, parse_answer, parse_que
 from diabetica_jax.data.records import KINDS, Record, Reject, record_id
 from diabetica_jax.data.text import decode, language
 
-FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "text")
+FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text")
 _BLANK = re.compile(r"[(（]\s*[)）]")
 
 
@@ -58,6 +58,9 @@ def _unknown(path: Path) -> str:
 
 def collect(spec: InputSpec) -> Iterator[Record | Reject]:
     path = Path(spec.path)
+    if spec.format == "hf_hub":  # a dataset name on the Hugging Face hub, read when a network is there
+        yield from _collect_rows(_hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path)
+        return
     if not path.exists():
         raise FileNotFoundError(f"{path}: input not found")
     fmt = detect_format(path) if spec.format == "auto" else spec.format
@@ -65,8 +68,12 @@ def collect(spec: InputSpec) -> Iterator[Record | Reject]:
     if fmt == "text":
         yield from _passages(path, source)
         return
-    for row_index, row in _rows(path, fmt):
-        where = {"file": str(path), "row": row_index}
+    yield from _collect_rows(_rows(path, fmt), spec, source, str(path))
+
+
+def _collect_rows(rows, spec: InputSpec, source: str, origin: str) -> Iterator[Record | Reject]:
+    for row_index, row in rows:
+        where = {"file": origin, "row": row_index}
         if isinstance(row, Reject):
             yield row
             continue
@@ -109,6 +116,21 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
                 i += 1
     else:
         raise ValueError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
+
+
+def _hub_rows(name: str) -> Iterator[tuple[int, dict]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as e:  # offline, unknown name, gated: say which dataset and why
+        raise FileNotFoundError(f"{name}: cannot load this dataset from the Hugging Face hub ({type(e).__name__}: {e})") from e
+    splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    i = 0
+    for split in splits:
+        for row in split:
+            yield i, row
+            i += 1
 
 
 def _not_object(path: Path, i: int, row: Any) -> Reject:

@@ -29,8 +29,8 @@ NEGATIVE_TERMS = {
 @dataclasses.dataclass(frozen=True)
 class InputSection:
     path: str = field("", "file or directory to read (relative paths: to the config file)")
-    format: Literal["auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "text"] = field(
-        "auto", "file format (auto: from the file name)")
+    format: Literal["auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text"] = field(
+        "auto", "file format (auto: from the file name; hf_hub: `path` is a dataset name on the hub)")
     kind: Literal["auto", "mcq", "qa", "dialogue", "passage", "cloze"] = field("auto", "record kind (auto: from the fields)")
     source: str | None = field(None, "source name in the data card (default: the file name)")
     fields: dict[str, str] = field({}, "column renames, e.g. {answer: response}")
