@@ -10,7 +10,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diabetica_jax.data.chat import EmptyLossMask, encode_messages, encode_record
-from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches
+from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, read_records
 from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 
@@ -74,6 +74,7 @@ def test_packing_segments_positions_and_overlong_counts():
             for s in set(seg.tolist()) - {0}:
                 span = np.flatnonzero(seg == s)
                 assert (pos[span] == np.arange(len(span))).all()  # positions restart per document
+                assert (np.diff(tok[span][:-1]) == 1).all()  # a document's tokens stay together, in order
                 seen.append(len(span))
             assert (batch.loss_mask[0, row][seg == 0] == 0).all()  # padding has no loss
     assert sorted(seen)[:3] == [3, 4, 5] and sum(seen) <= store.stats.tokens
@@ -171,12 +172,7 @@ def test_steps_from_the_data(tmp_path):
     cfg = load_train_config(None, ["train.steps=-1", "data.source=curated", f"data.path={tmp_path}",
                                    "data.seq_len=256", "data.global_batch=4", "data.epochs=2"])
     steps = count_steps(cfg, range(4))
-    store = TokenStore(read_records_for(tmp_path), embedded_tokenizer(), 256)
+    store = TokenStore(read_records(tmp_path), embedded_tokenizer(), 256)
     packed_rows = sum(1 for _ in packed_batches(store, LoaderSettings(seq_len=256, rows=1, epochs=2)))
     assert steps == packed_rows // 4 and steps > 10
 
-
-def read_records_for(path):
-    from diabetica_jax.data.loader import read_records
-
-    return read_records(path)

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 
 from diabetica_jax.train.loop import train
 from train_helpers import REPO, cli_env, losses, run_cli, tiny_config, train_command, write_config

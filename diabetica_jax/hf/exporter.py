@@ -36,6 +36,12 @@ def _to_host(x: jax.Array) -> np.ndarray:
 _take_layer = jax.jit(lambda stacked, i: stacked[i])
 
 
+def _at(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
 def save(
     model: Qwen,
     config: QwenConfig,
@@ -62,9 +68,7 @@ def save(
 
     def producer(entry, layer):
         def produce() -> np.ndarray:
-            param = state
-            for key in entry.param_path:
-                param = param[key]
+            param = _at(state, entry.param_path)
             value = _take_layer(param, layer) if layer is not None else param
             bar.update(1)
             return entry.layout.to_hf(_to_host(value)).astype(np_dtype)
@@ -73,9 +77,7 @@ def save(
 
     planned = []
     for name, entry, layer in hf_names(config):
-        param = state
-        for key in entry.param_path:
-            param = param[key]
+        param = _at(state, entry.param_path)
         shape = param.shape[1:] if layer is not None else param.shape
         planned.append(PlannedTensor(name, entry.layout.hf_shape(tuple(shape)), np_dtype, producer(entry, layer)))
 

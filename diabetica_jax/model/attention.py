@@ -16,8 +16,6 @@ Backends
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -100,14 +98,13 @@ def splash_attention(q, k, v, *, segment_ids=None):
     qkv_spec = P(*rules.spec(("batch", None, "act_kv_heads", None), k.shape, mesh))
     seg_spec = P(qkv_spec[0], None)
     q_spec = qkv_spec  # q heads are grouped under kv heads, so they split the same way
-    fn = functools.partial(_splash_local)
     if segment_ids is None:
         return jax.shard_map(
-            lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(q_spec, qkv_spec, qkv_spec), out_specs=q_spec,
+            lambda q, k, v: _splash_local(q, k, v, None), mesh=mesh, in_specs=(q_spec, qkv_spec, qkv_spec), out_specs=q_spec,
             check_vma=False,
         )(q, k, v)
     return jax.shard_map(
-        fn, mesh=mesh, in_specs=(q_spec, qkv_spec, qkv_spec, seg_spec), out_specs=q_spec, check_vma=False
+        _splash_local, mesh=mesh, in_specs=(q_spec, qkv_spec, qkv_spec, seg_spec), out_specs=q_spec, check_vma=False
     )(q, k, v, segment_ids)
 
 

@@ -107,13 +107,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
     elif fmt == "hf_disk":
         import datasets
 
-        loaded = datasets.load_from_disk(str(path))
-        splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
-        i = 0
-        for split in splits:
-            for row in split:
-                yield i, row
-                i += 1
+        yield from _dataset_rows(datasets.load_from_disk(str(path)))
     else:
         raise ValueError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
 
@@ -125,6 +119,13 @@ def _hub_rows(name: str) -> Iterator[tuple[int, dict]]:
         loaded = datasets.load_dataset(name)
     except Exception as e:  # offline, unknown name, gated: say which dataset and why
         raise FileNotFoundError(f"{name}: cannot load this dataset from the Hugging Face hub ({type(e).__name__}: {e})") from e
+    yield from _dataset_rows(loaded)
+
+
+def _dataset_rows(loaded) -> Iterator[tuple[int, dict]]:
+    """Rows of a `datasets` Dataset, or of every split of a DatasetDict, numbered across splits."""
+    import datasets
+
     splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
     i = 0
     for split in splits:

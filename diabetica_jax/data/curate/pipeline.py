@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from diabetica_jax.data.curate.collect import InputSpec, collect
 from diabetica_jax.data.curate.config import BackendSection, CurateConfig
 from diabetica_jax.data.curate.refine import RefineSettings, refine
 from diabetica_jax.data.curate.teacher import CachedTeacher, LocalTeacher, OpenAITeacher
-from diabetica_jax.data.records import Record, Reject, dumps
+from diabetica_jax.data.records import Record, Reject
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +141,3 @@ def _benchmark_items(cfg: CurateConfig):
     for path in paths:
         items += load_benchmark_items(path)
     return items
-
-
-def write_jsonl(path: Path, rows) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(dumps(row) + "\n")
-
-
-__all__ = ["curate", "write_jsonl", "json"]
