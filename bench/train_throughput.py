@@ -26,13 +26,13 @@ def bench_one(preset: str, args) -> dict:
     from diabetica_jax.train.loop import prepare
     from diabetica_jax.train.state import init_state
     from diabetica_jax.train.step import batch_sharding, make_train_step
-    from diabetica_jax.data.global_batch import to_global
+    from diabetica_jax.train.global_batch import to_global
     from diabetica_jax.parallel import make_mesh
 
     cfg = load_train_config(None, [
         f"model.preset={preset}", f"model.dtype={args.dtype}", f"model.remat={args.remat}",
         f"model.attention={args.attention}", f"data.seq_len={args.seq}", f"data.global_batch={args.batch}",
-        f"data.grad_accum={args.accum}", f"train.loss_chunk={args.loss_chunk}", "train.steps=1000",
+        f"data.grad_accum={args.accum}", f"loop.loss_chunk={args.loss_chunk}", "loop.steps=1000",
         f"lora.rank={args.lora_rank}",
     ])
     mesh = make_mesh(cfg.mesh.sizes())
@@ -41,7 +41,7 @@ def bench_one(preset: str, args) -> dict:
         state = init_state(setup.params, setup.optimizer, 0, setup.shardings)
         setup.params = None
         sharding = batch_sharding(mesh)
-        step = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.train.loss_chunk,
+        step = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.loop.loss_chunk,
                                dropout=False, shardings=setup.shardings, frozen_shardings=setup.frozen_sharding,
                                batch_sharding=sharding)
         source = SyntheticSource(cfg.data.seq_len, cfg.data.global_batch, cfg.data.grad_accum, vocab=64)

@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
     if jax.process_index() == 0:
         last = result.history[-1] if result.history else {}
         status = "preempted (SIGTERM), checkpoint saved" if result.preempted else "done"
-        print(f"{status}: step {result.final_step}/{cfg.train.steps}, loss {last.get('loss', float('nan')):.4f}, "
+        print(f"{status}: step {result.final_step}/{cfg.loop.steps}, loss {last.get('loss', float('nan')):.4f}, "
               f"run dir {result.run_dir}")
     return 0
 
@@ -239,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat, max_new_tokens=512)
 
     tr = sub.add_parser("train", help="fine-tune (full or LoRA) from a YAML config")
-    tr.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
-    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 mesh.tensor=2")
+    tr.add_argument("config", help="YAML config, e.g. configs/train/tiny.yaml")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loop.steps=100 mesh.tensor=2")
     tr.add_argument("--run-dir", required=True, help="metrics, TensorBoard and checkpoints go here; rerun to resume")
-    tr.add_argument("--stop-after", type=int, help="run at most this many steps now (the schedule still spans train.steps)")
+    tr.add_argument("--stop-after", type=int, help="run at most this many steps now (the schedule still spans loop.steps)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_distributed_flags(tr)
     tr.set_defaults(func=cmd_train)
@@ -271,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     rn = sub.add_parser("run", help="the whole pipeline: curate, train, eval, export (finished stages are skipped)")
-    rn.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
-    rn.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train.steps=20")
+    rn.add_argument("config", help="pipeline YAML, e.g. configs/recipes/demo.yaml")
+    rn.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.loop.steps=20")
     rn.add_argument("--run-dir", required=True)
     rn.add_argument("--no-progress", action="store_true")
     rn.set_defaults(func=cmd_run)

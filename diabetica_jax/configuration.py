@@ -50,7 +50,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigFileError(f"override {item!r}: expected KEY=VALUE, e.g. train.steps=100")
+            raise ConfigFileError(f"override {item!r}: expected KEY=VALUE, e.g. loop.steps=100")
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:

@@ -2,7 +2,7 @@
 # Run one diabetica-jax command as N local processes of D emulated CPU devices each, connected
 # through jax.distributed (gloo collectives): a multi-host run on one machine, for testing.
 #
-#   launch/local_cpu.sh 2 4 train configs/tiny.yaml --run-dir runs/two-hosts
+#   launch/local_cpu.sh 2 4 train configs/train/tiny.yaml --run-dir runs/two-hosts
 #
 # PORT (default 12355) is the coordinator's port on 127.0.0.1; PYTHON picks the interpreter.
 set -euo pipefail

@@ -3,7 +3,7 @@
 # Each worker must have the repository checked out and installed at REPO_DIR (default
 # ~/diabetica-jax); the run directory should be shared storage (a gs:// bucket or NFS).
 #
-#   launch/tpu_pod.sh my-tpu us-central2-b train configs/qwen2-7b-full.yaml --run-dir gs://bucket/runs/7b
+#   launch/tpu_pod.sh my-tpu us-central2-b train configs/train/qwen2-7b-full.yaml --run-dir gs://bucket/runs/7b
 #
 # JAX finds the other workers through the TPU metadata (DIABETICA_DISTRIBUTED=auto).
 set -euo pipefail

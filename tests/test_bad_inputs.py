@@ -42,7 +42,7 @@ def _edit_config(path, **changes):
 
 
 def _error(path, **kwargs) -> str:
-    with pytest.raises(hf.CheckpointError) as err:
+    with pytest.raises(hf.HFCheckpointError) as err:
         hf.load(path, progress=False, **kwargs)
     return str(err.value)
 

@@ -7,7 +7,7 @@ import pytest
 
 from diabetica_jax.data.curate.collect import InputSpec, collect
 from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.mcq import MCQParseError, parse_answer, parse_question
+from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.curate.pipeline import curate
 from diabetica_jax.data.records import Record, Reject
 from conftest import SHARED
@@ -173,9 +173,9 @@ def test_hub_dataset_without_a_network_fails_clearly(monkeypatch):
 
 
 def test_local_model_backend_answers_through_the_engine():
-    from diabetica_jax.data.curate.teacher import LocalTeacher
+    from diabetica_jax.llm.local import LocalModel
 
-    teacher = LocalTeacher("tiny")
+    teacher = LocalModel("tiny")
     reply = teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], max_tokens=4, temperature=0.0)
     assert isinstance(reply, str) and reply == teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], 4, 0.0)
     assert teacher.name == "local:tiny"

@@ -133,9 +133,9 @@ def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
     settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
-                f"data.path={tmp_path / 'curated'}", "data.seq_len=128", "data.global_batch=4", "train.loss_chunk=128",
-                "train.steps=5", "train.checkpoint_every=2", "train.tensorboard=false", "mesh.fsdp=2",
-                "optim.lr=3e-3", "train.async_checkpoint=false"]
+                f"data.path={tmp_path / 'curated'}", "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=128",
+                "loop.steps=5", "loop.checkpoint_every=2", "loop.tensorboard=false", "mesh.fsdp=2",
+                "optim.lr=3e-3", "loop.async_checkpoint=false"]
     cfg = load_train_config(None, settings)
     whole = train(cfg, tmp_path / "whole", progress=False)
     first = train(cfg, tmp_path / "split", progress=False, stop_after=2)
@@ -163,13 +163,13 @@ def test_steps_from_the_data(tmp_path):
     from diabetica_jax.configuration import ConfigFileError
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate
-    from diabetica_jax.data.feed import count_steps
+    from diabetica_jax.train.feed import count_steps
     from diabetica_jax.train.config import load_train_config
 
     with pytest.raises(ConfigFileError, match="needs data.source: curated"):
-        load_train_config(None, ["train.steps=-1"])
+        load_train_config(None, ["loop.steps=-1"])
     curate(load_curate_config(None), tmp_path, progress=False)
-    cfg = load_train_config(None, ["train.steps=-1", "data.source=curated", f"data.path={tmp_path}",
+    cfg = load_train_config(None, ["loop.steps=-1", "data.source=curated", f"data.path={tmp_path}",
                                    "data.seq_len=256", "data.global_batch=4", "data.epochs=2"])
     steps = count_steps(cfg, range(4))
     store = TokenStore(read_records(tmp_path), embedded_tokenizer(), 256)

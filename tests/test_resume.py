@@ -15,14 +15,14 @@ MESH = {"fsdp": 4, "tensor": 2}
 
 
 def _reference(hf_path, tmp_path, steps_total, steps):
-    cfg = tiny_config(hf_path, f"train.steps={steps_total}", "mesh.fsdp=4", "mesh.tensor=2")
+    cfg = tiny_config(hf_path, f"loop.steps={steps_total}", "mesh.fsdp=4", "mesh.tensor=2")
     result = train(cfg, tmp_path / "reference", progress=False, stop_after=steps)
     return {h["step"]: h["loss"] for h in result.history}
 
 
 def test_sigterm_then_resume_equals_uninterrupted_and_resumes_on_another_mesh(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen2_untied"]
-    config = write_config(path, tmp_path / "train.yaml", mesh=MESH, train={"steps": 400, "checkpoint_every": 1000})
+    config = write_config(path, tmp_path / "train.yaml", mesh=MESH, loop={"steps": 400, "checkpoint_every": 1000})
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(train_command(config, run_dir), env=cli_env(8), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -83,7 +83,7 @@ def _two_processes(config, run_dir, *extra):
 
 def test_two_processes_train_checkpoint_and_resume_like_one(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen3"]
-    config = write_config(path, tmp_path / "train.yaml", mesh=MESH, train={"steps": 6, "checkpoint_every": 3})
+    config = write_config(path, tmp_path / "train.yaml", mesh=MESH, loop={"steps": 6, "checkpoint_every": 3})
     run_dir = tmp_path / "multi"
     _two_processes(config, run_dir, "--stop-after", "3")
     assert sorted(losses(run_dir)) == [1, 2, 3]

@@ -9,9 +9,9 @@ from diabetica_jax.pipeline.config import load_run_config
 from diabetica_jax.pipeline.run import run
 from train_helpers import REPO, cli_env
 
-DEMO = str(REPO / "configs" / "demo.yaml")
-SMALL = ["train.train.steps=4", "train.train.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
-         "train.train.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
+DEMO = str(REPO / "configs" / "recipes" / "demo.yaml")
+SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
+         "train.loop.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
          "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 3}, "
          "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}, "
          "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2"]
@@ -45,8 +45,8 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
 
 def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
     args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
-            "train.train.steps=60", "train.train.checkpoint_every=1000", "train.data.seq_len=64",
-            "train.data.global_batch=4", "train.train.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
+            "train.loop.steps=60", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",
+            "train.data.global_batch=4", "train.loop.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
             "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false"]
     proc = subprocess.Popen(args, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "train" / "metrics.jsonl"
@@ -58,9 +58,8 @@ def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
     assert proc.returncode != 0 and "rerun the same command to resume" in err
     stopped = len(metrics.read_text().splitlines())
     assert 2 <= stopped < 60 and not (tmp_path / "train" / ".stage.json").exists()
-    finish = args[:8] + ["train.train.steps=60"] + args[9:]
-    # finish quickly: the same run (same hash) continues from its checkpoint to the end
-    proc = subprocess.run(finish, env=cli_env(1), capture_output=True, text=True, timeout=900)
+    # the same command (same hash) continues from its checkpoint to the end
+    proc = subprocess.run(args, env=cli_env(1), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, 61))  # no step trained twice, none skipped

@@ -18,8 +18,8 @@ def _losses(result):
 
 
 def test_loss_decreases_and_metrics_are_written(hf_checkpoints, tmp_path):
-    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=12", "train.tensorboard=true",
-                      "train.checkpoint_every=6")
+    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=12", "loop.tensorboard=true",
+                      "loop.checkpoint_every=6")
     result = train(cfg, tmp_path / "run", progress=False)
     losses = _losses(result)
     assert result.final_step == 12 and len(losses) == 12
@@ -42,8 +42,8 @@ def test_eight_device_mesh_matches_one_device(hf_checkpoints, tmp_path):
 
 def test_gradient_accumulation_equals_one_big_batch(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen2_tied"]
-    big = train(tiny_config(path, "train.steps=3", "mesh.fsdp=2"), tmp_path / "big", progress=False)
-    accumulated = train(tiny_config(path, "train.steps=3", "mesh.fsdp=2", "data.grad_accum=4"), tmp_path / "acc",
+    big = train(tiny_config(path, "loop.steps=3", "mesh.fsdp=2"), tmp_path / "big", progress=False)
+    accumulated = train(tiny_config(path, "loop.steps=3", "mesh.fsdp=2", "data.grad_accum=4"), tmp_path / "acc",
                         progress=False)
     np.testing.assert_allclose(_losses(accumulated), _losses(big), rtol=1e-5)
     a, _, _ = trained_model(tmp_path / "big")
@@ -86,7 +86,7 @@ def test_plan_reports_per_device_memory_from_the_shardings():
     from diabetica_jax.train.plan import format_plan, plan
 
     cfg = load_train_config(None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "data.seq_len=64",
-                                   "train.loss_chunk=32"])
+                                   "loop.loss_chunk=32"])
     report = plan(cfg)
     n = report["parameters_total"]
     assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}

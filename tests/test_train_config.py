@@ -9,7 +9,7 @@ import pytest
 
 from diabetica_jax.cli import main
 from diabetica_jax.configuration import ConfigFileError, reference
-from diabetica_jax.hf.errors import CheckpointError
+from diabetica_jax.train.checkpoint import CheckpointError
 from diabetica_jax.train.checkpoint import Checkpoints
 from diabetica_jax.train.config import TrainConfig, check_against_devices, load_train_config
 from diabetica_jax.train.loop import train
@@ -21,14 +21,14 @@ from train_helpers import tiny_config
     "overrides, message",
     [
         (["trian.steps=3"], "unknown key 'trian'"),
-        (["train.stepz=3"], "unknown key 'train.stepz'"),
-        (["train.steps=ten"], "train.steps: expected an integer, got 'ten'"),
+        (["loop.stepz=3"], "unknown key 'loop.stepz'"),
+        (["loop.steps=ten"], "loop.steps: expected an integer, got 'ten'"),
         (["model.dtype=float64"], "model.dtype: 'float64' is not one of ['float32', 'bfloat16']"),
-        (["train.tensorboard=maybe"], "train.tensorboard: expected true or false"),
+        (["loop.tensorboard=maybe"], "loop.tensorboard: expected true or false"),
         (["data.global_batch=8", "data.grad_accum=3"], "does not divide into data.grad_accum=3"),
         (["lora.targets=[q_proj, lm_head]"], "['lm_head'] are not linear layers"),
-        (["optim.warmup_steps=500", "train.steps=100"], "exceeds train.steps=100"),
-        (["train.steps"], "expected KEY=VALUE"),
+        (["optim.warmup_steps=500", "loop.steps=100"], "exceeds loop.steps=100"),
+        (["loop.steps"], "expected KEY=VALUE"),
     ],
 )
 def test_bad_values_are_refused(overrides, message):
@@ -65,17 +65,17 @@ def test_cli_fails_before_any_work(tmp_path, capsys):
 
 def test_config_reference_covers_every_field():
     keys = {row[0] for row in reference(TrainConfig)}
-    assert {"model.hf_path", "lora.rank", "mesh.tensor", "data.grad_accum", "optim.lr", "train.loss_chunk"} <= keys
+    assert {"model.hf_path", "lora.rank", "mesh.tensor", "data.grad_accum", "optim.lr", "loop.loss_chunk"} <= keys
     assert all(row[3] for row in reference(TrainConfig))  # every field documented
 
 
 def test_incompatible_or_damaged_checkpoints_are_refused(hf_checkpoints, tmp_path):
-    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=3", "mesh.fsdp=2")
+    cfg = tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=3", "mesh.fsdp=2")
     train(cfg, tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="incompatible checkpoint: its 'model'"):
-        train(tiny_config(hf_checkpoints["qwen3"], "train.steps=4", "mesh.fsdp=2"), tmp_path / "run", progress=False)
+        train(tiny_config(hf_checkpoints["qwen3"], "loop.steps=4", "mesh.fsdp=2"), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="incompatible checkpoint: its 'lora'"):
-        train(tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=4", "lora.rank=2"), tmp_path / "run",
+        train(tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=4", "lora.rank=2"), tmp_path / "run",
               progress=False)
     damaged = tmp_path / "damaged"
     shutil.copytree(tmp_path / "run", damaged)
@@ -83,7 +83,7 @@ def test_incompatible_or_damaged_checkpoints_are_refused(hf_checkpoints, tmp_pat
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="damaged or unreadable"):
-        train(tiny_config(hf_checkpoints["qwen2_untied"], "train.steps=4", "mesh.fsdp=2"), damaged, progress=False)
+        train(tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=4", "mesh.fsdp=2"), damaged, progress=False)
 
 
 def test_failed_save_keeps_the_last_good_checkpoint(tmp_path):
@@ -129,12 +129,12 @@ def test_shipped_configs_load():
     from diabetica_jax.pipeline.config import load_run_config
 
     root = Path(__file__).resolve().parents[1]
-    for path in sorted((root / "configs").glob("*.yaml")):
-        if path.name.startswith("curate"):
-            assert load_curate_config(str(path)).demo
-        elif path.name.startswith(("demo", "diabetica")):
-            assert load_run_config(str(path)).train.data.source == "curated"
-        else:
-            assert load_train_config(str(path)).train.steps > 0
+    for path in sorted((root / "configs" / "curate").glob("*.yaml")):
+        assert load_curate_config(str(path)).demo
+    for path in sorted((root / "configs" / "recipes").glob("*.yaml")):
+        assert load_run_config(str(path)).train.data.source == "curated"
+    for path in sorted((root / "configs" / "train").glob("*.yaml")):
+        assert load_train_config(str(path)).loop.steps > 0
+    assert len(list((root / "configs").glob("*.yaml"))) == 0, "a config's kind is the folder it lives in"
     for path in sorted((root / "eval").glob("*.yaml")):
         assert load_eval_config(str(path)).tasks

@@ -16,8 +16,8 @@ def tiny_config(hf_path: Path, *overrides: str) -> TrainConfig:
     base = [
         f"model.hf_path={hf_path}", "model.dtype=float32", "model.remat=none",
         "data.seq_len=32", "data.global_batch=8", "optim.lr=1e-2", "optim.warmup_steps=1",
-        "train.steps=6", "train.checkpoint_every=3", "train.loss_chunk=16", "train.tensorboard=false",
-        "train.async_checkpoint=false",
+        "loop.steps=6", "loop.checkpoint_every=3", "loop.loss_chunk=16", "loop.tensorboard=false",
+        "loop.async_checkpoint=false",
     ]
     return load_train_config(None, base + list(overrides))
 
@@ -38,7 +38,7 @@ def write_config(hf_path: Path, path: Path, **sections) -> Path:
         "model": {"hf_path": str(hf_path), "dtype": "float32", "remat": "none"},
         "data": {"seq_len": 32, "global_batch": 8},
         "optim": {"lr": 1e-2, "warmup_steps": 1},
-        "train": {"steps": 6, "checkpoint_every": 3, "loss_chunk": 16, "tensorboard": False},
+        "loop": {"steps": 6, "checkpoint_every": 3, "loss_chunk": 16, "tensorboard": False},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

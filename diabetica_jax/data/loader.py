@@ -22,7 +22,7 @@ import numpy as np
 
 from diabetica_jax.data.chat import EmptyLossMask, encode_record
 from diabetica_jax.data.records import Record
-from diabetica_jax.train.state import Batch
+from diabetica_jax.data.batch import Batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diabetica_jax.train.state import Batch
+from diabetica_jax.data.batch import Batch
 
 
 class SyntheticSource:

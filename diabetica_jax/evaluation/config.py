@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 from diabetica_jax.configuration import ConfigFileError, apply_overrides, build, field, load_yaml
-from diabetica_jax.data.curate.config import BackendSection
+from diabetica_jax.llm.config import BackendSection
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from diabetica_jax.data.curate.collect import _rows, detect_format
-from diabetica_jax.data.curate.mcq import MCQParseError, parse_answer, parse_question
+from diabetica_jax.data.tables import detect_format, read_rows
+from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.records import Reject
 
 
@@ -33,7 +33,7 @@ def load_items(path: str | Path, task: str) -> list[Item]:
         raise EvalDataError(f"{path}: benchmark file not found")
     items: list[Item] = []
     columns_checked = False
-    for row_index, row in _rows(path, detect_format(path)):
+    for row_index, row in read_rows(path, detect_format(path)):
         where = f"{path}: row {row_index}"
         if isinstance(row, Reject):
             raise EvalDataError(f"{where}: {row.reason}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from diabetica_jax.data.curate.teacher import CachedTeacher, TeacherError
+from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.evaluation.metrics import parse_score
 from diabetica_jax.evaluation.prompts import Prompts
 
@@ -21,13 +21,13 @@ def parse_score_first_digit(reply: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def judge_answer(judge: CachedTeacher, prompts: Prompts, question: str, rules: str, answer: str) -> dict:
+def judge_answer(judge: CachedChat, prompts: Prompts, question: str, rules: str, answer: str) -> dict:
     """{'score': float | None, 'judge_reply': str | None, 'judge_status': 'scored' | 'unparsed' | 'failed: ...'}"""
     message = prompts.judge.format(question=question, rules=rules, answer=answer)
     try:
         reply = judge.chat([{"role": "user", "content": message}], max_tokens=1024,
                            temperature=prompts.judge_temperature)
-    except TeacherError as e:
+    except LLMError as e:
         return {"score": None, "judge_reply": None, "judge_status": f"failed: {e}"}
     score = parse_score_first_digit(reply) if prompts.score_rule == "first_digit" else parse_score(reply)
     return {"score": score, "judge_reply": reply, "judge_status": "scored" if score is not None else "unparsed"}

@@ -11,6 +11,7 @@ from diabetica_jax.evaluation import tasks as task_lib
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import load_items
 from diabetica_jax.evaluation.prompts import OWN, from_protocol
+from diabetica_jax.llm import make_backend
 
 
 def resolve(path: str, data_dir: str | None) -> Path:
@@ -25,7 +26,6 @@ def resolve(path: str, data_dir: str | None) -> Path:
 def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict:
     """Run every task of the suite; return {task: summary} and write the reports under `out`."""
     from diabetica_jax import hf
-    from diabetica_jax.data.curate.pipeline import _backend
     from diabetica_jax.model import QwenConfig, create_model
 
     out = Path(out)
@@ -40,7 +40,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
         tokenizer = hf.load_tokenizer(cfg.model)
     name = cfg.name or (Path(cfg.model).name if cfg.model else f"{cfg.preset} (random)")
     mut = task_lib.ModelUnderTest(model, tokenizer, name, batch_size=cfg.batch_size, progress=progress)
-    judge = _backend(cfg.judge, out / "cache" / "judge") if cfg.judge.backend != "none" else None
+    judge = make_backend(cfg.judge, out / "cache" / "judge") if cfg.judge.backend != "none" else None
 
     summaries = {}
     for section in cfg.tasks:

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from diabetica_jax.data.curate.answers import picked_option
+from diabetica_jax.data.mcq import picked_option
 from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.data import Item
 from diabetica_jax.evaluation.judge import judge_answer

@@ -1,5 +1,5 @@
-"""Errors raised while reading or writing Hugging Face checkpoints."""
+"""Errors raised while reading or writing Hugging Face checkpoint directories (config.json + safetensors)."""
 
 
-class CheckpointError(ValueError):
+class HFCheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and, where one is at fault, the tensor."""

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from diabetica_jax.hf.errors import CheckpointError
+from diabetica_jax.hf.errors import HFCheckpointError
 from diabetica_jax.hf.safetensors_io import SafetensorsFile
 from diabetica_jax.hf.weight_map import TIED_DUPLICATE, WeightEntry, hf_names
 from diabetica_jax.model.config import ConfigError, QwenConfig
@@ -91,11 +91,11 @@ class _PickleSource:
 def read_config(path: str | Path, **runtime: Any) -> QwenConfig:
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory not found")
+        raise HFCheckpointError(f"{path}: checkpoint directory not found")
     try:
         return QwenConfig.from_json_file(path / "config.json", **runtime)
     except ConfigError as e:
-        raise CheckpointError(str(e)) from e
+        raise HFCheckpointError(str(e)) from e
 
 
 def _open_weights(path: Path, allow_pickle: bool) -> _SafetensorsSource | _PickleSource:
@@ -104,16 +104,16 @@ def _open_weights(path: Path, allow_pickle: bool) -> _SafetensorsSource | _Pickl
         try:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index_path}: not a valid safetensors index ({e!r})") from e
+            raise HFCheckpointError(f"{index_path}: not a valid safetensors index ({e!r})") from e
         opened: dict[str, SafetensorsFile] = {}
         files: dict[str, SafetensorsFile] = {}
         for name, filename in weight_map.items():
             if filename not in opened:
                 if not (path / filename).is_file():
-                    raise CheckpointError(f"{index_path}: tensor {name!r} is in {filename}, which is missing")
+                    raise HFCheckpointError(f"{index_path}: tensor {name!r} is in {filename}, which is missing")
                 opened[filename] = SafetensorsFile(path / filename)
             if name not in opened[filename].tensors:
-                raise CheckpointError(f"{path / filename}: tensor {name!r} listed in {INDEX_FILE} is not in the file")
+                raise HFCheckpointError(f"{path / filename}: tensor {name!r} listed in {INDEX_FILE} is not in the file")
             files[name] = opened[filename]
         return _SafetensorsSource(files)
     if single_path.is_file():
@@ -122,12 +122,12 @@ def _open_weights(path: Path, allow_pickle: bool) -> _SafetensorsSource | _Pickl
     pickles = [p for pattern in PICKLE_PATTERNS for p in sorted(path.glob(pattern))]
     if pickles:
         if not allow_pickle:
-            raise CheckpointError(
+            raise HFCheckpointError(
                 f"{pickles[0]}: pickle checkpoints can run arbitrary code and are refused; convert it to "
                 f"safetensors, or pass allow_pickle=True (--allow-pickle) if you trust its origin"
             )
         return _PickleSource(pickles)
-    raise CheckpointError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE} found")
+    raise HFCheckpointError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE} found")
 
 
 def _expected_shape(variable: nnx.Variable, entry: WeightEntry) -> tuple[int, ...]:
@@ -141,17 +141,17 @@ def _validate(path: Path, cfg: QwenConfig, source, params) -> None:
     missing = sorted(set(expected) - present)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"{path}: missing weight {missing[0]!r}{more} required by config.json")
+        raise HFCheckpointError(f"{path}: missing weight {missing[0]!r}{more} required by config.json")
     unexpected = sorted(present - set(expected) - ({TIED_DUPLICATE} if cfg.tie_word_embeddings else set()))
     if unexpected:
         where = source.where(unexpected[0])
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"{where}: unexpected weight {unexpected[0]!r}{more} that config.json does not describe")
+        raise HFCheckpointError(f"{where}: unexpected weight {unexpected[0]!r}{more} that config.json does not describe")
     for name, (entry, _) in expected.items():
         want = _expected_shape(_variable_at(params, entry.param_path), entry)
         got = tuple(source.shape(name))
         if got != want:
-            raise CheckpointError(f"{source.where(name)}: tensor {name!r} has shape {list(got)} but config.json implies {list(want)}")
+            raise HFCheckpointError(f"{source.where(name)}: tensor {name!r} has shape {list(got)} but config.json implies {list(want)}")
 
 
 def _variable_at(state, path):

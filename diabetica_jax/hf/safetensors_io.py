@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from diabetica_jax.hf.errors import CheckpointError
+from diabetica_jax.hf.errors import HFCheckpointError
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -54,22 +54,22 @@ class SafetensorsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise CheckpointError(f"{self.path}: file not found")
+            raise HFCheckpointError(f"{self.path}: file not found")
         size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             raw_len = f.read(8)
             if len(raw_len) < 8:
-                raise CheckpointError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
+                raise HFCheckpointError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(_MAX_HEADER, size - 8):
-                raise CheckpointError(
+                raise HFCheckpointError(
                     f"{self.path}: truncated or corrupt safetensors file (header claims {header_len} bytes, "
                     f"file has {size})"
                 )
             try:
                 header = json.loads(f.read(header_len))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{self.path}: corrupt safetensors header ({e})") from e
+                raise HFCheckpointError(f"{self.path}: corrupt safetensors header ({e})") from e
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start = 8 + header_len
         self.tensors: dict[str, TensorInfo] = {}
@@ -77,16 +77,16 @@ class SafetensorsFile:
             try:
                 dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry") from e
+                raise HFCheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry") from e
             if dtype not in DTYPES:
-                raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
+                raise HFCheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
             expected = math.prod(shape) * DTYPES[dtype].itemsize
             if end - begin != expected:
-                raise CheckpointError(
+                raise HFCheckpointError(
                     f"{self.path}: tensor {name!r} spans {end - begin} bytes but {dtype}{list(shape)} needs {expected}"
                 )
             if self.data_start + end > size:
-                raise CheckpointError(
+                raise HFCheckpointError(
                     f"{self.path}: truncated safetensors file: tensor {name!r} ends at byte {self.data_start + end} "
                     f"but the file has {size} bytes"
                 )
@@ -145,7 +145,7 @@ def write_safetensors(path: str | Path, tensors: Sequence[PlannedTensor], metada
         for t in tensors:
             value = np.ascontiguousarray(t.produce(), dtype=t.dtype.newbyteorder("<"))
             if value.shape != t.shape:
-                raise CheckpointError(f"{path}: tensor {t.name!r} produced shape {value.shape}, planned {t.shape}")
+                raise HFCheckpointError(f"{path}: tensor {t.name!r} produced shape {value.shape}, planned {t.shape}")
             f.write(value.tobytes())
     tmp.replace(path)
 

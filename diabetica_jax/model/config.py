@@ -23,6 +23,10 @@ SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwe
 SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# How a process computes, one story for every entry point (hf.load, create_model, the CLI, training,
+# evaluation): exact float32 with no rematerialisation. Accelerator configs opt into bfloat16 compute
+# and a remat policy explicitly (the shipped recipes do).
+DEFAULT_RUNTIME = {"dtype": "float32", "param_dtype": "float32", "attention": "auto", "remat": "none"}
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_matmuls")
 # The linear layers of a decoder layer, by their HF names; LoRA targets are chosen among them.
@@ -53,10 +57,10 @@ class QwenConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     # runtime (how this process computes; not part of config.json)
-    param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype of matmuls and attention
-    attention: str = "auto"
-    remat: str = "none"
+    param_dtype: str = DEFAULT_RUNTIME["param_dtype"]
+    dtype: str = DEFAULT_RUNTIME["dtype"]  # compute dtype of matmuls and attention
+    attention: str = DEFAULT_RUNTIME["attention"]
+    remat: str = DEFAULT_RUNTIME["remat"]
     # LoRA adapters (rank 0: none). Targets are names from LINEAR_LAYERS; all of them by default,
     # as the Diabetica recipe adapted all linear layers.
     lora_rank: int = 0

@@ -18,10 +18,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from diabetica_jax.hf.errors import CheckpointError
 from diabetica_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint or run directory that cannot be used; the message names the directory and why."""
 
 
 def _as_tree(state: TrainState) -> dict:

@@ -68,7 +68,7 @@ class OptimSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSection:
+class LoopSection:
     steps: int = field(100, "optimizer steps in the whole run; -1: as many as data.epochs of curated data fill")
     log_every: int = field(1, "write metrics every N steps")
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and always at the end and on SIGTERM)")
@@ -86,7 +86,7 @@ class TrainConfig:
     mesh: MeshSection = field(MeshSection(), "device mesh")
     data: DataSection = field(DataSection(), "batches")
     optim: OptimSection = field(OptimSection(), "optimizer and schedule")
-    train: TrainSection = field(TrainSection(), "loop, logging and checkpoints")
+    loop: LoopSection = field(LoopSection(), "steps, logging and checkpoints")
 
     @property
     def micro_batch(self) -> int:
@@ -98,9 +98,9 @@ def validate_train(cfg: TrainConfig, source: str) -> None:
         raise ConfigFileError(f"{source}: {key}: {message}")
 
     positive = {"data.seq_len": cfg.data.seq_len, "data.global_batch": cfg.data.global_batch,
-                "data.grad_accum": cfg.data.grad_accum, "train.steps": cfg.train.steps if cfg.train.steps != -1 else 1,
-                "train.log_every": cfg.train.log_every, "train.checkpoint_every": cfg.train.checkpoint_every,
-                "train.keep_checkpoints": cfg.train.keep_checkpoints, "train.loss_chunk": cfg.train.loss_chunk}
+                "data.grad_accum": cfg.data.grad_accum, "loop.steps": cfg.loop.steps if cfg.loop.steps != -1 else 1,
+                "loop.log_every": cfg.loop.log_every, "loop.checkpoint_every": cfg.loop.checkpoint_every,
+                "loop.keep_checkpoints": cfg.loop.keep_checkpoints, "loop.loss_chunk": cfg.loop.loss_chunk}
     for key, value in positive.items():
         if value <= 0:
             bad(key, f"must be positive, got {value}")
@@ -119,10 +119,10 @@ def validate_train(cfg: TrainConfig, source: str) -> None:
         bad("lora.targets", f"{sorted(unknown)} are not linear layers; choose from {list(LINEAR_LAYERS)}")
     if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0:
         bad("optim", "lr must be positive and warmup_steps >= 0")
-    if cfg.train.steps == -1 and cfg.data.source != "curated":
-        bad("train.steps", "-1 (from the data) needs data.source: curated")
-    if cfg.train.steps != -1 and cfg.optim.warmup_steps > cfg.train.steps:
-        bad("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds train.steps={cfg.train.steps}")
+    if cfg.loop.steps == -1 and cfg.data.source != "curated":
+        bad("loop.steps", "-1 (from the data) needs data.source: curated")
+    if cfg.loop.steps != -1 and cfg.optim.warmup_steps > cfg.loop.steps:
+        bad("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds loop.steps={cfg.loop.steps}")
 
 
 def check_against_devices(cfg: TrainConfig, n_devices: int, n_processes: int = 1, source: str = "config") -> tuple[int, ...]:

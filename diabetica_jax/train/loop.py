@@ -14,12 +14,12 @@ from flax import nnx
 
 from diabetica_jax import hf
 from diabetica_jax.configuration import build, to_dict
-from diabetica_jax.data.global_batch import local_rows, to_global
-from diabetica_jax.data.feed import count_steps, make_feed
+from diabetica_jax.train.global_batch import local_rows, to_global
+from diabetica_jax.train.feed import count_steps, make_feed
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.lora import add_lora
 from diabetica_jax.parallel import make_mesh
-from diabetica_jax.train.checkpoint import Checkpoints, param_shapes
+from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints, param_shapes
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_token
 from diabetica_jax.train.metrics import MetricsLogger
@@ -117,7 +117,7 @@ def prepare(cfg: TrainConfig, mesh) -> Setup:
     model, model_cfg, source = build_model(cfg, mesh)
     graphdef, params, frozen, trainable_filter = split_trainable(model)
     params_sharding, frozen_sharding = trainable_shardings(model, mesh, trainable_filter)
-    optimizer, schedule = build_optimizer(cfg.optim, cfg.train.steps)
+    optimizer, schedule = build_optimizer(cfg.optim, cfg.loop.steps)
     meta = {"model": model_cfg.to_hf_dict(), "lora": to_dict(cfg.lora) if cfg.lora.rank else None,
             "frozen_source": source if cfg.lora.rank else None, "trainable": param_shapes(params)}
     return Setup(model_cfg, graphdef, params, frozen, frozen_sharding, optimizer, schedule,
@@ -125,11 +125,11 @@ def prepare(cfg: TrainConfig, mesh) -> Setup:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train to cfg.train.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present."""
+    """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present."""
     run_dir = Path(run_dir)
     check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
-    if cfg.train.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
+    if cfg.loop.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
         shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
         steps = count_steps(cfg, local_rows(batch_sharding(mesh), shape))
         log.info("data.epochs=%d of %s fill %d steps", cfg.data.epochs, cfg.data.path, steps)
@@ -141,8 +141,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
 
     with jax.set_mesh(mesh):
         setup = prepare(cfg, mesh)
-        checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints,
-                                  async_save=cfg.train.async_checkpoint)
+        checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.loop.keep_checkpoints,
+                                  async_save=cfg.loop.async_checkpoint)
         start = checkpoints.latest_step()
         resumed = start is not None
         if not resumed:
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
             log.info("resumed from %s at step %d", checkpoints.directory, start)
         setup.params = None  # the state owns (and donates) them from here on
 
-        step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.train.loss_chunk,
+        step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.loop.loss_chunk,
                                   dropout=cfg.lora.dropout > 0, shardings=setup.shardings,
                                   frozen_shardings=setup.frozen_sharding, batch_sharding=batch_sharding(mesh))
         global_shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
@@ -162,13 +162,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
             checkpoints.restore_data(start, feed.iterator)
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
-        peak = peak_flops_per_device(cfg.train.peak_tflops)
+        peak = peak_flops_per_device(cfg.loop.peak_tflops)
         metrics = MetricsLogger(
-            run_dir, start_step=start, total_steps=cfg.train.steps, tokens_per_step=tokens_per_step,
+            run_dir, start_step=start, total_steps=cfg.loop.steps, tokens_per_step=tokens_per_step,
             flops_per_step=tokens_per_step * flops_per_token, peak_flops=peak * jax.device_count() if peak else None,
-            log_every=cfg.train.log_every, tensorboard=cfg.train.tensorboard, enabled=writer, progress=progress,
+            log_every=cfg.loop.log_every, tensorboard=cfg.loop.tensorboard, enabled=writer, progress=progress,
         )
-        end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
+        end = cfg.loop.steps if stop_after is None else min(cfg.loop.steps, start + stop_after)
         done = saved = start
         data_exhausted = False
         with _Preemption() as preemption:
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
                 state, step_metrics = step_fn(state, setup.frozen, to_global(local, batch_sharding(mesh), global_shape))
                 metrics.push(step, step_metrics)
                 done = step + 1
-                if preemption.requested or done % cfg.train.checkpoint_every == 0 or done == end:
+                if preemption.requested or done % cfg.loop.checkpoint_every == 0 or done == end:
                     checkpoints.save(done, state, setup.meta, feed.iterator)
                     saved = done
                 if preemption.requested:
@@ -199,7 +199,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "train_config.json"
     if not path.is_file():
-        raise hf.CheckpointError(f"{path}: not found; is {run_dir} a training run directory?")
+        raise CheckpointError(f"{path}: not found; is {run_dir} a training run directory?")
     return build(TrainConfig, json.loads(path.read_text()), str(path))
 
 
@@ -209,10 +209,10 @@ def trained_model(run_dir: str | Path, step: int | None = None):
     mesh = make_mesh({"fsdp": -1})
     with jax.set_mesh(mesh):
         setup = prepare(cfg, mesh)
-        checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.train.keep_checkpoints, async_save=False)
+        checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.loop.keep_checkpoints, async_save=False)
         step = checkpoints.latest_step() if step is None else step
         if step is None:
-            raise hf.CheckpointError(f"{checkpoints.directory}: no checkpoint to load")
+            raise CheckpointError(f"{checkpoints.directory}: no checkpoint to load")
         state, _ = checkpoints.restore(step, setup.restore_target(), setup.meta)
         checkpoints.close()
     return nnx.merge(setup.graphdef, state.params, setup.frozen), setup.model_cfg, step

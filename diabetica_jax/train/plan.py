@@ -21,7 +21,8 @@ from diabetica_jax.parallel.rules import param_shardings
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import model_config
 from diabetica_jax.train.optimizer import build_optimizer
-from diabetica_jax.train.state import Batch, abstract_state, init_state, state_shardings
+from diabetica_jax.data.batch import Batch
+from diabetica_jax.train.state import abstract_state, init_state, state_shardings
 from diabetica_jax.train.step import batch_sharding, make_train_step
 
 
@@ -48,13 +49,13 @@ def plan(cfg: TrainConfig) -> dict[str, float]:
 
         params, params_sharding = with_shardings(train_abs)
         frozen, frozen_sharding = with_shardings(frozen_abs)
-        optimizer, schedule = build_optimizer(cfg.optim, cfg.train.steps)
+        optimizer, schedule = build_optimizer(cfg.optim, cfg.loop.steps)
         shardings = state_shardings(optimizer, params, params_sharding, mesh)
         state = abstract_state(jax.eval_shape(lambda p: init_state(p, optimizer, 0, shardings), params), shardings)
         batch_sh = batch_sharding(mesh)
         shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
         batch = Batch(*(jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sh) for _ in range(4)))
-        step = make_train_step(graphdef, optimizer, schedule, loss_chunk=cfg.train.loss_chunk,
+        step = make_train_step(graphdef, optimizer, schedule, loss_chunk=cfg.loop.loss_chunk,
                                dropout=cfg.lora.dropout > 0, shardings=shardings,
                                frozen_shardings=frozen_sharding, batch_sharding=batch_sh)
         compiled = step.lower(state, frozen, batch).compile()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +20,6 @@ class TrainState:
     params: dict  # trainable parameters (all of them, or only LoRA adapters), as a plain nested dict
     opt_state: Any
     rng: jax.Array  # uint32[2] raw key; per-step keys are folded in from the step number
-
-
-class Batch(NamedTuple):
-    """The step's input contract: each [grad_accum, micro_batch, seq] int32."""
-
-    tokens: jax.Array
-    loss_mask: jax.Array
-    segment_ids: jax.Array
-    positions: jax.Array
 
 
 def split_trainable(model: Qwen):

@@ -12,8 +12,9 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from diabetica_jax.data.curate.answers import picked_option, recall
-from diabetica_jax.data.curate.teacher import CachedTeacher, TeacherError
+from diabetica_jax.data.curate.answers import recall
+from diabetica_jax.data.mcq import picked_option
+from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.data.records import Record, Reject, record_id
 from diabetica_jax.data.text import language
 
@@ -47,14 +48,14 @@ class AugmentResult:
     explained: int = 0
 
 
-def augment(records: list[Record], teacher: CachedTeacher, settings: AugmentSettings) -> AugmentResult:
+def augment(records: list[Record], teacher: CachedChat, settings: AugmentSettings) -> AugmentResult:
     def work(record: Record):
         try:
             if record.kind == "passage":
                 return _passage_to_qa(record, teacher, settings)
             if record.kind == "mcq":
                 return _explain_mcq(record, teacher, settings)
-        except TeacherError as e:
+        except LLMError as e:
             return Reject("augment", str(e), record.provenance, record=record.to_json())
         return record
 
@@ -74,7 +75,7 @@ def augment(records: list[Record], teacher: CachedTeacher, settings: AugmentSett
     return result
 
 
-def _passage_to_qa(record: Record, teacher: CachedTeacher, settings: AugmentSettings):
+def _passage_to_qa(record: Record, teacher: CachedChat, settings: AugmentSettings):
     reply = teacher.chat([{"role": "user", "content": PASSAGE_PROMPT.format(n=settings.qa_per_passage,
                                                                              passage=record.text)}],
                          max_tokens=settings.max_tokens)
@@ -97,7 +98,7 @@ def _passage_to_qa(record: Record, teacher: CachedTeacher, settings: AugmentSett
             continue
         generated.append(candidate)
     if not generated and not bad:
-        raise TeacherError("teacher reply held no JSON list of question-answer pairs")
+        raise LLMError("teacher reply held no JSON list of question-answer pairs")
     return record, generated, bad
 
 
@@ -112,7 +113,7 @@ def _json_pairs(reply: str) -> list[dict]:
     return [d for d in data if isinstance(d, dict)]
 
 
-def _explain_mcq(record: Record, teacher: CachedTeacher, settings: AugmentSettings):
+def _explain_mcq(record: Record, teacher: CachedChat, settings: AugmentSettings):
     question = record.messages[0]["content"]
     reply = teacher.chat([{"role": "user", "content": MCQ_PROMPT.format(letter=record.answer, question=question)}],
                          max_tokens=settings.max_tokens).strip()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diabetica_jax.data.curate.collect import _rows, detect_format
+from diabetica_jax.data.tables import detect_format, read_rows
 from diabetica_jax.data.curate.filters import BenchmarkItem
-from diabetica_jax.data.curate.mcq import MCQParseError, parse_question, render
+from diabetica_jax.data.mcq import MCQParseError, parse_question, render
 from diabetica_jax.data.records import Reject
 
 QUESTION_COLUMNS = ("question", "stem", "prompt", "instruction", "input")
@@ -18,7 +18,7 @@ def load_benchmark_items(path: str | Path) -> list[BenchmarkItem]:
         return [item for f in sorted(path.iterdir()) if f.suffix.lower() in (".csv", ".jsonl", ".json", ".xlsx")
                 for item in load_benchmark_items(f)]
     items = []
-    for row_index, row in _rows(path, detect_format(path)):
+    for row_index, row in read_rows(path, detect_format(path)):
         if isinstance(row, Reject):
             continue
         text = next((str(row[c]) for c in QUESTION_COLUMNS if row.get(c)), None)

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diabetica_jax.data.curate.mcq import MCQParseError, parse_answer, parse_question, render
+from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
 from diabetica_jax.data.records import KINDS, Record, Reject, record_id
+from diabetica_jax.data.tables import hub_rows, read_rows, detect_format
 from diabetica_jax.data.text import decode, language
 
-FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text")
 _BLANK = re.compile(r"[(（]\s*[)）]")
 
 
@@ -42,24 +42,10 @@ class InputSpec:
         return self.fields.get(name, name)
 
 
-def detect_format(path: Path) -> str:
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            return "hf_disk"
-        raise ValueError(f"{path}: a directory that is not a saved Hugging Face dataset")
-    suffix = path.suffix.lower()
-    return {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".xlsx": "xlsx", ".parquet": "parquet",
-            ".md": "text", ".markdown": "text", ".txt": "text"}.get(suffix) or _unknown(path)
-
-
-def _unknown(path: Path) -> str:
-    raise ValueError(f"{path}: cannot tell the format from the name; set `format` ({', '.join(FORMATS[1:])})")
-
-
 def collect(spec: InputSpec) -> Iterator[Record | Reject]:
     path = Path(spec.path)
     if spec.format == "hf_hub":  # a dataset name on the Hugging Face hub, read when a network is there
-        yield from _collect_rows(_hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path)
+        yield from _collect_rows(hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path)
         return
     if not path.exists():
         raise FileNotFoundError(f"{path}: input not found")
@@ -68,7 +54,7 @@ def collect(spec: InputSpec) -> Iterator[Record | Reject]:
     if fmt == "text":
         yield from _passages(path, source)
         return
-    yield from _collect_rows(_rows(path, fmt), spec, source, str(path))
+    yield from _collect_rows(read_rows(path, fmt), spec, source, str(path))
 
 
 def _collect_rows(rows, spec: InputSpec, source: str, origin: str) -> Iterator[Record | Reject]:
@@ -82,110 +68,6 @@ def _collect_rows(rows, spec: InputSpec, source: str, origin: str) -> Iterator[R
         except (KeyError, ValueError, TypeError, MCQParseError) as e:
             reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             yield Reject("collect", reason, where, raw=json.dumps(row, ensure_ascii=False, default=str)[:2000])
-
-
-# ---- rows from each format ---------------------------------------------------------------------
-
-def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
-    if fmt == "jsonl":
-        yield from _jsonl_rows(path)
-    elif fmt == "json":
-        data = json.loads(decode(path.read_bytes())[0])
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), [data])
-        for i, row in enumerate(data):
-            yield i, row if isinstance(row, dict) else _not_object(path, i, row)
-    elif fmt == "csv":
-        yield from _csv_rows(path)
-    elif fmt == "xlsx":
-        yield from _xlsx_rows(path)
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield i, row
-    elif fmt == "hf_disk":
-        import datasets
-
-        yield from _dataset_rows(datasets.load_from_disk(str(path)))
-    else:
-        raise ValueError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
-
-
-def _hub_rows(name: str) -> Iterator[tuple[int, dict]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name)
-    except Exception as e:  # offline, unknown name, gated: say which dataset and why
-        raise FileNotFoundError(f"{name}: cannot load this dataset from the Hugging Face hub ({type(e).__name__}: {e})") from e
-    yield from _dataset_rows(loaded)
-
-
-def _dataset_rows(loaded) -> Iterator[tuple[int, dict]]:
-    """Rows of a `datasets` Dataset, or of every split of a DatasetDict, numbered across splits."""
-    import datasets
-
-    splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
-    i = 0
-    for split in splits:
-        for row in split:
-            yield i, row
-            i += 1
-
-
-def _not_object(path: Path, i: int, row: Any) -> Reject:
-    return Reject("collect", "row is not a JSON object", {"file": str(path), "row": i}, raw=str(row)[:2000])
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | Reject]]:
-    for i, raw in enumerate(path.read_bytes().splitlines()):
-        where = {"file": str(path), "row": i}
-        if not raw.strip():
-            continue
-        try:
-            line = decode(raw)[0]
-        except UnicodeDecodeError:
-            yield i, Reject("collect", "undecodable bytes (neither UTF-8 nor GBK)", where, raw=raw[:2000].decode("latin-1"))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield i, Reject("collect", f"bad JSON: {e.msg} at column {e.colno}", where, raw=line[:2000])
-            continue
-        yield i, row if isinstance(row, dict) else _not_object(path, i, row)
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict | Reject]]:
-    data = path.read_bytes()
-    try:
-        text, _ = decode(data)
-        bad_bytes = False
-    except UnicodeDecodeError:  # keep going row by row: only the rows with bad bytes are rejected
-        text, bad_bytes = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), True
-    for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
-        if bad_bytes and any(_has_surrogates(v) for v in row.values() if isinstance(v, str)):
-            raw = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8", "surrogateescape")
-            yield i, Reject("collect", "undecodable bytes (neither UTF-8 nor GBK)", {"file": str(path), "row": i},
-                            raw=raw.decode("utf-8", "replace")[:2000])
-            continue
-        yield i, row
-
-
-def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def _xlsx_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    import openpyxl
-
-    sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).active
-    rows = sheet.iter_rows(values_only=True)
-    header = [str(h).strip() if h is not None else "" for h in next(rows, [])]
-    for i, values in enumerate(rows):
-        if all(v is None for v in values):
-            continue
-        yield i, {h: ("" if v is None else str(v)) for h, v in zip(header, values) if h}
 
 
 # ---- a row -> a record ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from diabetica_jax.configuration import ConfigFileError, apply_overrides, build, field, load_yaml
+from diabetica_jax.llm.config import BackendSection
 
 # Weighted bilingual terms. Strong signals of diabetes content weigh 2, related clinical context 1;
 # a record needs a score of 2 (one strong term, or two related ones) unless configured otherwise.
@@ -65,17 +66,6 @@ class DecontaminationSection:
     embedded_benchmarks: bool = field(True, "also protect the project's embedded mini benchmarks")
     n: int = field(8, "n-gram length in units")
     threshold: float = field(0.5, "drop a record holding this share of a benchmark item's n-grams")
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendSection:
-    backend: Literal["none", "openai", "local"] = field("none", "none, an OpenAI-compatible endpoint, or a local model")
-    base_url: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint")
-    model: str = field("", "model name (openai) or checkpoint directory / preset (local)")
-    api_key_env: str | None = field(None, "environment variable holding the API key (never logged)")
-    timeout: float = field(60.0, "seconds per request")
-    retries: int = field(3, "attempts per request, with exponential backoff")
-    concurrency: int = field(4, "requests in flight")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,10 +11,10 @@ from diabetica_jax.data.curate import filters
 from diabetica_jax.data.curate.augment import AugmentSettings, augment
 from diabetica_jax.data.curate.benchmarks import load_benchmark_items
 from diabetica_jax.data.curate.collect import InputSpec, collect
-from diabetica_jax.data.curate.config import BackendSection, CurateConfig
+from diabetica_jax.data.curate.config import CurateConfig
 from diabetica_jax.data.curate.refine import RefineSettings, refine
-from diabetica_jax.data.curate.teacher import CachedTeacher, LocalTeacher, OpenAITeacher
 from diabetica_jax.data.records import Record, Reject
+from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ def _stage(name: str, entered: list, kept: list[Record], rejects: list[Reject]) 
                     dict(Counter(_reason_class(r.reason) for r in rejects).most_common()),
                     dict(Counter(r.source for r in kept)), dict(Counter(r.kind for r in kept)),
                     dict(Counter(r.language for r in kept)))
-
-
-def _backend(section: BackendSection, cache_dir: Path) -> CachedTeacher:
-    if section.backend == "openai":
-        teacher = OpenAITeacher(section.base_url, section.model, section.api_key_env, section.timeout)
-    else:
-        teacher = LocalTeacher(section.model)
-    return CachedTeacher(teacher, cache_dir, retries=section.retries)
 
 
 def demo_inputs() -> list[InputSpec]:
@@ -98,7 +90,7 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     generated: list[Record] = []
     augment_stats = {"enabled": cfg.augment.backend != "none"}
     if cfg.augment.backend != "none":
-        teacher = _backend(cfg.augment, out / "cache" / "augment")
+        teacher = make_backend(cfg.augment, out / "cache" / "augment")
         entered = records
         result = augment(records, teacher, AugmentSettings(cfg.augment.qa_per_passage, cfg.augment.min_grounding,
                                                            cfg.augment.concurrency))
@@ -118,7 +110,7 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
 
     refine_stats: dict = {"enabled": cfg.refine.backend != "none"}
     if cfg.refine.backend != "none":
-        model = _backend(cfg.refine, out / "cache" / "refine")
+        model = make_backend(cfg.refine, out / "cache" / "refine")
         records, counts = refine(records, model, RefineSettings(cfg.refine.min_recall, cfg.refine.concurrency))
         refine_stats.update(model=model.name, **dict(counts))
 

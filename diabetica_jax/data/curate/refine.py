@@ -12,8 +12,9 @@ import dataclasses
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from diabetica_jax.data.curate.answers import picked_option, recall
-from diabetica_jax.data.curate.teacher import CachedTeacher, TeacherError
+from diabetica_jax.data.curate.answers import recall
+from diabetica_jax.data.mcq import picked_option
+from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.data.records import Record
 
 REWRITE_PROMPT = (
@@ -30,7 +31,7 @@ class RefineSettings:
     max_tokens: int = 768
 
 
-def refine(records: list[Record], model: CachedTeacher, settings: RefineSettings) -> tuple[list[Record], Counter]:
+def refine(records: list[Record], model: CachedChat, settings: RefineSettings) -> tuple[list[Record], Counter]:
     """All records back (none is dropped), and counts: rewritten / kept_original:<reason>."""
 
     def work(record: Record) -> tuple[Record, str]:
@@ -42,7 +43,7 @@ def refine(records: list[Record], model: CachedTeacher, settings: RefineSettings
         try:
             rewrite = model.chat([{"role": "user", "content": REWRITE_PROMPT.format(question=question, answer=reference)}],
                                  max_tokens=settings.max_tokens).strip()
-        except TeacherError:
+        except LLMError:
             return record, "kept_original:model failed"
         if record.kind == "mcq":
             if picked_option(rewrite) != record.answer:

@@ -10,7 +10,7 @@ from pathlib import Path
 from diabetica_jax.configuration import ConfigFileError
 from diabetica_jax.data.synthetic import SyntheticSource
 from diabetica_jax.train.config import TrainConfig
-from diabetica_jax.train.state import Batch
+from diabetica_jax.data.batch import Batch
 
 log = logging.getLogger(__name__)
 

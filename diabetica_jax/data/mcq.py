@@ -1,4 +1,5 @@
-"""Parse multiple-choice questions written as a stem plus `Option X: ...` lines, answer like `B：...`.
+"""Multiple-choice questions: parse a stem plus `Option X: ...` lines and an answer like `B：...`, render
+them canonically, and find the option a free-text reply commits to (curation and evaluation share it).
 
 Tolerant of the variations real files have: ASCII or full-width colons and brackets, `A.` / `A、`
 / `(A)` labels, a `Question:` prefix or none, stray line breaks inside the stem or an option,
@@ -64,3 +65,19 @@ def parse_answer(text: str, options: dict[str, str]) -> str:
 def render(stem: str, options: dict[str, str]) -> str:
     """The canonical text of a question: stem, then one `X. option` line each."""
     return stem + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items()))
+
+
+_PICK = [
+    re.compile(r"(?:answer|答案|正确答案|最佳答案|选择|选)\s*(?:is|为|是|应为|应选)?\s*[:：]?\s*[(（]?\s*([A-H])(?![A-Za-z])", re.I),
+    re.compile(r"^\s*[(（]?([A-H])[)）]?\s*(?:[.:：、．)]|$)"),
+]
+
+
+def picked_option(text: str) -> str | None:
+    """The option letter an answer commits to: `Answer: B`, `答案：B`, or a leading `B.`; None if none."""
+    text = unicodedata.normalize("NFKC", text)
+    for pattern in _PICK:
+        match = pattern.search(text)
+        if match:
+            return match.group(1).upper()
+    return None

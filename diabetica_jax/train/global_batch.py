@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from diabetica_jax.train.state import Batch
+from diabetica_jax.data.batch import Batch
 
 
 def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...], axis: int = 1) -> range:

@@ -1,11 +1,10 @@
-"""Teacher and base-model backends for augmentation and refinement.
+"""Chat with an LLM: an OpenAI-compatible endpoint, and the disk cache every backend sits behind.
 
-`OpenAITeacher` talks to any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`);
+`OpenAIClient` talks to any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`);
 its API key is read from the environment variable named in the config and never logged.
-`LocalTeacher` runs a checkpoint (or preset) through the project's own JAX decoder.
-`CachedTeacher` answers repeated requests from disk (keyed by a hash of model, messages and
+`CachedChat` answers repeated requests from disk (keyed by a hash of model, messages and
 parameters), so an interrupted run resumes without paying twice; failures are retried with
-exponential backoff and are not cached.
+exponential backoff and are not cached. Curation (teacher, refine) and evaluation (judge) use both.
 """
 
 from __future__ import annotations
@@ -21,17 +20,17 @@ from pathlib import Path
 from typing import Protocol
 
 
-class TeacherError(RuntimeError):
+class LLMError(RuntimeError):
     """The backend could not produce a reply (after retries)."""
 
 
-class Teacher(Protocol):
+class ChatBackend(Protocol):
     name: str
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str: ...
 
 
-class OpenAITeacher:
+class OpenAIClient:
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -51,52 +50,23 @@ class OpenAITeacher:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 payload = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
-            raise TeacherError(f"HTTP {e.code} from {self.base_url}") from None
+            raise LLMError(f"HTTP {e.code} from {self.base_url}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise TeacherError(f"timeout or connection error ({type(reason).__name__}: {reason})") from None
+            raise LLMError(f"timeout or connection error ({type(reason).__name__}: {reason})") from None
         except json.JSONDecodeError:
-            raise TeacherError("reply is not JSON") from None
+            raise LLMError("reply is not JSON") from None
         try:
             return payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise TeacherError("reply has no choices[0].message.content") from None
+            raise LLMError("reply has no choices[0].message.content") from None
 
 
-class LocalTeacher:
-    """A Hugging Face checkpoint directory (or a model preset) run by diabetica-jax itself."""
+class CachedChat:
+    """Disk cache + retries with exponential backoff in front of a chat backend."""
 
-    def __init__(self, model: str, max_batch: int = 8):
-        from diabetica_jax import hf
-        from diabetica_jax.model import QwenConfig, create_model
-
-        self.name = f"local:{model}"
-        from diabetica_jax.generate.chat import engine_for
-
-        if Path(model).is_dir():
-            loaded, _ = hf.load(model, progress=False)
-            self.tokenizer = hf.load_tokenizer(model)
-        else:
-            loaded = create_model(QwenConfig.preset(model))
-            self.tokenizer = hf.load_tokenizer(None)
-        self.engine = engine_for(loaded, self.tokenizer)
-        self._lock = threading.Lock()
-
-    def chat(self, messages, max_tokens: int, temperature: float) -> str:
-        from diabetica_jax.generate import SamplingParams
-        from diabetica_jax.generate.chat import chat_prompt
-
-        with self._lock:  # one engine, called from the augment thread pool
-            out = self.engine.generate([chat_prompt(self.tokenizer, messages)], max_tokens,
-                                       SamplingParams(temperature=temperature))[0]
-        return self.tokenizer.decode(out, skip_special_tokens=True)
-
-
-class CachedTeacher:
-    """Disk cache + retries with exponential backoff in front of a teacher."""
-
-    def __init__(self, teacher: Teacher, cache_dir: str | Path, retries: int = 3, backoff: float = 0.5):
-        self.teacher, self.name = teacher, teacher.name
+    def __init__(self, backend: ChatBackend, cache_dir: str | Path, retries: int = 3, backoff: float = 0.5):
+        self.backend, self.name = backend, backend.name
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.retries, self.backoff = retries, backoff
@@ -120,8 +90,8 @@ class CachedTeacher:
         for attempt in range(self.retries):
             self._count("calls")
             try:
-                reply = self.teacher.chat(messages, max_tokens, temperature)
-            except TeacherError as e:
+                reply = self.backend.chat(messages, max_tokens, temperature)
+            except LLMError as e:
                 last = e
                 time.sleep(self.backoff * 2**attempt)
                 continue
@@ -130,4 +100,4 @@ class CachedTeacher:
             tmp.replace(path)
             return reply
         self._count("failures")
-        raise TeacherError(f"teacher failed after {self.retries} attempts: {last}")
+        raise LLMError(f"chat backend failed after {self.retries} attempts: {last}")
