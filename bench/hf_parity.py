@@ -31,6 +31,7 @@ def main() -> None:
 
     from diabetica_jax import hf
     from diabetica_jax.cli import _parse_mesh
+    from diabetica_jax.generate import left_pad
     from diabetica_jax.model import forward
     from diabetica_jax.parallel import make_mesh
 
@@ -38,16 +39,10 @@ def main() -> None:
     ids = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                           add_generation_prompt=True), add_special_tokens=False)
            for p in PROMPTS]
-    width = max(len(p) for p in ids)
-    tokens = np.full((len(ids), width), tokenizer.pad_token_id or 0, np.int32)
-    valid = np.zeros((len(ids), width), bool)
-    for row, prompt in enumerate(ids):
-        tokens[row, width - len(prompt):], valid[row, width - len(prompt):] = prompt, True
+    tokens, valid, positions = left_pad(ids, tokenizer.pad_token_id or 0)
     mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
     model, _ = hf.load(args.model, mesh=mesh, dtype=args.dtype)
-    segments = valid.astype(np.int32)
-    positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0)
-    ours = np.asarray(forward(model, tokens, positions, segments, mesh=mesh))
+    ours = np.asarray(forward(model, tokens, positions, valid.astype(np.int32), mesh=mesh))
     del model
 
     reference_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)

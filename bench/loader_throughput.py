@@ -29,9 +29,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
 
+    from diabetica_jax.data.config import DataSection
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate
-    from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, read_records
+    from diabetica_jax.data.loader import TokenStore, packed_batches, read_records
     from diabetica_jax.hf.tokenizer import embedded_tokenizer
 
     with tempfile.TemporaryDirectory() as out:
@@ -45,9 +46,9 @@ def main() -> None:
     print(f"tokenize once: {len(records)} records, {store.stats.tokens:,} tokens in {tokenize_s:.1f} s "
           f"({store.stats.tokens / tokenize_s:,.0f} tokens/s)")
 
-    settings = LoaderSettings(seq_len=args.seq, rows=args.rows, grad_accum=args.accum, epochs=1000,
-                              pack=args.pack, workers=args.workers)
-    iterator = iter(packed_batches(store, settings))
+    data = DataSection(seq_len=args.seq, global_batch=args.rows * args.accum, grad_accum=args.accum, epochs=1000,
+                       pack=args.pack, workers=args.workers)
+    iterator = iter(packed_batches(store, data, rows=args.rows))
     next(iterator)  # start-up (workers, first packing bins) is not timed
     real = slots = batches = 0
     start = time.perf_counter()

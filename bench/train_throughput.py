@@ -20,16 +20,17 @@ import jax
 
 
 def bench_one(preset: str, args) -> dict:
+    from diabetica_jax.configuration import load_config
     from diabetica_jax.data.synthetic import SyntheticSource
-    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.parallel import make_mesh
+    from diabetica_jax.train.config import TrainConfig
     from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_token
-    from diabetica_jax.train.loop import prepare
+    from diabetica_jax.train.global_batch import to_global
+    from diabetica_jax.train.setup import prepare
     from diabetica_jax.train.state import init_state
     from diabetica_jax.train.step import batch_sharding, make_train_step
-    from diabetica_jax.train.global_batch import to_global
-    from diabetica_jax.parallel import make_mesh
 
-    cfg = load_train_config(None, [
+    cfg = load_config(TrainConfig, None, [
         f"model.preset={preset}", f"model.dtype={args.dtype}", f"model.remat={args.remat}",
         f"model.attention={args.attention}", f"data.seq_len={args.seq}", f"data.global_batch={args.batch}",
         f"data.grad_accum={args.accum}", f"loop.loss_chunk={args.loss_chunk}", "loop.steps=1000",

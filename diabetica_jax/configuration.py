@@ -2,7 +2,9 @@
 
 A config file is a YAML mapping whose keys mirror the dataclass fields. Unknown keys, wrong types
 and impossible values are errors that name the file and the dotted key, raised before any work
-starts. Each field's `help` metadata documents it (and generates the README's config reference).
+starts: types are checked here, values by each section's `__post_init__` (raising FieldError), and
+checks spanning sections by the parent's. Each field's `help` metadata documents it (and generates
+the README's config reference); `path` metadata marks the fields holding file paths.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +26,39 @@ class ConfigFileError(ValueError):
     """A configuration that cannot be used; the message names the source and the dotted key."""
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with documentation."""
+class FieldError(ValueError):
+    """A section's `__post_init__` refusing the value at `key` (dotted, relative to that section).
+
+    build() reports it under the section's own dotted prefix, so the same section names its keys
+    correctly wherever it is nested (`data.seq_len` in a train config, `train.data.seq_len` in a run).
+    """
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def require_positive(section: Any, *names: str) -> None:
+    """FieldError for the first of the section's fields `names` that is not > 0."""
+    for name in names:
+        value = getattr(section, name)
+        if value <= 0:
+            raise FieldError(name, f"must be positive, got {value}")
+
+
+def field(default: Any, help: str, path: bool | Callable[[dict], bool] = False, **kwargs: Any) -> Any:
+    """A dataclass field with documentation.
+
+    path: the field holds a file path (or a list of them), so a relative one written in a config
+    file is read relative to that file's folder. A function of the section's YAML mapping instead
+    of True decides per entry (an input's `path` is a hub dataset name with `format: hf_hub`).
+    """
+    metadata = {"help": help, "path": path}
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
-        return dataclasses.field(default_factory=lambda d=default: d, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda d=default: d, metadata=metadata, **kwargs)
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -65,6 +94,62 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def config_data(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The mapping that a config file (none: all defaults) and `key=value` overrides make, ready for
+    build(), and the source name that errors quote.
+
+    Relative paths written in the file are made relative to the file's folder before the overrides
+    apply: paths given on the command line stay relative to the working directory.
+    """
+    data, source = {}, "defaults"
+    if path:
+        data, source = load_yaml(path), str(path)
+        resolve_paths(cls, data, Path(path).parent)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + overrides"
+    return data, source
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Config dataclass `cls` from a YAML file (None: the defaults) and `key=value` overrides, checked."""
+    return build(cls, *config_data(cls, path, overrides))
+
+
+def resolve_paths(cls: type, data: Any, base: Path) -> None:
+    """In place: the relative values of `cls`'s path fields (recursively) joined onto `base`."""
+    if not isinstance(data, dict):
+        return  # build() reports the wrong shape
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        hint, value, item_type = hints[f.name], data[f.name], _section_list(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            resolve_paths(hint, value, base)
+        elif item_type is not None and isinstance(value, list):
+            for item in value:
+                resolve_paths(item_type, item, base)
+        else:
+            mark = f.metadata.get("path")
+            if mark is True or (callable(mark) and mark(data)):
+                data[f.name] = _joined(base, value)
+
+
+def _section_list(hint: Any) -> type | None:
+    """The section type of a `list[Section]` field, else None."""
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]) else None
+
+
+def _joined(base: Path, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_joined(base, v) for v in value]
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value  # absolute, empty, or not a string (build() checks the type)
+
+
 def build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     """Instantiate dataclass `cls` from `data`, checking keys and types recursively."""
     if not isinstance(data, dict):
@@ -81,6 +166,8 @@ def build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> 
         return cls(**values)
     except ConfigFileError:
         raise
+    except FieldError as e:
+        raise ConfigFileError(f"{source}: {prefix}{e.key}: {e.message}") from e
     except (TypeError, ValueError) as e:
         raise ConfigFileError(f"{source}: {prefix.rstrip('.') or 'config'}: {e}") from e
 
@@ -173,8 +260,8 @@ def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if len(shown) > 60:  # long built-in lists (term weights, targets) are summarised
             shown = f"{type(default).__name__} of {len(default)} (built in)"
         rows.append((f"{prefix}{f.name}", type_name, shown, f.metadata.get("help", "")))
-        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
-        if dataclasses.is_dataclass(item):  # a list of sections: document one entry's keys
+        item = _section_list(hint)
+        if item is not None:  # a list of sections: document one entry's keys
             rows.extend(reference(item, f"{prefix}{f.name}[]."))
     return rows
 

@@ -11,11 +11,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
-
 from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The paper's public benchmark files: DIABETICA_BENCHMARKS, else ../shared/benchmarks/diabetica beside the checkout.
+DIABETICA = Path(os.environ.get("DIABETICA_BENCHMARKS") or SHARED / "benchmarks" / "diabetica")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `shared` read the benchmark files; without them they skip and say how to point at them."""
+    if (DIABETICA / "protocol.json").is_file():
+        return
+    skip = pytest.mark.skip(reason=f"Diabetica benchmark files not found at {DIABETICA}; set DIABETICA_BENCHMARKS="
+                                   "/path/to/benchmarks/diabetica (the folder holding protocol.json) to run this test")
+    for item in items:
+        if "shared" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -10,42 +10,65 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeOpenAI:
-    """`reply(messages, model) -> str | int | ("sleep", seconds, text)`; an int is an HTTP error status."""
+    """`reply(messages, model)` returns one of
+    - a str: the assistant's reply (HTTP 200);
+    - an int: that HTTP error status, with an OpenAI-style JSON error body;
+    - {"status": int, "headers": {...}, "body": obj}: an error with these headers and JSON body;
+    - ("sleep", seconds, answer): any of the above, after a delay (to make the client time out).
+
+    It speaks HTTP/1.1 keep-alive, and records for each request its JSON body (`requests`), its
+    Authorization header (`auth_headers`), its arrival time (`times`, time.monotonic) and the client's
+    port (`client_ports`: one per TCP connection, so distinct ports = connections opened).
+    """
 
     def __init__(self, reply: Callable):
         self.reply = reply
         self.requests: list[dict] = []
         self.auth_headers: list[str | None] = []
+        self.times: list[float] = []
+        self.client_ports: list[int] = []
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep connections open between requests, as real endpoints do
+
             def log_message(self, *args):  # keep test output quiet
                 pass
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.auth_headers.append(self.headers.get("Authorization"))
+                with outer.lock:  # concurrent requests: keep the i-th entries of every list together
+                    outer.times.append(time.monotonic())
+                    outer.client_ports.append(self.client_address[1])
+                    outer.requests.append(body)
+                    outer.auth_headers.append(self.headers.get("Authorization"))
                 answer = outer.reply(body["messages"], body["model"])
                 if isinstance(answer, tuple) and answer[0] == "sleep":
                     time.sleep(answer[1])
                     answer = answer[2]
                 if isinstance(answer, int):
-                    self.send_response(answer)
-                    self.end_headers()
-                    return
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
+                    answer = {"status": answer, "body": {"error": {"message": f"fake error {answer}"}}}
+                if isinstance(answer, dict):
+                    self._send(answer["status"], answer.get("body", {}), answer.get("headers", {}))
+                else:
+                    self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]}, {})
+
+            def _send(self, status: int, payload, headers: dict):
+                data = json.dumps(payload).encode()
                 try:
-                    self.wfile.write(payload)
-                except BrokenPipeError:  # the client gave up (a timeout test)
-                    pass
+                    self.send_response(status)
+                    for name, value in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))  # keep-alive needs the length
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll interval: shutdown() waits up to one, and every test shuts a server down
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:

@@ -5,12 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
+from hf_models import torch_logits
 
 from diabetica_jax import hf
 from diabetica_jax.hf import loader
 from diabetica_jax.hf.safetensors_io import PlannedTensor, SafetensorsFile, write_safetensors
 from diabetica_jax.model import forward
-from hf_models import torch_logits
 
 
 @pytest.fixture

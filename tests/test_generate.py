@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from diabetica_jax import hf
 from diabetica_jax.cli import main
-from diabetica_jax.generate import Engine, SamplingParams
+from diabetica_jax.generate import Engine, SamplingParams, left_pad
 from diabetica_jax.generate.sampling import apply_repetition_penalty, choose
 
 
@@ -32,6 +32,29 @@ def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
     ours = engine.generate(prompts, 12, SamplingParams(repetition_penalty=penalty))
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert ours == [_reference(reference, p, 12, penalty) for p in prompts]
+
+
+def test_left_padding_layout():
+    padded = left_pad([[7, 8, 9], [5]], pad_id=0, bucketed=True)
+    assert padded.tokens.shape == padded.valid.shape == padded.positions.shape == (2, 16)
+    assert padded.tokens.dtype == padded.positions.dtype == np.int32 and padded.valid.dtype == bool
+    np.testing.assert_array_equal(padded.tokens[:, -3:], [[7, 8, 9], [0, 0, 5]])
+    assert not padded.tokens[:, :-3].any() and not padded.valid[:, :-3].any()
+    np.testing.assert_array_equal(padded.valid[:, -3:], [[True, True, True], [False, False, True]])
+    # real tokens count from 0 at their first token; padding sits at position 0
+    np.testing.assert_array_equal(padded.positions[:, -3:], [[0, 1, 2], [0, 0, 0]])
+
+    rounded = left_pad([[1, 2], [3], [4, 5, 6]], pad_id=9, bucketed=True)  # 3 prompts -> batch 4
+    assert rounded.tokens.shape == (4, 16)
+    filler = rounded.valid[3]
+    assert filler[-1] and filler.sum() == 1  # one real token, so no row is fully masked
+    np.testing.assert_array_equal(rounded.tokens[3], np.full(16, 9))
+
+    exact = left_pad([[1, 2], [3]], pad_id=0)
+    assert exact.tokens.shape == (2, 2)
+    np.testing.assert_array_equal(exact.positions, [[0, 1], [0, 0]])
+    with pytest.raises(ValueError, match="at least one token"):
+        left_pad([[1], []], pad_id=0)
 
 
 def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):

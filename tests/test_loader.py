@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from diabetica_jax.configuration import load_config
 from diabetica_jax.data.chat import EmptyLossMask, encode_messages, encode_record
-from diabetica_jax.data.loader import LoaderSettings, TokenStore, packed_batches, read_records
+from diabetica_jax.data.loader import TokenStore, packed_batches, read_records
 from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
+from diabetica_jax.train.config import DataSection, TrainConfig
 
 CONVERSATIONS = {
     "single turn": [{"role": "user", "content": "什么是糖尿病？"}, {"role": "assistant", "content": "一种以高血糖为特征的代谢病。"}],
@@ -65,7 +67,7 @@ def test_packing_segments_positions_and_overlong_counts():
     store = _store([5, 9, 3, 20, 7, 4, 6])
     assert store.stats.truncated == 1 and store.stats.examples == 7
     assert _store([5, 20, 30], overlong="drop").stats.dropped_overlong == 2
-    batches = list(packed_batches(store, LoaderSettings(seq_len=16, rows=2, grad_accum=1, packing_bins=2)))
+    batches = list(packed_batches(store, DataSection(seq_len=16, packing_bins=2), rows=2))
     seen = []
     for batch in batches:
         assert batch.tokens.shape == (1, 2, 16)
@@ -106,13 +108,13 @@ def test_packed_loss_equals_unpacked_losses(hf_checkpoints, tokenizer):
 
 def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
     store = _store(list(range(3, 40)) * 3)
-    settings = LoaderSettings(seq_len=32, rows=2, grad_accum=2, epochs=2, seed=7)
-    reference = list(packed_batches(store, settings))
-    iterator = iter(packed_batches(store, settings))
+    data = DataSection(seq_len=32, grad_accum=2, epochs=2, seed=7)
+    reference = list(packed_batches(store, data, rows=2))
+    iterator = iter(packed_batches(store, data, rows=2))
     for _ in range(5):
         next(iterator)
     state = iterator.get_state()
-    fresh = iter(packed_batches(store, settings))
+    fresh = iter(packed_batches(store, data, rows=2))
     fresh.set_state(state)
     rest = list(fresh)
     assert len(rest) == len(reference) - 5
@@ -120,7 +122,7 @@ def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
     unique = _store(list(range(3, 30)))  # every document distinct
-    shards = [{int(t) for b in packed_batches(unique, LoaderSettings(seq_len=32, rows=1, epochs=1), i, 2)
+    shards = [{int(t) for b in packed_batches(unique, DataSection(seq_len=32), 1, i, 2)
                for t in b.tokens[b.segment_ids > 0].ravel()} - {0} for i in range(2)]
     assert shards[0] and shards[1] and not shards[0] & shards[1]
 
@@ -128,7 +130,6 @@ def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
 def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate
-    from diabetica_jax.train.config import load_train_config
     from diabetica_jax.train.loop import train
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
@@ -136,7 +137,7 @@ def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
                 f"data.path={tmp_path / 'curated'}", "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=128",
                 "loop.steps=5", "loop.checkpoint_every=2", "loop.tensorboard=false", "mesh.fsdp=2",
                 "optim.lr=3e-3", "loop.async_checkpoint=false"]
-    cfg = load_train_config(None, settings)
+    cfg = load_config(TrainConfig, None, settings)
     whole = train(cfg, tmp_path / "whole", progress=False)
     first = train(cfg, tmp_path / "split", progress=False, stop_after=2)
     rest = train(cfg, tmp_path / "split", progress=False)
@@ -147,11 +148,12 @@ def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
 
 
 def test_tokens_outside_the_model_vocabulary_are_refused(hf_checkpoints, tmp_path):
+    from train_helpers import tiny_config
+
     from diabetica_jax.configuration import ConfigFileError
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate
     from diabetica_jax.train.loop import train
-    from train_helpers import tiny_config
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
     cfg = tiny_config(hf_checkpoints["qwen2_untied"], "data.source=curated", f"data.path={tmp_path / 'curated'}")
@@ -164,15 +166,14 @@ def test_steps_from_the_data(tmp_path):
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate
     from diabetica_jax.train.feed import count_steps
-    from diabetica_jax.train.config import load_train_config
 
     with pytest.raises(ConfigFileError, match="needs data.source: curated"):
-        load_train_config(None, ["loop.steps=-1"])
+        load_config(TrainConfig, None, ["loop.steps=-1"])
     curate(load_curate_config(None), tmp_path, progress=False)
-    cfg = load_train_config(None, ["loop.steps=-1", "data.source=curated", f"data.path={tmp_path}",
+    cfg = load_config(TrainConfig, None, ["loop.steps=-1", "data.source=curated", f"data.path={tmp_path}",
                                    "data.seq_len=256", "data.global_batch=4", "data.epochs=2"])
     steps = count_steps(cfg, range(4))
     store = TokenStore(read_records(tmp_path), embedded_tokenizer(), 256)
-    packed_rows = sum(1 for _ in packed_batches(store, LoaderSettings(seq_len=256, rows=1, epochs=2)))
+    packed_rows = sum(1 for _ in packed_batches(store, DataSection(seq_len=256, epochs=2), rows=1))
     assert steps == packed_rows // 4 and steps > 10
 

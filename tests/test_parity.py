@@ -3,10 +3,10 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_models import VARIANTS, torch_logits
 
 from diabetica_jax import hf
 from diabetica_jax.model import forward
-from hf_models import VARIANTS, torch_logits
 
 # bf16 compute (float32 parameters, norms, softmax and logit accumulation) against the float32
 # reference: the stated tolerance is a max abs deviation of 10% of the reference logits' standard

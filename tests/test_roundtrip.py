@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from hf_models import VARIANTS, torch_logits
 from transformers import AutoTokenizer
 
 from diabetica_jax import hf
 from diabetica_jax.hf.safetensors_io import SafetensorsFile
-from hf_models import VARIANTS, torch_logits
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -63,3 +63,33 @@ def test_export_from_a_sharded_model(hf_checkpoints, tokens, tmp_path):
     assert len(model.layers.mlp.up_proj.kernel[...].sharding.device_set) == 8
     out = hf.save(model, cfg, tmp_path / "from_mesh", dtype="float32", progress=False)
     np.testing.assert_array_equal(torch_logits(out, tokens), torch_logits(source, tokens))
+
+
+def test_default_export_keeps_the_source_dtype(hf_checkpoints, tokens, tmp_path):
+    """No dtype given: a float32 checkpoint comes back exactly (it once was rounded to bfloat16,
+    ~2e-3 off in the logits), and a bfloat16 one stays bfloat16."""
+    source = hf_checkpoints["qwen3"]
+    model, cfg = hf.load(source, progress=False)
+    assert cfg.source_dtype == "float32"
+    out = hf.save(model, cfg, tmp_path / "same", progress=False)
+    assert {t.dtype for t in SafetensorsFile(out / "model.safetensors").tensors.values()} == {"F32"}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    np.testing.assert_allclose(torch_logits(out, tokens), torch_logits(source, tokens), rtol=0, atol=1e-6)
+
+    bf16_source = hf.save(model, cfg, tmp_path / "bf16", dtype="bfloat16", progress=False)  # explicit dtype wins
+    model, cfg = hf.load(bf16_source, progress=False)
+    assert cfg.source_dtype == "bfloat16" and cfg == cfg.replace(source_dtype="float32")  # not architecture
+    again = hf.save(model, cfg, tmp_path / "bf16_again", progress=False)
+    assert {t.dtype for t in SafetensorsFile(again / "model.safetensors").tensors.values()} == {"BF16"}
+    assert json.loads((again / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    np.testing.assert_array_equal(torch_logits(again, tokens), torch_logits(bf16_source, tokens))
+
+
+def test_source_dtype_is_read_from_either_config_key():
+    from diabetica_jax.model import QwenConfig
+
+    base = QwenConfig.preset("qwen2.5-0.5b").to_hf_dict()
+    del base["torch_dtype"], base["dtype"]
+    assert QwenConfig.from_hf_dict(base).source_dtype == "float32"  # random presets: float32
+    assert QwenConfig.from_hf_dict({**base, "torch_dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 4
+    assert QwenConfig.from_hf_dict({**base, "dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 5

@@ -5,9 +5,10 @@ import signal
 import subprocess
 import time
 
+from train_helpers import REPO, cli_env
+
 from diabetica_jax.pipeline.config import load_run_config
 from diabetica_jax.pipeline.run import run
-from train_helpers import REPO, cli_env
 
 DEMO = str(REPO / "configs" / "recipes" / "demo.yaml")
 SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from hf_models import torch_logits
+from train_helpers import tiny_config
 
 from diabetica_jax import hf
 from diabetica_jax.model import forward
-from diabetica_jax.train.loop import train, trained_model
-from hf_models import torch_logits
-from train_helpers import tiny_config
+from diabetica_jax.train.loop import train
+from diabetica_jax.train.run_dir import trained_model
 
 
 def _losses(result):
@@ -63,7 +64,7 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
     base, _ = hf.load(path, progress=False)
     # base weights untouched, adapters moved
     for name in ("layers.self_attn.q_proj.kernel", "layers.mlp.down_proj.kernel", "embed_tokens.embedding"):
-        get = lambda m: np.asarray(functools.reduce(getattr, name.split("."), m)[...])  # noqa: E731
+        get = lambda m, name=name: np.asarray(functools.reduce(getattr, name.split("."), m)[...])  # noqa: E731
         np.testing.assert_array_equal(get(adapted), get(base))
     assert np.abs(np.asarray(adapted.layers.mlp.down_proj.lora_b[...])).max() > 0
     # only adapters are in the optimizer state: its size is a small multiple of the adapter count
@@ -82,10 +83,11 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
 
 
 def test_plan_reports_per_device_memory_from_the_shardings():
-    from diabetica_jax.train.config import load_train_config
+    from diabetica_jax.configuration import load_config
+    from diabetica_jax.train.config import TrainConfig
     from diabetica_jax.train.plan import format_plan, plan
 
-    cfg = load_train_config(None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "data.seq_len=64",
+    cfg = load_config(TrainConfig, None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "data.seq_len=64",
                                    "loop.loss_chunk=32"])
     report = plan(cfg)
     n = report["parameters_total"]
@@ -94,5 +96,28 @@ def test_plan_reports_per_device_memory_from_the_shardings():
     assert n * 4 / 8 <= report["trainable_params_bytes"] < n * 4 / 8 * 1.01
     assert 2 * report["trainable_params_bytes"] <= report["optimizer_state_bytes"] < 2.01 * report["trainable_params_bytes"]
     assert report["temporaries_bytes"] > 0 and "optimizer state" in format_plan(report)
-    lora = plan(load_train_config(None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "lora.rank=4"]))
+    lora = plan(load_config(TrainConfig, None, ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "lora.rank=4"]))
     assert lora["frozen_params_bytes"] >= n * 4 / 8 and lora["trainable_parameters"] < n / 50
+
+
+@pytest.mark.slow
+def test_data_running_out_ends_the_run_with_a_checkpoint(tmp_path):
+    from diabetica_jax.configuration import load_config
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.train.config import TrainConfig
+
+    curate(load_curate_config(None), tmp_path / "curated", progress=False)
+    settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
+                f"data.path={tmp_path / 'curated'}", "data.seq_len=256", "data.global_batch=16", "loop.loss_chunk=128",
+                "loop.checkpoint_every=1000", "loop.tensorboard=false", "mesh.fsdp=2", "optim.warmup_steps=1",
+                "loop.async_checkpoint=false"]
+    # loop.steps=-1: as many steps as the data fills, saved at the last one
+    counted = train(load_config(TrainConfig, None, settings + ["loop.steps=-1"]), tmp_path / "counted", progress=False)
+    steps = counted.final_step
+    assert steps > 1 and not counted.data_exhausted and not counted.preempted
+    # more steps than the data fills: the loop stops when it runs out and still saves
+    short = train(load_config(TrainConfig, None, settings + [f"loop.steps={steps + 3}"]), tmp_path / "short", progress=False)
+    assert short.data_exhausted and short.final_step == steps and len(short.history) == steps
+    for run in ("counted", "short"):
+        assert sorted(int(p.name) for p in (tmp_path / run / "checkpoints").iterdir() if p.name.isdigit()) == [steps]

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from diabetica_jax.train.config import TrainConfig, load_train_config
+from diabetica_jax.configuration import load_config
+from diabetica_jax.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ def tiny_config(hf_path: Path, *overrides: str) -> TrainConfig:
         "loop.steps=6", "loop.checkpoint_every=3", "loop.loss_chunk=16", "loop.tensorboard=false",
         "loop.async_checkpoint=false",
     ]
-    return load_train_config(None, base + list(overrides))
+    return load_config(TrainConfig, None, base + list(overrides))
 
 
 def cli_env(devices: int) -> dict[str, str]:
@@ -63,3 +64,36 @@ def losses(run_dir: Path) -> dict[int, float]:
         record = json.loads(line)
         out[record["step"]] = record["loss"]
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(config: Path, run_dir: Path, *overrides: str, processes: int = 2,
+                    devices: int = 4) -> list[subprocess.Popen]:
+    """`diabetica-jax train` as PROCESSES local processes joined through jax.distributed (like launch/local_cpu.sh)."""
+    port = free_port()
+    return [
+        subprocess.Popen(
+            train_command(config, run_dir, *overrides, "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+                          str(processes), "--process-id", str(i)),
+            env=cli_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finish_processes(procs: list[subprocess.Popen], timeout: int = 300) -> list[tuple[str, str]]:
+    """(stdout, stderr) of each process once all exit; kills the rest if one hangs (a stuck collective)."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -3,8 +3,13 @@
 The conversation is rendered once with the tokenizer's chat template; the loss mask is derived from
 that rendered text: a token counts when it lies inside an assistant turn's content or its closing
 `<|im_end|>` (character offsets from the fast tokenizer). Role headers, user and system turns get no
-loss. A record whose mask comes out empty is an error, never a silent zero-loss example. Passages
-are plain text followed by `<|endoftext|>`, with loss on every token.
+loss, nor does whatever else a template puts inside an assistant turn: Qwen3's templates open the
+last answer with an empty `<think>\n\n</think>\n\n` block, so a message's content is looked up
+verbatim within its turn rather than assumed to follow the header. A record whose mask cannot be
+derived (empty, content altered by the template, content not on token boundaries) raises an
+`EmptyLossMask` (or its subclass `LossMaskError`), which callers count as a rejected record, never
+a silent zero-loss example. Passages are plain text followed by `<|endoftext|>`, with loss on every
+token.
 """
 
 from __future__ import annotations
@@ -18,20 +23,32 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 class EmptyLossMask(ValueError):
-    pass
+    """A record with no loss mask to train on. TokenStore counts these (dropped_empty_mask)."""
+
+
+class LossMaskError(EmptyLossMask):
+    """The loss mask cannot be derived from the rendered template. A subclass of EmptyLossMask so
+    that every place that counts unusable records counts these too, instead of aborting."""
 
 
 def assistant_spans(rendered: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
-    """Character spans [start, end) of each assistant content plus its closing <|im_end|>."""
+    """Character spans [start, end) of each assistant content and of its closing <|im_end|>."""
     spans, cursor = [], 0
     for message in messages:
         header = f"<|im_start|>{message['role']}\n"
-        start = rendered.index(header, cursor) + len(header)
-        end = rendered.index(IM_END, start)
-        if rendered[start:end] != message["content"]:
-            raise ValueError("the chat template altered a message's content; cannot place the loss mask")
+        try:  # the turn: from its header to its <|im_end|>; templates may add turns (a default system prompt)
+            start = rendered.index(header, cursor) + len(header)
+            end = rendered.index(IM_END, start)
+        except ValueError:
+            raise LossMaskError(f"no {message['role']} turn for a message in the rendered template") from None
+        # the content is the end of the turn in the Qwen templates, after anything they put first
+        # (Qwen3's think block): the last verbatim occurrence inside the turn
+        offset = rendered.rfind(message["content"], start, end)
+        if offset < 0:
+            raise LossMaskError(f"the chat template altered a {message['role']} message's content; "
+                                "cannot place the loss mask")
         if message["role"] == "assistant":
-            spans.append((start, end + len(IM_END)))
+            spans += [(offset, offset + len(message["content"])), (end, end + len(IM_END))]
         cursor = end + len(IM_END)
     return spans
 
@@ -41,9 +58,17 @@ def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = 
     encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.int32)
     offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    first, last = offsets[:, 0], offsets[:, 1]
+    try:
+        spans = assistant_spans(rendered, messages)
+    except LossMaskError as e:
+        raise LossMaskError(f"record {record_id}: {e}") from None
     mask = np.zeros(len(ids), dtype=np.int32)
-    for start, end in assistant_spans(rendered, messages):
-        mask |= ((offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])).astype(np.int32)
+    for start, end in spans:
+        # a token across a span edge would be dropped from the mask (or leak a prompt token into it)
+        if np.any((first < start) & (last > start)) or np.any((first < end) & (last > end)):
+            raise LossMaskError(f"record {record_id}: an assistant answer does not start or end on a token boundary")
+        mask |= ((first >= start) & (last <= end) & (last > first)).astype(np.int32)
     if not mask.any():
         raise EmptyLossMask(f"record {record_id}: no assistant tokens to train on")
     return ids, mask

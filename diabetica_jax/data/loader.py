@@ -20,22 +20,12 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from diabetica_jax.data.chat import EmptyLossMask, encode_record
-from diabetica_jax.data.records import Record
 from diabetica_jax.data.batch import Batch
+from diabetica_jax.data.chat import EmptyLossMask, encode_record
+from diabetica_jax.data.config import OVERLONG, DataSection
+from diabetica_jax.data.records import Record
 
-
-@dataclasses.dataclass(frozen=True)
-class LoaderSettings:
-    seq_len: int
-    rows: int  # rows per micro-batch on this process
-    grad_accum: int = 1
-    epochs: int = 1
-    seed: int = 0
-    pack: str = "first_fit"  # or "best_fit"
-    overlong: str = "truncate"  # or "drop"
-    packing_bins: int = 16
-    workers: int = 0
+# The choices of the train config's data.pack and data.overlong.
 
 
 @dataclasses.dataclass
@@ -52,8 +42,8 @@ class TokenStore:
     """Every record tokenized up front into flat arrays: random access costs two slices."""
 
     def __init__(self, records: list[Record], tokenizer, seq_len: int, overlong: str = "truncate"):
-        if overlong not in ("truncate", "drop"):
-            raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+        if overlong not in OVERLONG:
+            raise ValueError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
         self.stats = TokenStats()
         ids_parts, mask_parts, lengths = [], [], []
         for record in records:
@@ -106,19 +96,23 @@ def _to_batch(rows: dict[str, np.ndarray], grad_accum: int) -> Batch:
                  segment_ids=shape(rows["tokens_segment_ids"]), positions=shape(rows["tokens_positions"]))
 
 
-def packed_batches(store: TokenStore, settings: LoaderSettings, shard_index: int = 0, shard_count: int = 1):
-    """A Grain IterDataset of Batch tuples ([grad_accum, rows, seq_len] int32 each) for this process."""
-    ds = grain.MapDataset.source(store).shuffle(seed=settings.seed).repeat(settings.epochs)
+def packed_batches(store: TokenStore, data: DataSection, rows: int, shard_index: int = 0, shard_count: int = 1):
+    """A Grain IterDataset of Batch tuples ([data.grad_accum, rows, data.seq_len] int32 each) for this process.
+
+    `data` is the train config's data section (order, epochs, packing, workers); `rows` the rows per
+    micro-batch on this process.
+    """
+    ds = grain.MapDataset.source(store).shuffle(seed=data.seed).repeat(data.epochs)
     ds = ds[shard_index::shard_count]
-    length = {"tokens": settings.seq_len, "loss_mask": settings.seq_len}
+    length = {"tokens": data.seq_len, "loss_mask": data.seq_len}
     pack_cls = {"first_fit": grain.experimental.FirstFitPackIterDataset,
-                "best_fit": grain.experimental.BestFitPackIterDataset}[settings.pack]
-    packed = pack_cls(ds.to_iter_dataset(), length_struct=length, num_packing_bins=settings.packing_bins,
-                      seed=settings.seed, shuffle_bins=True)
-    batches = packed.batch(settings.rows * settings.grad_accum, drop_remainder=True)
-    batches = batches.map(lambda rows: _to_batch(rows, settings.grad_accum))
-    if settings.workers > 0:
-        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=settings.workers))
+                "best_fit": grain.experimental.BestFitPackIterDataset}[data.pack]
+    packed = pack_cls(ds.to_iter_dataset(), length_struct=length, num_packing_bins=data.packing_bins,
+                      seed=data.seed, shuffle_bins=True)
+    batches = packed.batch(rows * data.grad_accum, drop_remainder=True)
+    batches = batches.map(lambda batch_rows: _to_batch(batch_rows, data.grad_accum))
+    if data.workers > 0:
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers))
     return batches
 
 

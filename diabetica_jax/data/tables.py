@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diabetica_jax.data.records import Reject
-from diabetica_jax.data.text import decode
+from diabetica_jax.data.text import decode, undecodable
 
 FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text")
 
@@ -54,16 +54,23 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield i, row
     elif fmt == "hf_disk":
-        import datasets
-
-        yield from _dataset_rows(datasets.load_from_disk(str(path)))
+        yield from _dataset_rows(_datasets().load_from_disk(str(path)))
     else:
         raise ValueError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
 
 
-def hub_rows(name: str) -> Iterator[tuple[int, dict]]:
-    import datasets
+def _datasets():
+    """The optional `datasets` package, or an error that says how to get it."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("reading Hugging Face datasets (format hf_disk / hf_hub) needs the `datasets` package: "
+                          "pip install 'diabetica-jax[datasets]'") from None
+    return datasets
 
+
+def hub_rows(name: str) -> Iterator[tuple[int, dict]]:
+    datasets = _datasets()
     try:
         loaded = datasets.load_dataset(name)
     except Exception as e:  # offline, unknown name, gated: say which dataset and why
@@ -73,9 +80,7 @@ def hub_rows(name: str) -> Iterator[tuple[int, dict]]:
 
 def _dataset_rows(loaded) -> Iterator[tuple[int, dict]]:
     """Rows of a `datasets` Dataset, or of every split of a DatasetDict, numbered across splits."""
-    import datasets
-
-    splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    splits = loaded.values() if isinstance(loaded, _datasets().DatasetDict) else [loaded]
     i = 0
     for split in splits:
         for row in split:
@@ -88,15 +93,22 @@ def _not_object(path: Path, i: int, row: Any) -> Reject:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | Reject]]:
-    for i, raw in enumerate(path.read_bytes().splitlines()):
+    data = path.read_bytes()
+    try:  # one encoding verdict for the file: detection on a single line is guesswork
+        encoding, error = decode(data)[1], None
+    except UnicodeDecodeError as e:
+        encoding, error = None, e
+    for i, raw in enumerate(data.splitlines()):
         where = {"file": str(path), "row": i}
         if not raw.strip():
             continue
-        try:
-            line = decode(raw)[0]
+        try:  # UTF-8 lines are read as such in any file; the others only when the file is GBK
+            line = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
-            yield i, Reject("collect", "undecodable bytes (neither UTF-8 nor GBK)", where, raw=raw[:2000].decode("latin-1"))
-            continue
+            if encoding != "gbk":
+                yield i, Reject("collect", undecodable(error), where, raw=raw[:2000].decode("latin-1"))
+                continue
+            line = raw.decode("gb18030")  # GB18030 never uses the newline bytes: the lines of a GBK file decode
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -109,14 +121,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | Reject]]:
     data = path.read_bytes()
     try:
         text, _ = decode(data)
-        bad_bytes = False
-    except UnicodeDecodeError:  # keep going row by row: only the rows with bad bytes are rejected
-        text, bad_bytes = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), True
+        reason = None
+    except UnicodeDecodeError as e:  # keep going row by row: only the rows with bad bytes are rejected
+        text, reason = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff"), undecodable(e)
     for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
-        if bad_bytes and any(_has_surrogates(v) for v in row.values() if isinstance(v, str)):
+        if reason and any(_has_surrogates(v) for v in row.values() if isinstance(v, str)):
             raw = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8", "surrogateescape")
-            yield i, Reject("collect", "undecodable bytes (neither UTF-8 nor GBK)", {"file": str(path), "row": i},
-                            raw=raw.decode("utf-8", "replace")[:2000])
+            yield i, Reject("collect", reason, {"file": str(path), "row": i}, raw=raw.decode("utf-8", "replace")[:2000])
             continue
         yield i, row
 

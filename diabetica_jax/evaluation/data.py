@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from diabetica_jax.data.tables import detect_format, read_rows
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.records import Reject
+from diabetica_jax.data.tables import detect_format, read_rows
 
 
 class EvalDataError(ValueError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.evaluation.metrics import parse_score
 from diabetica_jax.evaluation.prompts import Prompts
+from diabetica_jax.llm import CachedChat, LLMError
 
 
 def parse_score_first_digit(reply: str) -> float | None:

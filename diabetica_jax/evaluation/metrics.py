@@ -18,7 +18,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0% and 100% centre and half are equal in exact arithmetic, but float rounding can leave
+    # the bound a hair on the wrong side of p (0.0 < 3e-17); the interval always contains p.
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def _chars(text: str) -> list[str]:

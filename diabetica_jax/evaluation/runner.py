@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import load_items
 from diabetica_jax.evaluation.prompts import OWN, from_protocol
 from diabetica_jax.llm import make_backend
+
+log = logging.getLogger(__name__)
 
 
 def resolve(path: str, data_dir: str | None) -> Path:
@@ -108,8 +111,20 @@ def summary_markdown(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_plot(runs: list[dict], path: Path) -> None:
-    """MCQ accuracy (with 95% CIs) and dialog judge means of several runs, beside published reference rows."""
+def compare_plot(runs: list[dict], path: Path) -> bool:
+    """MCQ accuracy (with 95% CIs) and dialog judge means of several runs, beside published reference rows.
+
+    Callers draw the plot after the reports are written, and a plot is a convenience: a failure
+    to draw it is logged and reported as False, never raised into a finished evaluation."""
+    try:
+        _draw_comparison(runs, path)
+    except Exception:
+        log.exception("could not draw the comparison plot %s; the reports are complete without it", path)
+        return False
+    return True
+
+
+def _draw_comparison(runs: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +147,10 @@ def compare_plot(runs: list[dict], path: Path) -> None:
         errors.append((0, 0))
         colors.append("lightgray")
     ax = axes[0]
-    ax.barh(names, values, xerr=np.array(errors).T if errors else None, color=colors)
+    # matplotlib refuses negative error bars; an interval that misses its point estimate (a bad
+    # report, or rounding) shows as no bar on that side rather than failing the plot
+    xerr = np.clip(np.array(errors, dtype=float).T, 0.0, None) if errors else None
+    ax.barh(names, values, xerr=xerr, color=colors)
     ax.set_xlabel("MCQ accuracy (%)")
     ax.set_title("multiple choice")
     names, values, colors = [], [], []

@@ -16,7 +16,7 @@ from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.data import Item
 from diabetica_jax.evaluation.judge import judge_answer
 from diabetica_jax.evaluation.prompts import Prompts
-from diabetica_jax.generate import SamplingParams, bucket
+from diabetica_jax.generate import SamplingParams, left_pad
 from diabetica_jax.generate.chat import chat_prompt, engine_for
 
 LETTERS = "ABCDEFGH"
@@ -48,13 +48,8 @@ class ModelUnderTest:
         rows = []
         for start in range(0, len(prompt_ids), self.batch_size):
             chunk = prompt_ids[start : start + self.batch_size]
-            batch, width = bucket(len(chunk), 1), bucket(max(len(p) for p in chunk))
-            tokens = np.zeros((batch, width), np.int32)
-            valid = np.zeros((batch, width), np.int32)
-            for i, p in enumerate(chunk):
-                tokens[i, width - len(p):], valid[i, width - len(p):] = p, 1
-            valid[len(chunk):, -1] = 1
-            logits = _last_logits(self.graphdef)(self.state, tokens, valid, jnp.asarray(token_ids, jnp.int32))
+            padded = left_pad(chunk, self.engine.pad_id, bucketed=True)
+            logits = _last_logits(self.graphdef)(self.state, padded, jnp.asarray(token_ids, jnp.int32))
             rows.append(np.asarray(logits)[: len(chunk)])
         return np.concatenate(rows)
 
@@ -62,10 +57,10 @@ class ModelUnderTest:
 @functools.cache
 def _last_logits(graphdef):
     @jax.jit
-    def run(state, tokens, valid, token_ids):
+    def run(state, padded, token_ids):
         model = nnx.merge(graphdef, state)
-        positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-        hidden = model.hidden_states(tokens, positions, valid)  # padding is segment 0, real tokens segment 1
+        segments = padded.valid.astype(jnp.int32)  # padding is segment 0, real tokens segment 1
+        hidden = model.hidden_states(padded.tokens, padded.positions, segments)
         return model.logits(hidden[:, -1])[:, token_ids]
 
     return run
@@ -132,8 +127,10 @@ def run_cloze(mut: ModelUnderTest, items: list[Item], prompts: Prompts, bertscor
 def _bertscore(candidates, references, model_dir: str | None):
     if not model_dir:
         return "not computed (no local BERT model given: eval bertscore_model)"
-    from bert_score import score
-
+    try:
+        from bert_score import score
+    except ImportError:
+        return "not computed (bert-score is not installed: pip install 'diabetica-jax[bertscore]')"
     _, _, f1 = score(candidates, references, model_type=model_dir, num_layers=9, lang="zh")
     return float(f1.mean())
 

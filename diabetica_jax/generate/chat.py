@@ -1,4 +1,4 @@
-"""Prompts through the chat template, and an engine built for a tokenizer's stop tokens."""
+"""Chat: prompts through the chat template, an engine built for a tokenizer's stop tokens, and the terminal REPL."""
 
 from __future__ import annotations
 
@@ -17,3 +17,33 @@ def engine_for(model, tokenizer, mesh=None) -> Engine:
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def repl(engine, tokenizer, sampling, max_new_tokens: int, system: str | None = None) -> None:
+    """Interactive chat in the terminal: streamed tokens, multi-turn history, /reset and /quit (or Ctrl-D)."""
+    history = [{"role": "system", "content": system}] if system else []
+    print("diabetica-jax chat: type a message; /reset clears the history, /quit (or Ctrl-D) leaves.")
+    while True:
+        try:
+            text = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/reset":
+            history = history[:1] if system else []
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        print("assistant> ", end="", flush=True)
+        reply: list[int] = []
+        shown = ""
+        for token in engine.stream(chat_prompt(tokenizer, history), max_new_tokens, sampling):
+            reply.append(token)
+            decoded = tokenizer.decode(reply, skip_special_tokens=True)
+            print(decoded[len(shown):], end="", flush=True)  # decode the whole reply: multi-byte characters
+            shown = decoded
+        print()
+        history.append({"role": "assistant", "content": shown})

@@ -1,31 +1,50 @@
 """The generation engine: batched prefill and decode with a KV cache, one jitted program per shape bucket.
 
-Prompts are left-padded to a power-of-two bucket (and the batch to a power of two), so a stream of
-mixed-length requests compiles only a handful of programs. Padding is masked out through the cache's
-validity mask, and real tokens get positions counted from their first token, so a padded row
-computes exactly what it would alone. The decode loop runs inside `jax.lax.while_loop` and stops
-when every row has produced a stop token or `max_new_tokens`.
+Prompts are left-padded (generate/padding.py) to a power-of-two bucket (and the batch to a power of
+two), so a stream of mixed-length requests compiles only a handful of programs. Padding is masked out
+through the cache's validity mask, and real tokens get positions counted from their first token, so a
+padded row computes exactly what it would alone. The decode loop runs inside `jax.lax.while_loop` and
+stops when every row has produced a stop token or `max_new_tokens`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diabetica_jax.generate.padding import LeftPadded, left_pad
 from diabetica_jax.generate.sampling import SamplingParams, choose
-from diabetica_jax.model.qwen import Qwen
-
-MIN_BUCKET = 16
+from diabetica_jax.model.qwen import KVCache, Qwen
 
 
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+class DecodeState(NamedTuple):
+    """The batch decode loop's state, carried through `jax.lax.while_loop`."""
+
+    step: jax.Array  # new tokens chosen so far
+    logits: jax.Array  # [b, vocab] float32 logits for the next token
+    cache: KVCache
+    key_valid: jax.Array  # [b, max_len] cache slots holding real tokens
+    seen: jax.Array  # [b, vocab] tokens already in each row (repetition penalty)
+    position: jax.Array  # [b] rope position of the next token
+    out: jax.Array  # [b, max_new_tokens] chosen tokens; pad_id once a row is done
+    done: jax.Array  # [b] rows that produced a stop token
+    key: jax.Array
+
+
+class StreamState(NamedTuple):
+    """What streaming keeps between its per-token decode calls (batch 1)."""
+
+    cache: KVCache
+    key_valid: jax.Array
+    seen: jax.Array
+    position: jax.Array
+    key: jax.Array
 
 
 class Engine:
@@ -37,6 +56,9 @@ class Engine:
         self.mesh = mesh
         self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
         self.compilations = 0  # programs traced so far (one per shape bucket and sampling setting)
+        # Compiled programs cached per engine (an lru_cache on the method would keep every engine alive).
+        self._program = functools.lru_cache(maxsize=64)(self._build_program)
+        self._stream_programs = functools.lru_cache(maxsize=16)(self._build_stream_programs)
 
     # ---- batch generation (evaluation, benchmarks) ------------------------------------------------
 
@@ -44,63 +66,59 @@ class Engine:
         """New token ids per prompt, cut before the first stop token."""
         if not prompts:
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        batch, width = bucket(len(prompts), 1), bucket(max(len(p) for p in prompts))
-        tokens = np.full((batch, width), self.pad_id, np.int32)
-        valid = np.zeros((batch, width), bool)
-        for row, prompt in enumerate(prompts):
-            tokens[row, width - len(prompt):] = prompt
-            valid[row, width - len(prompt):] = True
-        valid[len(prompts):, -1] = True  # filler rows: one real token so nothing is fully masked
-        run = self._program(batch, width, max_new_tokens, params)
+        padded = left_pad(prompts, self.pad_id, bucketed=True)
+        run = self._program(*padded.tokens.shape, max_new_tokens, params)
         with self._mesh():
-            out, lengths = run(self.state, tokens, valid, jax.random.PRNGKey(params.seed))
+            out, lengths = run(self.state, padded, jax.random.PRNGKey(params.seed))
         out, lengths = np.asarray(out), np.asarray(lengths)
         return [out[i, : lengths[i]].tolist() for i in range(len(prompts))]
 
     def _mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-    @functools.lru_cache(maxsize=64)
-    def _program(self, batch: int, width: int, max_new_tokens: int, params: SamplingParams):
-        graphdef, cfg, stop_ids, pad_id = self.graphdef, self.config, jnp.asarray(self.stop_ids), self.pad_id
-        max_len = width + max_new_tokens
-        cache_shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    def _prefill(self, model: Qwen, padded: LeftPadded, max_len: int):
+        """Run left-padded prompts into a fresh cache of max_len slots. Returns the last position's logits,
+        the cache, the slots holding real tokens and the tokens each row has seen."""
+        cfg = self.config
+        batch, width = padded.tokens.shape
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        cache = KVCache(jnp.zeros(shape, self.cache_dtype), jnp.zeros(shape, self.cache_dtype))
+        key_valid = jnp.zeros((batch, max_len), bool).at[:, :width].set(padded.valid)
+        seen = jnp.zeros((batch, cfg.vocab_size), bool).at[jnp.arange(batch)[:, None], padded.tokens].max(padded.valid)
+        logits, cache = model.decode_step(padded.tokens, padded.positions, cache, 0, key_valid)
+        return logits, cache, key_valid, seen
 
-        def run(state, tokens, valid, key):
+    def _build_program(self, batch: int, width: int, max_new_tokens: int, params: SamplingParams):
+        graphdef, stop_ids, pad_id = self.graphdef, jnp.asarray(self.stop_ids), self.pad_id
+
+        def run(state, padded, key):
             self.compilations += 1  # runs at trace time only
             model = nnx.merge(graphdef, state)
-            cache = (jnp.zeros(cache_shape, self.cache_dtype), jnp.zeros(cache_shape, self.cache_dtype))
-            key_valid = jnp.zeros((batch, max_len), bool).at[:, :width].set(valid)
-            positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-            seen = jnp.zeros((batch, cfg.vocab_size), bool)
-            seen = seen.at[jnp.arange(batch)[:, None], tokens].max(valid)
-            logits, cache = model.decode_step(tokens, positions, cache, 0, key_valid)
-            next_position = positions[:, -1] + 1
+            logits, cache, key_valid, seen = self._prefill(model, padded, width + max_new_tokens)
 
-            def step(carry):
-                i, logits, cache, key_valid, seen, position, out, done, key = carry
-                key, sub = jax.random.split(key)
-                token = choose(logits, seen, params, sub)
-                token = jnp.where(done, pad_id, token)
-                out = out.at[:, i].set(token)
-                stopped = jnp.isin(token, stop_ids)
-                seen = seen.at[jnp.arange(batch), token].set(True)
-                slot = width + i
-                key_valid = key_valid.at[:, slot].set(~done)
-                logits, cache = model.decode_step(token[:, None], position[:, None], cache, slot, key_valid)
-                return i + 1, logits, cache, key_valid, seen, position + 1, out, done | stopped, key
+            def step(s: DecodeState) -> DecodeState:
+                key, sub = jax.random.split(s.key)
+                token = jnp.where(s.done, pad_id, choose(s.logits, s.seen, params, sub))
+                slot = width + s.step
+                key_valid = s.key_valid.at[:, slot].set(~s.done)  # a finished row's pad tokens stay masked
+                logits, cache = model.decode_step(token[:, None], s.position[:, None], s.cache, slot, key_valid)
+                return DecodeState(
+                    step=s.step + 1, logits=logits, cache=cache, key_valid=key_valid,
+                    seen=s.seen.at[jnp.arange(batch), token].set(True), position=s.position + 1,
+                    out=s.out.at[:, s.step].set(token), done=s.done | jnp.isin(token, stop_ids), key=key,
+                )
 
-            def keep_going(carry):
-                i, done = carry[0], carry[7]
-                return (i < max_new_tokens) & ~jnp.all(done)
+            def keep_going(s: DecodeState):
+                return (s.step < max_new_tokens) & ~jnp.all(s.done)
 
-            out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-            init = (jnp.int32(0), logits, cache, key_valid, seen, next_position, out, jnp.zeros((batch,), bool), key)
+            init = DecodeState(
+                step=jnp.int32(0), logits=logits, cache=cache, key_valid=key_valid, seen=seen,
+                position=padded.positions[:, -1] + 1, out=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+                done=jnp.zeros((batch,), bool), key=key,
+            )
             final = jax.lax.while_loop(keep_going, step, init)
-            out = final[6]
-            is_stop = jnp.isin(out, stop_ids) | (out == pad_id) & (jnp.arange(max_new_tokens) >= final[0])
+            out = final.out
+            is_stop = jnp.isin(out, stop_ids) | (out == pad_id) & (jnp.arange(max_new_tokens) >= final.step)
             lengths = jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1), max_new_tokens)
             return out, lengths
 
@@ -110,16 +128,11 @@ class Engine:
 
     def stream(self, prompt: list[int], max_new_tokens: int, params: SamplingParams = SamplingParams()):
         """Yield new token ids one at a time (one jitted decode call per token, so they can be shown)."""
-        width = bucket(len(prompt))
-        max_len = width + max_new_tokens
-        prefill, decode = self._stream_programs(width, max_len, params)
-        tokens = np.full((1, width), self.pad_id, np.int32)
-        tokens[0, width - len(prompt):] = prompt
-        valid = np.zeros((1, width), bool)
-        valid[0, width - len(prompt):] = True
-        key = jax.random.PRNGKey(params.seed)
+        padded = left_pad([prompt], self.pad_id, bucketed=True)
+        width = padded.tokens.shape[1]
+        prefill, decode = self._stream_programs(width, width + max_new_tokens, params)
         with self._mesh():
-            token, carry = prefill(self.state, tokens, valid, key)
+            token, carry = prefill(self.state, padded, jax.random.PRNGKey(params.seed))
             for i in range(max_new_tokens):
                 token_id = int(token[0])
                 if token_id in self.stop_ids:
@@ -128,33 +141,24 @@ class Engine:
                 if i + 1 < max_new_tokens:
                     token, carry = decode(self.state, carry, token, width + i)
 
-    @functools.lru_cache(maxsize=16)
-    def _stream_programs(self, width: int, max_len: int, params: SamplingParams):
-        graphdef, cfg = self.graphdef, self.config
-        cache_shape = (cfg.num_layers, 1, max_len, cfg.num_kv_heads, cfg.head_dim)
+    def _build_stream_programs(self, width: int, max_len: int, params: SamplingParams):
+        graphdef = self.graphdef
+
+        def pick(logits, s: StreamState):
+            key, sub = jax.random.split(s.key)
+            token = choose(logits, s.seen, params, sub)
+            return token, s._replace(seen=s.seen.at[0, token].set(True), key=key)
 
         @jax.jit
-        def prefill(state, tokens, valid, key):
-            model = nnx.merge(graphdef, state)
-            cache = (jnp.zeros(cache_shape, self.cache_dtype), jnp.zeros(cache_shape, self.cache_dtype))
-            key_valid = jnp.zeros((1, max_len), bool).at[:, :width].set(valid)
-            positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-            seen = jnp.zeros((1, cfg.vocab_size), bool).at[0, tokens[0]].max(valid[0])
-            logits, cache = model.decode_step(tokens, positions, cache, 0, key_valid)
-            key, sub = jax.random.split(key)
-            token = choose(logits, seen, params, sub)
-            seen = seen.at[0, token].set(True)
-            return token, (cache, key_valid, seen, positions[:, -1] + 1, key)
+        def prefill(state, padded, key):
+            logits, cache, key_valid, seen = self._prefill(nnx.merge(graphdef, state), padded, max_len)
+            return pick(logits, StreamState(cache, key_valid, seen, padded.positions[:, -1] + 1, key))
 
         @functools.partial(jax.jit, donate_argnums=(1,))
-        def decode(state, carry, token, slot):
+        def decode(state, s: StreamState, token, slot):
             model = nnx.merge(graphdef, state)
-            cache, key_valid, seen, position, key = carry
-            key_valid = key_valid.at[:, slot].set(True)
-            logits, cache = model.decode_step(token[:, None], position[:, None], cache, slot, key_valid)
-            key, sub = jax.random.split(key)
-            token = choose(logits, seen, params, sub)
-            seen = seen.at[0, token].set(True)
-            return token, (cache, key_valid, seen, position + 1, key)
+            key_valid = s.key_valid.at[:, slot].set(True)
+            logits, cache = model.decode_step(token[:, None], s.position[:, None], s.cache, slot, key_valid)
+            return pick(logits, StreamState(cache, key_valid, s.seen, s.position + 1, s.key))
 
         return prefill, decode

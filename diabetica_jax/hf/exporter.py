@@ -8,6 +8,7 @@ Only process 0 writes files; every process takes part in the gathers.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -24,7 +25,9 @@ from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.lora import merge_lora
 from diabetica_jax.model.qwen import Qwen
 
-EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+                 "float16": np.dtype(np.float16)}
+log = logging.getLogger(__name__)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -47,12 +50,21 @@ def save(
     config: QwenConfig,
     path: str | Path,
     max_shard_size: int | str = "5GB",
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     tokenizer=None,
     progress: bool = True,
 ) -> Path:
     """Write config.json, generation_config.json, safetensors (sharded with an index when larger than
-    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default)."""
+    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default).
+
+    `dtype` None writes the weights in the dtype the source checkpoint stored them in
+    (`config.source_dtype`; float32 for random presets), so load -> save is exact by default;
+    a smaller dtype is an explicit choice."""
+    if dtype is None:
+        dtype = config.source_dtype
+        if dtype not in EXPORT_DTYPES:  # e.g. "auto" or float64 in a hand-written config.json
+            log.warning("source dtype %r cannot be exported; writing float32", dtype)
+            dtype = "float32"
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"export dtype {dtype!r} is not one of {sorted(EXPORT_DTYPES)}")
     np_dtype = EXPORT_DTYPES[dtype]

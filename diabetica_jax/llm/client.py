@@ -1,27 +1,49 @@
-"""Chat with an LLM: an OpenAI-compatible endpoint, and the disk cache every backend sits behind.
+"""Chat with an LLM: an OpenAI-compatible endpoint, and the disk cache and retries every backend sits behind.
 
-`OpenAIClient` talks to any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`);
-its API key is read from the environment variable named in the config and never logged.
-`CachedChat` answers repeated requests from disk (keyed by a hash of model, messages and
-parameters), so an interrupted run resumes without paying twice; failures are retried with
-exponential backoff and are not cached. Curation (teacher, refine) and evaluation (judge) use both.
+`OpenAIClient` talks to any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`) over one
+`httpx.Client`, so concurrent and successive requests reuse pooled connections. Each `chat` call is exactly
+one HTTP request: it never retries, it classifies. Failures raise `LLMError` with `retryable` set for
+timeouts, connection errors, 429 and 5xx, and `retry_after` from a 429/503's `Retry-After` header; any
+other 4xx (bad request, bad key, unknown model) is not retryable, and its message names the status, the
+endpoint and the server's error message. The API key is read from the environment variable named in the
+config, sent only as `Authorization: Bearer`, and redacted from every error message.
+
+`CachedChat` is the one place that retries (with `tenacity`), for every backend: it waits `Retry-After`
+when the server sent one (capped at `MAX_RETRY_AFTER`), else exponential backoff with jitter. It answers
+repeated requests from disk (keyed by a hash of backend name, messages and parameters), so an interrupted
+run resumes without paying twice; failures are not cached. Its counters: `calls` counts attempts at the
+backend (for `OpenAIClient`, HTTP requests sent, retries included), `cache_hits` requests answered from
+disk, `failures` requests that raised `LLMError` after their last attempt. Curation (teacher, refine)
+and evaluation (judge) use both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import random
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+import tenacity
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 60.0  # seconds; a server asking for longer is not worth blocking a worker thread on
+MAX_BACKOFF = 30.0  # seconds; the longest exponential wait between two attempts
+
 
 class LLMError(RuntimeError):
-    """The backend could not produce a reply (after retries)."""
+    """The backend could not produce a reply. `retryable`: another attempt may succeed;
+    `retry_after`: seconds the server asked to wait first (None when it did not say)."""
+
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable, self.retry_after = retryable, retry_after
 
 
 class ChatBackend(Protocol):
@@ -31,45 +53,86 @@ class ChatBackend(Protocol):
 
 
 class OpenAIClient:
+    """One OpenAI-compatible chat endpoint; thread-safe (httpx's connection pool is)."""
+
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
         self.model = model
         self.name = f"openai:{model}"
         self.api_key_env = api_key_env
         self.timeout = timeout
+        self._http = httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
 
     def chat(self, messages, max_tokens: int, temperature: float) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                           "temperature": temperature}).encode()
-        headers = {"Content-Type": "application/json"}
+        # Read the key per request: it lives only in the environment and in the header, never on self.
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise LLMError(f"HTTP {e.code} from {self.base_url}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise LLMError(f"timeout or connection error ({type(reason).__name__}: {reason})") from None
-        except json.JSONDecodeError:
-            raise LLMError("reply is not JSON") from None
+            response = self._http.post(self.url, json=body, headers=headers)
+        except httpx.TimeoutException as e:
+            raise LLMError(f"timeout after {self.timeout} s from {self.url} ({type(e).__name__})",
+                           retryable=True) from None
+        except httpx.TransportError as e:
+            raise LLMError(_redact(f"connection error to {self.url} ({type(e).__name__}: {e})", key),
+                           retryable=True) from None
+        if not response.is_success:
+            status = response.status_code
+            detail = _error_detail(response)
+            raise LLMError(_redact(f"HTTP {status} from {self.url}" + (f": {detail}" if detail else ""), key),
+                           retryable=status == 429 or status >= 500,
+                           retry_after=_retry_after(response.headers.get("Retry-After")))
         try:
-            return payload["choices"][0]["message"]["content"]
+            content = response.json()["choices"][0]["message"]["content"]
+        except ValueError:
+            raise LLMError(f"reply from {self.url} is not JSON") from None
         except (KeyError, IndexError, TypeError):
-            raise LLMError("reply has no choices[0].message.content") from None
+            content = None
+        if not isinstance(content, str):
+            raise LLMError(f"reply from {self.url} has no choices[0].message.content")
+        return content
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's own explanation: OpenAI's {"error": {"message": ...}}, or a short plain-text body."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    error = payload.get("error", payload.get("detail")) if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error)[:500] if error else ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After: <seconds>` header; the HTTP-date form falls back to backoff (None)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _redact(message: str, key: str | None) -> str:
+    # Some servers echo the key they rejected; it must not reach logs, rejects.jsonl or reports.
+    return message.replace(key, "***") if key else message
 
 
 class CachedChat:
-    """Disk cache + retries with exponential backoff in front of a chat backend."""
+    """Disk cache + retries (Retry-After or exponential backoff with jitter) in front of a chat backend.
+
+    `retries` is the number of attempts per request (1: no retry); `backoff` the first exponential wait in s.
+    """
 
     def __init__(self, backend: ChatBackend, cache_dir: str | Path, retries: int = 3, backoff: float = 0.5):
         self.backend, self.name = backend, backend.name
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.retries, self.backoff = retries, backoff
+        self.retries, self.backoff = max(1, retries), backoff
         self.calls = self.cache_hits = self.failures = 0
         self._lock = threading.Lock()
 
@@ -81,23 +144,38 @@ class CachedChat:
         key = json.dumps([self.name, messages, max_tokens, temperature], ensure_ascii=False, sort_keys=True)
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception()
+        if error.retry_after is not None:
+            return min(error.retry_after, MAX_RETRY_AFTER)
+        # backoff * 2^(n-1) plus up to `backoff` of jitter, so concurrent workers do not retry in lockstep
+        return min(self.backoff * 2 ** (state.attempt_number - 1), MAX_BACKOFF) + random.uniform(0, self.backoff)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        log.info("%s: %s; attempt %d of %d in %.1f s", self.name, state.outcome.exception(),
+                 state.attempt_number + 1, self.retries, state.upcoming_sleep)
+
+    def _attempt(self, messages, max_tokens: int, temperature: float) -> str:
+        self._count("calls")
+        return self.backend.chat(messages, max_tokens, temperature)
+
     def chat(self, messages, max_tokens: int = 512, temperature: float = 0.0) -> str:
         path = self._path(messages, max_tokens, temperature)
         if path.is_file():
             self._count("cache_hits")
             return json.loads(path.read_text(encoding="utf-8"))["reply"]
-        last = None
-        for attempt in range(self.retries):
-            self._count("calls")
-            try:
-                reply = self.backend.chat(messages, max_tokens, temperature)
-            except LLMError as e:
-                last = e
-                time.sleep(self.backoff * 2**attempt)
-                continue
-            tmp = path.with_suffix(".partial")
-            tmp.write_text(json.dumps({"reply": reply}, ensure_ascii=False), encoding="utf-8")
-            tmp.replace(path)
-            return reply
-        self._count("failures")
-        raise LLMError(f"chat backend failed after {self.retries} attempts: {last}")
+        # A fresh Retrying per request: its attempt state is per call, and calls come from many threads.
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
+            wait=self._wait, before_sleep=self._log_retry, reraise=True)
+        try:
+            reply = retrying(self._attempt, messages, max_tokens, temperature)
+        except LLMError as e:
+            self._count("failures")
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise LLMError(f"{self.name} failed after {attempts} attempt{'s' * (attempts != 1)}: {e}") from None
+        tmp = path.with_suffix(f".{threading.get_ident()}.partial")  # two threads may ask the same thing
+        tmp.write_text(json.dumps({"reply": reply}, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+        return reply

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import field
+from diabetica_jax.configuration import FieldError, field, require_positive
 
 BACKENDS = ("none", "openai", "local")
 
@@ -21,5 +21,6 @@ class BackendSection:
     concurrency: int = field(4, "requests in flight")
 
     def __post_init__(self):
+        require_positive(self, "timeout", "retries", "concurrency")
         if self.backend != "none" and not self.model:
-            raise ValueError(f"model is required with backend {self.backend!r}")
+            raise FieldError("model", f"required with backend {self.backend!r}")

@@ -20,15 +20,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from diabetica_jax.model.config import ATTENTION_BACKENDS
 from diabetica_jax.parallel.rules import active_rules
 
-BACKENDS = ("xla", "cudnn", "splash")
+# The concrete backends; "auto" picks one of them per platform.
+BACKENDS = tuple(name for name in ATTENTION_BACKENDS if name != "auto")
 
 
 def resolve_backend(name: str) -> str:
     if name != "auto":
         if name not in BACKENDS:
-            raise ValueError(f"attention backend {name!r} is not one of {('auto',) + BACKENDS}")
+            raise ValueError(f"attention backend {name!r} is not one of {ATTENTION_BACKENDS}")
         return name
     platform = jax.default_backend()
     return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")

@@ -56,6 +56,10 @@ class QwenConfig:
     max_position_embeddings: int = 32768
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    # the dtype the checkpoint's weights were stored in (config.json `torch_dtype`, `dtype` in
+    # transformers 5), so an export writes them back as they came; float32 when not recorded
+    # (random presets). Provenance, not architecture: equal configs may come from either dtype.
+    source_dtype: str = dataclasses.field(default="float32", compare=False)
     # runtime (how this process computes; not part of config.json)
     param_dtype: str = DEFAULT_RUNTIME["param_dtype"]
     dtype: str = DEFAULT_RUNTIME["dtype"]  # compute dtype of matmuls and attention
@@ -168,6 +172,7 @@ class QwenConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
+            source_dtype=_source_dtype(raw),
             **runtime,
         )
 
@@ -225,6 +230,13 @@ class QwenConfig:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _source_dtype(raw: dict[str, Any]) -> str:
+    """The stored weights' dtype: transformers 5 writes `dtype`, 4.x `torch_dtype` ("torch.float16"
+    in some old files)."""
+    value = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    return str(value).removeprefix("torch.")
 
 
 def _rope_theta(raw: dict[str, Any], source: str) -> float:

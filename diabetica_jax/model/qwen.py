@@ -2,22 +2,41 @@
 
 Decoder layers are created stacked (one leading `layers` axis on every layer parameter) and run
 under `jax.lax.scan`, so compile time does not grow with depth; the remat policy wraps the scanned
-layer body.
+layer body. One forward path serves training, scoring and generation: attention takes an optional
+KV cache, and `decode_step` runs the same scan as `hidden_states`, with the cache.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from diabetica_jax.model.attention import attend, xla_attention
-from diabetica_jax.model.config import QwenConfig
+from diabetica_jax.model.config import LINEAR_LAYERS, QwenConfig
 from diabetica_jax.model.layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
 from diabetica_jax.parallel.rules import constrain
 
-# Activations named by Linear(name=...), kept (not recomputed) by the `save_matmuls` remat policy.
-MATMUL_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, each [layers, batch, max_len, kv_heads, head_dim]."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class LayerCache(NamedTuple):
+    """One layer's view of the cache for one step: its keys and values [batch, max_len, kv_heads, head_dim],
+    the slot this step's first token is written to, and which slots hold real tokens [batch, max_len]
+    (left padding stays False)."""
+
+    k: jax.Array
+    v: jax.Array
+    write_index: jax.Array | int
+    key_valid: jax.Array
 
 
 def _key(rng: jax.Array | None, index: int) -> jax.Array | None:
@@ -56,22 +75,27 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "seq", "act_kv_heads", None))
         return q, k, v
 
-    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
-        q, k, v = self._qkv(x, cos, sin, dropout_rng)
-        out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
-        return self.o_proj(out, _key(dropout_rng, 3))
+    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
+        """Self-attention over the sequence, or over the KV cache when one is given. Returns the output and
+        the cache with this step's keys and values written in (None without a cache).
 
-    def cached(self, x, cos, sin, cache_k, cache_v, write_index, key_valid):
-        """Attend over a KV cache [b, max_len, kv_heads, head_dim] after writing this step's keys and values
-        at slots write_index .. write_index + t. A query at slot i sees valid keys at slots <= i."""
-        q, k, v = self._qkv(x, cos, sin, None)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), write_index, axis=1)
-        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), write_index, axis=1)
-        query_slots = write_index + jnp.arange(x.shape[1])
-        visible = jnp.arange(cache_k.shape[1])[None, :] <= query_slots[:, None]  # [t, max_len]
-        mask = visible[None, None] & key_valid[:, None, None, :]
-        out = xla_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask=mask)
-        return self.o_proj(out), cache_k, cache_v
+        Without a cache: causal within `segment_ids` through the configured backend (training, scoring).
+        With one: keys and values land at slots write_index .. write_index + t, and a query at slot i sees
+        the valid keys at slots <= i. That mask is explicit, so this path runs the XLA reference attention.
+        """
+        q, k, v = self._qkv(x, cos, sin, dropout_rng)
+        if cache is None:
+            out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
+        else:
+            def write(buffer, new):
+                return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), cache.write_index, axis=1)
+
+            cache = cache._replace(k=write(cache.k, k), v=write(cache.v, v))
+            query_slots = cache.write_index + jnp.arange(x.shape[1])
+            visible = jnp.arange(cache.k.shape[1])[None, :] <= query_slots[:, None]  # [t, max_len]
+            mask = visible[None, None] & cache.key_valid[:, None, None, :]
+            out = xla_attention(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=mask)
+        return self.o_proj(out, _key(dropout_rng, 3)), cache
 
 
 class MLP(nnx.Module):
@@ -102,17 +126,11 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, dropout_rng=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng)
-        x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
-        return constrain(x, ("batch", "seq", "act_embed"))
-
-    def cached(self, x, cos, sin, cache_k, cache_v, write_index, key_valid):
-        attn, cache_k, cache_v = self.self_attn.cached(self.input_layernorm(x), cos, sin, cache_k, cache_v,
-                                                      write_index, key_valid)
+    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
+        attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng, cache)
         x = x + attn
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return constrain(x, ("batch", "seq", "act_embed")), cache_k, cache_v
+        x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
+        return constrain(x, ("batch", "seq", "act_embed")), cache
 
 
 def _remat(body, policy: str):
@@ -120,8 +138,9 @@ def _remat(body, policy: str):
         return body
     if policy == "full":
         return jax.checkpoint(body, prevent_cse=False)
+    # save_matmuls: keep the linear layers' outputs (Linear names its activation after the layer), recompute the rest
     return jax.checkpoint(
-        body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*MATMUL_NAMES)
+        body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*LINEAR_LAYERS)
     )
 
 
@@ -155,21 +174,36 @@ class Qwen(nnx.Module):
 
         `dropout_rng` switches on LoRA dropout (training); without it the model is deterministic.
         """
+        x, _ = self._run_layers(tokens, positions, segment_ids=segment_ids, dropout_rng=dropout_rng)
+        return self.norm(x)
+
+    def _run_layers(self, tokens, positions, *, segment_ids=None, dropout_rng=None, cache=None, write_index=0,
+                    key_valid=None):
+        """Embed, build the rope tables and scan the stacked layers, with or without a KV cache.
+
+        Returns the last layer's output (before the final norm) and the updated KVCache (None without one).
+        The remat policy wraps the scanned body; it only matters under differentiation.
+        """
+        chex.assert_rank(tokens, 2)
+        chex.assert_type(tokens, int)
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        chex.assert_equal_shape([tokens, positions])
+        chex.assert_type(positions, int)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
 
         graphdef, stacked = nnx.split(self.layers)
 
         def layer_step(h, layer):
-            layer_state, layer_rng = layer
-            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, layer_rng), None
+            layer_state, layer_rng, kv = layer
+            view = None if kv is None else LayerCache(kv.k, kv.v, write_index, key_valid)
+            h, view = nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, layer_rng, view)
+            return h, None if view is None else KVCache(view.k, view.v)
 
         layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
-        x, _ = jax.lax.scan(_remat(layer_step, self.config.remat), x, (stacked, layer_rngs))
-        return self.norm(x)
+        return jax.lax.scan(_remat(layer_step, self.config.remat), x, (stacked, layer_rngs, cache))
 
     def output_kernel(self) -> jax.Array:
         """The [embed, vocab] output projection (the embedding table, transposed, when tied)."""
@@ -189,20 +223,12 @@ class Qwen(nnx.Module):
     def decode_step(self, tokens, positions, cache, write_index, key_valid):
         """One prefill or decode step against a KV cache.
 
-        tokens/positions [b, t]; cache = (k, v), each [layers, b, max_len, kv_heads, head_dim];
+        tokens/positions [b, t]; cache = KVCache (or a (k, v) pair), each [layers, b, max_len, kv_heads, head_dim];
         key_valid [b, max_len] marks cache slots holding real tokens (left padding stays False).
-        Returns the float32 logits of the last position [b, vocab] and the updated cache.
+        Returns the float32 logits of the last position [b, vocab] and the updated KVCache.
         """
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
-        graphdef, stacked = nnx.split(self.layers)
-
-        def layer_step(h, layer):
-            layer_state, cache_k, cache_v = layer
-            h, cache_k, cache_v = nnx.merge(graphdef, layer_state).cached(h, cos, sin, cache_k, cache_v,
-                                                                            write_index, key_valid)
-            return h, (cache_k, cache_v)
-
-        x, (cache_k, cache_v) = jax.lax.scan(layer_step, x, (stacked, cache[0], cache[1]))
+        chex.assert_rank(key_valid, 2)
+        x, cache = self._run_layers(tokens, positions, cache=KVCache(*cache), write_index=write_index,
+                                    key_valid=key_valid)
         cache_axes = ("layers", "batch", None, "act_kv_heads", None)
-        return self.logits(self.norm(x[:, -1])), (constrain(cache_k, cache_axes), constrain(cache_v, cache_axes))
+        return self.logits(self.norm(x[:, -1])), KVCache(constrain(cache.k, cache_axes), constrain(cache.v, cache_axes))

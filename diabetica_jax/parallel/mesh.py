@@ -41,6 +41,31 @@ def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int, allow_subset: b
     return tuple(shape)
 
 
+def devices_needed(sizes: Mapping[str, int]) -> int | None:
+    """How many devices a fully given mesh spans (None when an axis is -1: it takes whatever is there)."""
+    shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    return None if -1 in shape else math.prod(shape)
+
+
+def emulate_cpu_devices(count: int) -> None:
+    """Make JAX (not yet imported anywhere) see `count` CPU devices, so a program can be compiled for a
+    mesh bigger than this machine (`diabetica-jax plan`)."""
+    import os
+    import sys
+
+    if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None and _backend_started():
+        raise RuntimeError("emulate_cpu_devices must run before JAX starts its backends")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge
+
+    return bool(getattr(xla_bridge, "_backends", None))
+
+
 def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over all (or the given) devices with axes (data, fsdp, tensor).
 

@@ -100,7 +100,7 @@ def _prod(values: Iterable[int]) -> int:
 
 
 _ACTIVE_RULES: contextvars.ContextVar[ShardingRules] = contextvars.ContextVar(
-    "diabetica_sharding_rules", default=ShardingRules()
+    "diabetica_sharding_rules", default=ShardingRules()  # noqa: B039 (the table is never mutated)
 )
 
 

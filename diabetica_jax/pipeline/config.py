@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import apply_overrides, build, field, load_yaml
-from diabetica_jax.data.curate.config import CurateConfig, validate_curate
-from diabetica_jax.evaluation.config import EvalConfig, validate_eval
-from diabetica_jax.train.config import TrainConfig, validate_train
+from diabetica_jax.configuration import build, config_data, field
+from diabetica_jax.data.curate.config import CurateConfig
+from diabetica_jax.evaluation.config import EvalConfig
+from diabetica_jax.model.config import COMPUTE_DTYPES
+from diabetica_jax.train.config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportSection:
-    dtype: Literal["float32", "bfloat16"] = field("bfloat16", "dtype of the exported weights")
+    dtype: Literal[COMPUTE_DTYPES] | None = field(None, "dtype of the exported weights (default: the source checkpoint's; float32 for presets)")
     max_shard_size: str = field("5GB", "largest safetensors shard")
     verify: bool = field(True, "reload the export in transformers and compare greedy tokens with the JAX engine")
     verify_prompts: int = field(4, "prompts used by the check")
@@ -30,18 +31,20 @@ class RunConfig:
 
 
 def load_run_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
-    data = load_yaml(path) if path else {}
-    source = str(path) if path else "defaults"
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " + overrides"
-    train = data.setdefault("train", {}) or {}
-    data["train"] = train
-    train.setdefault("data", {})
-    train["data"]["source"] = "curated"
-    train["data"].setdefault("path", "<run-dir>/data")  # replaced by the real path when the run starts
-    cfg = build(RunConfig, data, source)
-    validate_curate(cfg.curate, f"{source}: curate")
-    validate_train(cfg.train, f"{source}: train")
-    validate_eval(cfg.eval, f"{source}: eval")
-    return cfg
+    """load_config(RunConfig, ...) with training reading the curated data, so that the train section is
+    checked as the run will use it (e.g. `loop.steps: -1` counts the curated data)."""
+    data, source = config_data(RunConfig, path, overrides)
+    train_data = _mapping(_mapping(data, "train"), "data")
+    if train_data is not None:  # otherwise build() reports the malformed section
+        train_data["source"] = "curated"
+        train_data.setdefault("path", "<run-dir>/data")  # replaced by the real path when the run starts
+    return build(RunConfig, data, source)
+
+
+def _mapping(parent: dict | None, key: str) -> dict | None:
+    """parent[key] as a mapping, created when absent or left empty in the file; None when it is something else."""
+    if parent is None:
+        return None
+    if parent.get(key) is None:
+        parent[key] = {}
+    return parent[key] if isinstance(parent[key], dict) else None

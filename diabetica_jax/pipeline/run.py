@@ -131,7 +131,8 @@ def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: b
     from diabetica_jax import hf
     from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
     from diabetica_jax.parallel import make_mesh
-    from diabetica_jax.train.loop import build_model, trained_model
+    from diabetica_jax.train.run_dir import trained_model
+    from diabetica_jax.train.setup import build_model
 
     tokenizer = hf.load_tokenizer(train_cfg.model.hf_path)
     runs = []
@@ -153,13 +154,13 @@ def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: b
 
 def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:
     from diabetica_jax import hf
-    from diabetica_jax.train.loop import load_run_config, trained_model
+    from diabetica_jax.train.run_dir import load_run_config, trained_model
 
     model, model_cfg, step = trained_model(train_dir)
     tokenizer = hf.load_tokenizer(load_run_config(train_dir).model.hf_path)
     hf.save(model, model_cfg, out, max_shard_size=cfg.export.max_shard_size, dtype=cfg.export.dtype,
             tokenizer=tokenizer, progress=False)
-    summary = {"step": step, "dtype": cfg.export.dtype}
+    summary = {"step": step, "dtype": cfg.export.dtype or model_cfg.source_dtype}
     if cfg.export.verify:
         summary["verify"] = verify_export(out, tokenizer, cfg.export.verify_prompts, cfg.export.verify_tokens)
         (out / "verify.json").write_text(json.dumps(summary["verify"], indent=2, ensure_ascii=False) + "\n")

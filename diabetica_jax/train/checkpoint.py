@@ -107,6 +107,23 @@ class Checkpoints:
         self.manager.close()
 
 
+class CheckpointHooks:
+    """Saving as train loop hooks (train/loop.py): `on_step` every N steps, and `on_end` once the loop
+    stops for any reason (last step, data ran out, preemption), unless that step is saved already."""
+
+    def __init__(self, checkpoints: Checkpoints, meta: dict[str, Any], data_iterator, saved: int):
+        self.checkpoints, self.meta, self.data_iterator = checkpoints, meta, data_iterator
+        self.saved = saved  # the step of the newest checkpoint (the one resumed from)
+
+    def on_step(self, info) -> None:
+        self.checkpoints.save(info.step, info.state, self.meta, self.data_iterator)
+        self.saved = info.step
+
+    def on_end(self, info) -> None:
+        if info.step != self.saved:
+            self.on_step(info)
+
+
 def _short(value: Any, limit: int = 160) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."

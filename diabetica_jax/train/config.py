@@ -5,18 +5,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import ConfigFileError, apply_overrides, build, field, load_yaml
-from diabetica_jax.model.config import LINEAR_LAYERS
+from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_positive
+from diabetica_jax.data.config import DataSection
+from diabetica_jax.model.config import (
+    ATTENTION_BACKENDS,
+    COMPUTE_DTYPES,
+    DEFAULT_RUNTIME,
+    LINEAR_LAYERS,
+    REMAT_POLICIES,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     preset: str = field("tiny", "model preset (configs/models/NAME.yaml) for random initialisation")
-    hf_path: str | None = field(None, "Hugging Face checkpoint directory to start from (overrides preset)")
-    dtype: Literal["float32", "bfloat16"] = field("bfloat16", "compute dtype of matmuls and attention")
-    param_dtype: Literal["float32", "bfloat16"] = field("float32", "dtype of the master weights")
-    attention: Literal["auto", "xla", "cudnn", "splash"] = field("auto", "attention backend")
-    remat: Literal["none", "full", "save_matmuls"] = field("save_matmuls", "activation rematerialisation policy")
+    hf_path: str | None = field(None, "Hugging Face checkpoint directory to start from (overrides preset)",
+                                path=True)
+    # defaults: the library's (exact float32, no remat); accelerator configs choose bfloat16 and remat
+    dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["dtype"], "compute dtype of matmuls and attention")
+    param_dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["param_dtype"], "dtype of the master weights")
+    attention: Literal[ATTENTION_BACKENDS] = field(DEFAULT_RUNTIME["attention"], "attention backend")
+    remat: Literal[REMAT_POLICIES] = field(DEFAULT_RUNTIME["remat"], "activation rematerialisation policy")
     seed: int = field(0, "seed of the random initialisation (preset) and of new LoRA adapters")
 
 
@@ -27,6 +36,15 @@ class LoRASection:
     dropout: float = field(0.0, "dropout on the adapter input during training")
     targets: list[str] = field(list(LINEAR_LAYERS), "linear layers to adapt (default: all linear layers)")
 
+    def __post_init__(self):
+        if self.rank < 0:
+            raise FieldError("rank", f"must be >= 0, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
+        unknown = sorted(set(self.targets) - set(LINEAR_LAYERS))
+        if unknown:
+            raise FieldError("targets", f"{unknown} are not linear layers; choose from {list(LINEAR_LAYERS)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
@@ -36,22 +54,6 @@ class MeshSection:
 
     def sizes(self) -> dict[str, int]:
         return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSection:
-    source: Literal["synthetic", "curated"] = field(
-        "synthetic", "batch source: curated (the shards `diabetica-jax curate` wrote) or synthetic sequences")
-    path: str | None = field(None, "curated output directory (data.source: curated)")
-    epochs: int = field(1, "passes over the curated data (training stops when they are used up)")
-    pack: Literal["first_fit", "best_fit"] = field("first_fit", "how examples are packed into rows")
-    overlong: Literal["truncate", "drop"] = field("truncate", "what happens to examples longer than seq_len")
-    packing_bins: int = field(16, "rows filled at once while packing (more: less padding)")
-    workers: int = field(0, "Grain worker processes (0: in the training process)")
-    seq_len: int = field(128, "tokens per sequence")
-    global_batch: int = field(8, "sequences per optimizer step, over all devices and accumulation steps")
-    grad_accum: int = field(1, "micro-batches per optimizer step (global_batch must divide by it)")
-    seed: int = field(0, "seed of the data order / synthetic data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,11 @@ class OptimSection:
     eps: float = field(1e-8, "Adam epsilon")
     clip_norm: float = field(1.0, "global gradient-norm clip (0 disables)")
 
+    def __post_init__(self):
+        require_positive(self, "lr")
+        if self.warmup_steps < 0:
+            raise FieldError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopSection:
@@ -78,6 +85,11 @@ class LoopSection:
     peak_tflops: float | None = field(None, "peak bf16 TFLOP/s per device for MFU (default: by device kind)")
     tensorboard: bool = field(True, "also write TensorBoard event files under RUN_DIR/tensorboard")
 
+    def __post_init__(self):
+        if self.steps <= 0 and self.steps != -1:
+            raise FieldError("steps", f"must be positive, or -1 (from the data), got {self.steps}")
+        require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "loss_chunk")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -88,41 +100,15 @@ class TrainConfig:
     optim: OptimSection = field(OptimSection(), "optimizer and schedule")
     loop: LoopSection = field(LoopSection(), "steps, logging and checkpoints")
 
+    def __post_init__(self):
+        if self.loop.steps == -1 and self.data.source != "curated":
+            raise FieldError("loop.steps", "-1 (from the data) needs data.source: curated")
+        if self.loop.steps != -1 and self.optim.warmup_steps > self.loop.steps:
+            raise FieldError("optim.warmup_steps", f"{self.optim.warmup_steps} exceeds loop.steps={self.loop.steps}")
+
     @property
     def micro_batch(self) -> int:
         return self.data.global_batch // self.data.grad_accum
-
-
-def validate_train(cfg: TrainConfig, source: str) -> None:
-    def bad(key: str, message: str):
-        raise ConfigFileError(f"{source}: {key}: {message}")
-
-    positive = {"data.seq_len": cfg.data.seq_len, "data.global_batch": cfg.data.global_batch,
-                "data.grad_accum": cfg.data.grad_accum, "loop.steps": cfg.loop.steps if cfg.loop.steps != -1 else 1,
-                "loop.log_every": cfg.loop.log_every, "loop.checkpoint_every": cfg.loop.checkpoint_every,
-                "loop.keep_checkpoints": cfg.loop.keep_checkpoints, "loop.loss_chunk": cfg.loop.loss_chunk}
-    for key, value in positive.items():
-        if value <= 0:
-            bad(key, f"must be positive, got {value}")
-    if cfg.data.global_batch % cfg.data.grad_accum:
-        bad("data.global_batch", f"{cfg.data.global_batch} does not divide into data.grad_accum={cfg.data.grad_accum} micro-batches")
-    if cfg.data.source == "curated" and not cfg.data.path:
-        bad("data.path", "data.source: curated needs the curated output directory")
-    if cfg.data.epochs <= 0 or cfg.data.packing_bins <= 0 or cfg.data.workers < 0:
-        bad("data", "epochs and packing_bins must be positive, workers >= 0")
-    if cfg.lora.rank < 0:
-        bad("lora.rank", f"must be >= 0, got {cfg.lora.rank}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        bad("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
-    unknown = set(cfg.lora.targets) - set(LINEAR_LAYERS)
-    if unknown:
-        bad("lora.targets", f"{sorted(unknown)} are not linear layers; choose from {list(LINEAR_LAYERS)}")
-    if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0:
-        bad("optim", "lr must be positive and warmup_steps >= 0")
-    if cfg.loop.steps == -1 and cfg.data.source != "curated":
-        bad("loop.steps", "-1 (from the data) needs data.source: curated")
-    if cfg.loop.steps != -1 and cfg.optim.warmup_steps > cfg.loop.steps:
-        bad("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds loop.steps={cfg.loop.steps}")
 
 
 def check_against_devices(cfg: TrainConfig, n_devices: int, n_processes: int = 1, source: str = "config") -> tuple[int, ...]:
@@ -142,15 +128,3 @@ def check_against_devices(cfg: TrainConfig, n_devices: int, n_processes: int = 1
     if cfg.micro_batch % n_processes:
         raise ConfigFileError(f"{source}: micro-batch of {cfg.micro_batch} does not split over {n_processes} processes")
     return shape
-
-
-def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from a YAML file (or defaults when None) and `key=value` overrides."""
-    data = load_yaml(path) if path else {}
-    source = str(path) if path else "defaults"
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " + overrides"
-    cfg = build(TrainConfig, data, source)
-    validate_train(cfg, source)
-    return cfg

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 from diabetica_jax.configuration import ConfigFileError
+from diabetica_jax.data.batch import Batch
 from diabetica_jax.data.synthetic import SyntheticSource
 from diabetica_jax.train.config import TrainConfig
-from diabetica_jax.data.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,13 @@ class SyntheticFeed:
         return self.source.batch(step, self.rows)
 
 
-def _store_and_settings(cfg: TrainConfig, rows: range):
-    """The tokenized curated records and the loader settings the config asks for."""
-    from diabetica_jax.data.loader import LoaderSettings, TokenStore, read_records
+def _token_store(cfg: TrainConfig):
+    """The curated records, tokenized as the config asks."""
+    from diabetica_jax.data.loader import TokenStore, read_records
     from diabetica_jax.hf.tokenizer import load_tokenizer
 
-    store = TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
-                       cfg.data.overlong)
-    settings = LoaderSettings(seq_len=cfg.data.seq_len, rows=len(rows), grad_accum=cfg.data.grad_accum,
-                              epochs=cfg.data.epochs, seed=cfg.data.seed, pack=cfg.data.pack,
-                              overlong=cfg.data.overlong, packing_bins=cfg.data.packing_bins,
-                              workers=cfg.data.workers)
-    return store, settings
+    return TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
+                      cfg.data.overlong)
 
 
 class CuratedFeed:
@@ -49,7 +44,7 @@ class CuratedFeed:
     def __init__(self, cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
         from diabetica_jax.data.loader import packed_batches, process_shard
 
-        store, settings = _store_and_settings(cfg, rows)
+        store = _token_store(cfg)
         self.stats = store.stats
         if store.tokens.size and int(store.tokens.max()) >= vocab:
             raise ConfigFileError(
@@ -58,7 +53,7 @@ class CuratedFeed:
         log.info("curated data: %s", store.stats)
         if run_dir is not None:
             (run_dir / "data_stats.json").write_text(json.dumps(vars(store.stats), indent=2) + "\n")
-        self.iterator = iter(packed_batches(store, settings, *process_shard()))
+        self.iterator = iter(packed_batches(store, cfg.data, len(rows), *process_shard()))
 
     def next(self, step: int) -> Batch:
         return next(self.iterator)  # StopIteration when the epochs are used up
@@ -72,9 +67,8 @@ def count_steps(cfg: TrainConfig, rows: range) -> int:
 
     from diabetica_jax.data.loader import packed_batches, process_shard
 
-    store, settings = _store_and_settings(cfg, rows)
-    counting = dataclasses.replace(settings, workers=0)  # a pass over lengths needs no worker processes
-    count = sum(1 for _ in packed_batches(store, counting, *process_shard()))
+    counting = dataclasses.replace(cfg.data, workers=0)  # a pass over lengths needs no worker processes
+    count = sum(1 for _ in packed_batches(_token_store(cfg), counting, len(rows), *process_shard()))
     if jax.process_count() > 1:
         count = int(np.min(multihost_utils.process_allgather(np.int32(count))))
     if count == 0:

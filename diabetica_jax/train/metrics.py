@@ -54,6 +54,13 @@ class MetricsLogger:
         if previous is not None:
             self._write(*previous)
 
+    def on_step(self, info) -> None:
+        """The train loop's hook (train/loop.py StepInfo: `step` counts this step)."""
+        self.push(info.step - 1, info.metrics)
+
+    def on_end(self, info) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.pending is not None:
             self._write(*self.pending)

@@ -15,13 +15,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from diabetica_jax.data.batch import Batch
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.parallel.rules import param_shardings
 from diabetica_jax.train.config import TrainConfig, check_against_devices
-from diabetica_jax.train.loop import model_config
 from diabetica_jax.train.optimizer import build_optimizer
-from diabetica_jax.data.batch import Batch
+from diabetica_jax.train.setup import model_config
 from diabetica_jax.train.state import abstract_state, init_state, state_shardings
 from diabetica_jax.train.step import batch_sharding, make_train_step
 

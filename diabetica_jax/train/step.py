@@ -10,8 +10,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from diabetica_jax.train.loss import chunked_cross_entropy, next_token_targets
 from diabetica_jax.data.batch import Batch
+from diabetica_jax.train.loss import chunked_cross_entropy, next_token_targets
 from diabetica_jax.train.state import TrainState
 
 

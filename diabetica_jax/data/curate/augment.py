@@ -13,10 +13,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from diabetica_jax.data.curate.answers import recall
+from diabetica_jax.data.curate.config import AugmentSection
 from diabetica_jax.data.mcq import picked_option
-from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.data.records import Record, Reject, record_id
 from diabetica_jax.data.text import language
+from diabetica_jax.llm import CachedChat, LLMError
 
 PASSAGE_PROMPT = (
     "You are preparing study material on diabetes care. Read the passage and write {n} question-answer pairs "
@@ -31,14 +32,6 @@ MCQ_PROMPT = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentSettings:
-    qa_per_passage: int = 3
-    min_grounding: float = 0.5
-    concurrency: int = 4
-    max_tokens: int = 768
-
-
 @dataclasses.dataclass
 class AugmentResult:
     kept: list[Record]
@@ -48,19 +41,19 @@ class AugmentResult:
     explained: int = 0
 
 
-def augment(records: list[Record], teacher: CachedChat, settings: AugmentSettings) -> AugmentResult:
+def augment(records: list[Record], teacher: CachedChat, cfg: AugmentSection) -> AugmentResult:
     def work(record: Record):
         try:
             if record.kind == "passage":
-                return _passage_to_qa(record, teacher, settings)
+                return _passage_to_qa(record, teacher, cfg)
             if record.kind == "mcq":
-                return _explain_mcq(record, teacher, settings)
+                return _explain_mcq(record, teacher, cfg)
         except LLMError as e:
             return Reject("augment", str(e), record.provenance, record=record.to_json())
         return record
 
     result = AugmentResult([], [], [], [])
-    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         for record, outcome in zip(records, pool.map(work, records)):
             if isinstance(outcome, Reject):
                 result.rejects.append(outcome)
@@ -75,10 +68,9 @@ def augment(records: list[Record], teacher: CachedChat, settings: AugmentSetting
     return result
 
 
-def _passage_to_qa(record: Record, teacher: CachedChat, settings: AugmentSettings):
-    reply = teacher.chat([{"role": "user", "content": PASSAGE_PROMPT.format(n=settings.qa_per_passage,
-                                                                             passage=record.text)}],
-                         max_tokens=settings.max_tokens)
+def _passage_to_qa(record: Record, teacher: CachedChat, cfg: AugmentSection):
+    prompt = PASSAGE_PROMPT.format(n=cfg.qa_per_passage, passage=record.text)
+    reply = teacher.chat([{"role": "user", "content": prompt}], max_tokens=cfg.max_tokens)
     generated, bad = [], []
     for i, pair in enumerate(_json_pairs(reply)):
         where = {**record.provenance, "augmented_from": record.id, "pair": i}
@@ -92,9 +84,9 @@ def _passage_to_qa(record: Record, teacher: CachedChat, settings: AugmentSetting
                            provenance=where,
                            messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
         grounding = recall(answer, record.text)
-        if grounding < settings.min_grounding:
+        if grounding < cfg.min_grounding:
             bad.append(Reject("augment", f"ungrounded answer: {grounding:.0%} of its words are in the passage "
-                                         f"< {settings.min_grounding:.0%}", where, record=candidate.to_json()))
+                                         f"< {cfg.min_grounding:.0%}", where, record=candidate.to_json()))
             continue
         generated.append(candidate)
     if not generated and not bad:
@@ -113,10 +105,10 @@ def _json_pairs(reply: str) -> list[dict]:
     return [d for d in data if isinstance(d, dict)]
 
 
-def _explain_mcq(record: Record, teacher: CachedChat, settings: AugmentSettings):
+def _explain_mcq(record: Record, teacher: CachedChat, cfg: AugmentSection):
     question = record.messages[0]["content"]
     reply = teacher.chat([{"role": "user", "content": MCQ_PROMPT.format(letter=record.answer, question=question)}],
-                         max_tokens=settings.max_tokens).strip()
+                         max_tokens=cfg.max_tokens).strip()
     picked = picked_option(reply)
     if picked is None:
         return Reject("augment", "explanation names no option", record.provenance, record=record.to_json())

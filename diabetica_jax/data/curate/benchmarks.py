@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diabetica_jax.data.tables import detect_format, read_rows
 from diabetica_jax.data.curate.filters import BenchmarkItem
 from diabetica_jax.data.mcq import MCQParseError, parse_question, render
 from diabetica_jax.data.records import Reject
+from diabetica_jax.data.tables import detect_format, read_rows
 
 QUESTION_COLUMNS = ("question", "stem", "prompt", "instruction", "input")
 

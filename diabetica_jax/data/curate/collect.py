@@ -13,36 +13,22 @@ Row shapes understood (field names can be remapped per input):
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diabetica_jax.data.curate.config import InputSection
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
 from diabetica_jax.data.records import KINDS, Record, Reject, record_id
-from diabetica_jax.data.tables import hub_rows, read_rows, detect_format
-from diabetica_jax.data.text import decode, language
+from diabetica_jax.data.tables import detect_format, hub_rows, read_rows
+from diabetica_jax.data.text import decode, language, undecodable
 
 _BLANK = re.compile(r"[(（]\s*[)）]")
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    path: str
-    format: str = "auto"
-    kind: str = "auto"
-    source: str | None = None
-    fields: dict[str, str] = dataclasses.field(default_factory=dict)  # our name -> column name
-
-    def column(self, name: str) -> str:
-        return self.fields.get(name, name)
-
-
-def collect(spec: InputSpec) -> Iterator[Record | Reject]:
+def collect(spec: InputSection) -> Iterator[Record | Reject]:
     path = Path(spec.path)
     if spec.format == "hf_hub":  # a dataset name on the Hugging Face hub, read when a network is there
         yield from _collect_rows(hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path)
@@ -57,7 +43,7 @@ def collect(spec: InputSpec) -> Iterator[Record | Reject]:
     yield from _collect_rows(read_rows(path, fmt), spec, source, str(path))
 
 
-def _collect_rows(rows, spec: InputSpec, source: str, origin: str) -> Iterator[Record | Reject]:
+def _collect_rows(rows, spec: InputSection, source: str, origin: str) -> Iterator[Record | Reject]:
     for row_index, row in rows:
         where = {"file": origin, "row": row_index}
         if isinstance(row, Reject):
@@ -72,7 +58,7 @@ def _collect_rows(rows, spec: InputSpec, source: str, origin: str) -> Iterator[R
 
 # ---- a row -> a record ---------------------------------------------------------------------------
 
-def _field(row: dict, spec: InputSpec, name: str, required: bool = True) -> str | None:
+def _field(row: dict, spec: InputSection, name: str, required: bool = True) -> str | None:
     column = spec.column(name)
     value = row.get(column)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -82,7 +68,7 @@ def _field(row: dict, spec: InputSpec, name: str, required: bool = True) -> str 
     return str(value).strip()
 
 
-def row_to_record(row: dict, spec: InputSpec, source: str, where: dict) -> Record:
+def row_to_record(row: dict, spec: InputSection, source: str, where: dict) -> Record:
     kind = spec.kind
     if kind != "auto" and kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
@@ -159,8 +145,8 @@ def _make(source: str, where: dict, kind: str, **fields) -> Record:
 def _passages(path: Path, source: str, max_chars: int = 1200) -> Iterator[Record | Reject]:
     try:
         text, _ = decode(path.read_bytes())
-    except UnicodeDecodeError:
-        yield Reject("collect", "undecodable bytes (neither UTF-8 nor GBK)", {"file": str(path)})
+    except UnicodeDecodeError as e:
+        yield Reject("collect", undecodable(e), {"file": str(path)})
         return
     heading, chunk, index = "", [], 0
 

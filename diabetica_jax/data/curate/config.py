@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Literal
 
-from diabetica_jax.configuration import ConfigFileError, apply_overrides, build, field, load_yaml
+from diabetica_jax.configuration import FieldError, build, config_data, field, require_positive
+from diabetica_jax.data.records import KINDS
+from diabetica_jax.data.tables import FORMATS
 from diabetica_jax.llm.config import BackendSection
 
 # Weighted bilingual terms. Strong signals of diabetes content weigh 2, related clinical context 1;
@@ -29,12 +30,21 @@ NEGATIVE_TERMS = {
 
 @dataclasses.dataclass(frozen=True)
 class InputSection:
-    path: str = field("", "file or directory to read (relative paths: to the config file)")
-    format: Literal["auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text"] = field(
+    path: str = field("", "file or directory to read (relative paths: to the config file)",
+                      path=lambda entry: entry.get("format") != "hf_hub")  # a hub dataset's name is no path
+    format: Literal[FORMATS] = field(
         "auto", "file format (auto: from the file name; hf_hub: `path` is a dataset name on the hub)")
-    kind: Literal["auto", "mcq", "qa", "dialogue", "passage", "cloze"] = field("auto", "record kind (auto: from the fields)")
+    kind: Literal[("auto", *KINDS)] = field("auto", "record kind (auto: from the fields)")
     source: str | None = field(None, "source name in the data card (default: the file name)")
     fields: dict[str, str] = field({}, "column renames, e.g. {answer: response}")
+
+    def __post_init__(self):
+        if not self.path:
+            raise FieldError("path", "missing")
+
+    def column(self, name: str) -> str:
+        """The column holding field `name` in this input."""
+        return self.fields.get(name, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,30 +69,54 @@ class DedupSection:
     num_perm: int = field(128, "MinHash permutations")
     bands: int = field(32, "LSH bands (num_perm must divide by it)")
 
+    def __post_init__(self):
+        require_positive(self, "shingle", "num_perm", "bands")
+        if self.num_perm % self.bands:
+            raise FieldError("num_perm", f"{self.num_perm} does not divide into bands={self.bands}")
+
 
 @dataclasses.dataclass(frozen=True)
 class DecontaminationSection:
-    benchmarks: list[str] = field([], "evaluation files whose items must not leak into training (csv/jsonl/xlsx)")
+    benchmarks: list[str] = field([], "evaluation files or directories whose items must not leak into training "
+                                      "(csv/jsonl/xlsx)", path=True)
     embedded_benchmarks: bool = field(True, "also protect the project's embedded mini benchmarks")
     n: int = field(8, "n-gram length in units")
     threshold: float = field(0.5, "drop a record holding this share of a benchmark item's n-grams")
 
+    def __post_init__(self):
+        require_positive(self, "n")
+
 
 @dataclasses.dataclass(frozen=True)
-class AugmentSection(BackendSection):
+class WriterSection(BackendSection):
+    """A backend whose replies become training text (augment's teacher, refine's model)."""
+
+    max_tokens: int = field(768, "longest reply, in tokens")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(self, "max_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSection(WriterSection):
     qa_per_passage: int = field(3, "question-answer pairs to write per passage")
     min_grounding: float = field(0.5, "share of a generated answer's words that must appear in its passage")
 
 
 @dataclasses.dataclass(frozen=True)
-class RefineSection(BackendSection):
+class RefineSection(WriterSection):
     min_recall: float = field(0.6, "share of the reference's words a rewrite must keep (non-MCQ)")
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputSection:
     shards: int = field(2, "ArrayRecord shard files to write")
-    tokenizer: str | None = field(None, "checkpoint directory whose tokenizer measures token lengths (default: Qwen2)")
+    tokenizer: str | None = field(None, "checkpoint directory whose tokenizer measures token lengths (default: Qwen2)",
+                                  path=True)
+
+    def __post_init__(self):
+        require_positive(self, "shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,33 +131,19 @@ class CurateConfig:
     refine: RefineSection = field(RefineSection(), "self-distillation by the base model")
     output: OutputSection = field(OutputSection(), "shards and data card")
 
+    def __post_init__(self):
+        if not self.inputs and not self.demo:
+            raise FieldError("inputs", "none given: list files here, pass --input, or set demo: true")
+
 
 def load_curate_config(path: str | None, overrides: list[str] | None = None, inputs: list[str] | None = None) -> CurateConfig:
-    data = load_yaml(path) if path else {"demo": not inputs}
-    source = str(path) if path else "defaults"
-    if overrides:
-        data = apply_overrides(data, overrides)
+    """load_config(CurateConfig, ...) plus `curate --input` files, which join the config's inputs.
+
+    Without a config file and input files, the embedded demo corpus is the input.
+    """
+    data, source = config_data(CurateConfig, path, overrides)
+    if not path:
+        data.setdefault("demo", not inputs)
     if inputs:
         data["inputs"] = list(data.get("inputs") or []) + [{"path": p} for p in inputs]
-    if path:  # input paths in a config file are relative to it
-        base = Path(path).parent
-        for item in data.get("inputs") or []:
-            if isinstance(item, dict) and "path" in item and not Path(str(item["path"])).is_absolute():
-                item["path"] = str(base / item["path"])
-    cfg = build(CurateConfig, data, source)
-    validate_curate(cfg, source)
-    return cfg
-
-
-def validate_curate(cfg: CurateConfig, source: str) -> None:
-    if not cfg.inputs and not cfg.demo:
-        raise ConfigFileError(f"{source}: no inputs: list some under `inputs`, pass --input, or set demo: true")
-    for i, item in enumerate(cfg.inputs):
-        if not item.path:
-            raise ConfigFileError(f"{source}: inputs[{i}].path is missing")
-    if cfg.dedup.num_perm % cfg.dedup.bands:
-        raise ConfigFileError(f"{source}: dedup.num_perm={cfg.dedup.num_perm} does not divide into {cfg.dedup.bands} bands")
-    for name in ("augment", "refine"):
-        section = getattr(cfg, name)
-        if section.backend != "none" and not section.model:
-            raise ConfigFileError(f"{source}: {name}.model is required with backend {section.backend!r}")
+    return build(CurateConfig, data, source)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from diabetica_jax.data.curate.config import DecontaminationSection, DedupSection, QualitySection, RelevanceSection
 from diabetica_jax.data.records import Record, Reject
 from diabetica_jax.data.text import ngrams, normalize, units
 
@@ -31,14 +32,7 @@ def _reject(stage: str, record: Record, reason: str) -> Reject:
 
 # ---- relevance -----------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class RelevanceConfig:
-    positive: dict[str, float]
-    negative: dict[str, float]
-    min_score: float = 2.0
-
-
-def relevance(records: Iterable[Record], cfg: RelevanceConfig) -> Result:
+def relevance(records: Iterable[Record], cfg: RelevanceSection) -> Result:
     kept, rejects = [], []
     positive = {normalize(t): w for t, w in cfg.positive.items()}
     negative = {normalize(t): w for t, w in cfg.negative.items()}
@@ -64,19 +58,11 @@ def _contains(text: str, term: str) -> bool:
 
 # ---- quality -------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class QualityConfig:
-    min_chars: int = 10
-    max_chars: int = 20000
-    max_garbage_ratio: float = 0.1
-    max_repetition: float = 0.3
-
-
 _MOJIBAKE = re.compile(r"[\ufffd]|锟斤拷|烫烫烫|Ã.|â€|Â")
 _ALLOWED = re.compile(r"[\w\s\u3000-\u303f\uff00-\uffef.,;:!?()\[\]{}'\"%/+\-*=<>≥≤~·–—…“”‘’#@&^|\\]")
 
 
-def quality(records: Iterable[Record], cfg: QualityConfig) -> Result:
+def quality(records: Iterable[Record], cfg: QualitySection) -> Result:
     kept, rejects = [], []
     for record in records:
         reason = _quality_problem(record.content(), cfg)
@@ -87,7 +73,7 @@ def quality(records: Iterable[Record], cfg: QualityConfig) -> Result:
     return kept, rejects
 
 
-def _quality_problem(text: str, cfg: QualityConfig) -> str | None:
+def _quality_problem(text: str, cfg: QualitySection) -> str | None:
     n = len(text)
     if n < cfg.min_chars:
         return f"too short: {n} characters < {cfg.min_chars}"
@@ -120,16 +106,8 @@ def exact_dedup(records: Iterable[Record]) -> Result:
     return kept, rejects
 
 
-@dataclasses.dataclass(frozen=True)
-class NearDedupConfig:
-    threshold: float = 0.8
-    shingle: int = 5
-    num_perm: int = 128
-    bands: int = 32
-    seed: int = 0
-
-
 _PRIME = (1 << 31) - 1  # Mersenne prime: a * x stays below 2**63 for 32-bit x, so uint64 never overflows
+_MINHASH_SEED = 0  # fixed: the same records give the same signatures in every run
 
 
 def minhash(text: str, shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,8 +119,8 @@ def minhash(text: str, shingle: int, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return ((a[:, None] * hashes[None, :] + b[:, None]) % _PRIME).min(axis=1)
 
 
-def near_dedup(records: Iterable[Record], cfg: NearDedupConfig) -> Result:
-    rng = np.random.default_rng(cfg.seed)
+def near_dedup(records: Iterable[Record], cfg: DedupSection) -> Result:
+    rng = np.random.default_rng(_MINHASH_SEED)
     a = rng.integers(1, _PRIME, cfg.num_perm, dtype=np.uint64)
     b = rng.integers(0, _PRIME, cfg.num_perm, dtype=np.uint64)
     rows = cfg.num_perm // cfg.bands
@@ -160,7 +138,7 @@ def near_dedup(records: Iterable[Record], cfg: NearDedupConfig) -> Result:
             similarity = float(np.mean(signatures[index] == signature))
             if similarity > best_sim:
                 best, best_sim = index, similarity
-        if best is not None and best_sim >= cfg.threshold:
+        if best is not None and best_sim >= cfg.near_threshold:
             rejects.append(_reject("near_dedup", record, f"near duplicate of {kept_ids[best]} (Jaccard ~{best_sim:.2f})"))
             continue
         index = len(signatures)
@@ -180,13 +158,7 @@ class BenchmarkItem:
     text: str
 
 
-@dataclasses.dataclass(frozen=True)
-class DecontaminationConfig:
-    n: int = 8
-    threshold: float = 0.5  # fraction of a benchmark item's n-grams found in the record
-
-
-def decontaminate(records: Iterable[Record], items: list[BenchmarkItem], cfg: DecontaminationConfig) -> Result:
+def decontaminate(records: Iterable[Record], items: list[BenchmarkItem], cfg: DecontaminationSection) -> Result:
     index: dict[tuple[str, ...], list[int]] = defaultdict(list)
     sizes = []
     for i, item in enumerate(items):

@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 from diabetica_jax.data.curate import filters
-from diabetica_jax.data.curate.augment import AugmentSettings, augment
+from diabetica_jax.data.curate.augment import augment
 from diabetica_jax.data.curate.benchmarks import load_benchmark_items
-from diabetica_jax.data.curate.collect import InputSpec, collect
-from diabetica_jax.data.curate.config import CurateConfig
-from diabetica_jax.data.curate.refine import RefineSettings, refine
+from diabetica_jax.data.curate.collect import collect
+from diabetica_jax.data.curate.config import CurateConfig, InputSection
+from diabetica_jax.data.curate.refine import refine
 from diabetica_jax.data.records import Record, Reject
 from diabetica_jax.llm import make_backend
 
@@ -46,10 +46,10 @@ def _stage(name: str, entered: list, kept: list[Record], rejects: list[Reject]) 
                     dict(Counter(r.language for r in kept)))
 
 
-def demo_inputs() -> list[InputSpec]:
+def demo_inputs() -> list[InputSection]:
     from diabetica_jax.demo import CORPUS_DIR, DEMO_FILES
 
-    return [InputSpec(str(CORPUS_DIR / name)) for name in DEMO_FILES]
+    return [InputSection(str(CORPUS_DIR / name)) for name in DEMO_FILES]
 
 
 def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
@@ -59,12 +59,11 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     stages: list[StageLog] = []
     all_rejects: list[Reject] = []
 
-    specs = [InputSpec(i.path, i.format, i.kind, i.source, dict(i.fields)) for i in cfg.inputs]
-    specs += demo_inputs() if cfg.demo else []
+    inputs = list(cfg.inputs) + (demo_inputs() if cfg.demo else [])
     records: list[Record] = []
     collect_rejects: list[Reject] = []
-    for spec in specs:
-        for item in collect(spec):
+    for entry in inputs:
+        for item in collect(entry):
             (records if isinstance(item, Record) else collect_rejects).append(item)
     collected = len(records) + len(collect_rejects)
     stages.append(_stage("collect", [None] * collected, records, collect_rejects))
@@ -77,28 +76,24 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
         stages.append(_stage(name, entered, records, rejects))
         all_rejects.extend(rejects)
 
-    run("relevance", filters.relevance, filters.RelevanceConfig(
-        dict(cfg.relevance.positive), dict(cfg.relevance.negative), cfg.relevance.min_score))
-    run("quality", filters.quality, filters.QualityConfig(**dataclasses.asdict(cfg.quality)))
+    run("relevance", filters.relevance, cfg.relevance)
+    run("quality", filters.quality, cfg.quality)
     run("exact_dedup", filters.exact_dedup)
-    run("near_dedup", filters.near_dedup, filters.NearDedupConfig(
-        cfg.dedup.near_threshold, cfg.dedup.shingle, cfg.dedup.num_perm, cfg.dedup.bands))
+    run("near_dedup", filters.near_dedup, cfg.dedup)
     benchmark_items = _benchmark_items(cfg)
-    decontamination = filters.DecontaminationConfig(cfg.decontamination.n, cfg.decontamination.threshold)
-    run("decontaminate", filters.decontaminate, benchmark_items, decontamination)
+    run("decontaminate", filters.decontaminate, benchmark_items, cfg.decontamination)
 
     generated: list[Record] = []
     augment_stats = {"enabled": cfg.augment.backend != "none"}
     if cfg.augment.backend != "none":
         teacher = make_backend(cfg.augment, out / "cache" / "augment")
         entered = records
-        result = augment(records, teacher, AugmentSettings(cfg.augment.qa_per_passage, cfg.augment.min_grounding,
-                                                           cfg.augment.concurrency))
+        result = augment(records, teacher, cfg.augment)
         records = result.kept
         stages.append(_stage("augment", entered, records, result.rejects))
         all_rejects += result.rejects + result.generated_rejects
         # teacher output can echo benchmark text too: it passes decontamination before joining
-        clean, leaked = filters.decontaminate(result.generated, benchmark_items, decontamination)
+        clean, leaked = filters.decontaminate(result.generated, benchmark_items, cfg.decontamination)
         all_rejects += leaked
         generated = clean
         augment_stats.update(teacher=teacher.name, calls=teacher.calls, cache_hits=teacher.cache_hits,
@@ -111,7 +106,7 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     refine_stats: dict = {"enabled": cfg.refine.backend != "none"}
     if cfg.refine.backend != "none":
         model = make_backend(cfg.refine, out / "cache" / "refine")
-        records, counts = refine(records, model, RefineSettings(cfg.refine.min_recall, cfg.refine.concurrency))
+        records, counts = refine(records, model, cfg.refine)
         refine_stats.update(model=model.name, **dict(counts))
 
     total_in = collected + augment_stats.get("generated", 0)

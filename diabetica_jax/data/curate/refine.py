@@ -13,9 +13,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from diabetica_jax.data.curate.answers import recall
+from diabetica_jax.data.curate.config import RefineSection
 from diabetica_jax.data.mcq import picked_option
-from diabetica_jax.llm import CachedChat, LLMError
 from diabetica_jax.data.records import Record
+from diabetica_jax.llm import CachedChat, LLMError
 
 REWRITE_PROMPT = (
     "Rewrite the reference answer below in your own words. Keep every fact, number, option letter and "
@@ -24,14 +25,7 @@ REWRITE_PROMPT = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class RefineSettings:
-    min_recall: float = 0.6
-    concurrency: int = 4
-    max_tokens: int = 768
-
-
-def refine(records: list[Record], model: CachedChat, settings: RefineSettings) -> tuple[list[Record], Counter]:
+def refine(records: list[Record], model: CachedChat, cfg: RefineSection) -> tuple[list[Record], Counter]:
     """All records back (none is dropped), and counts: rewritten / kept_original:<reason>."""
 
     def work(record: Record) -> tuple[Record, str]:
@@ -42,13 +36,13 @@ def refine(records: list[Record], model: CachedChat, settings: RefineSettings) -
         question = "\n".join(m["content"] for m in record.messages[:last] if m["role"] == "user")
         try:
             rewrite = model.chat([{"role": "user", "content": REWRITE_PROMPT.format(question=question, answer=reference)}],
-                                 max_tokens=settings.max_tokens).strip()
+                                 max_tokens=cfg.max_tokens).strip()
         except LLMError:
             return record, "kept_original:model failed"
         if record.kind == "mcq":
             if picked_option(rewrite) != record.answer:
                 return record, "kept_original:changed or lost the option"
-        elif recall(reference, rewrite) < settings.min_recall:
+        elif recall(reference, rewrite) < cfg.min_recall:
             return record, "kept_original:lost key content"
         messages = [dict(m) for m in record.messages]
         messages[last]["content"] = rewrite
@@ -56,7 +50,7 @@ def refine(records: list[Record], model: CachedChat, settings: RefineSettings) -
 
     counts: Counter = Counter()
     out = []
-    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         for record, outcome in pool.map(work, records):
             counts[outcome] += 1
             out.append(record)

@@ -1,19 +1,42 @@
-"""Write curation outputs: ArrayRecord shards, rejects.jsonl, samples, and the data card (JSON, Markdown, PNG)."""
+"""Write curation outputs: ArrayRecord shards, rejects.jsonl, samples, the data card (JSON, Markdown, PNG),
+and the kept records as a Hugging Face `datasets` dataset.
+
+The dataset (`OUT/hf_dataset/`, open it with `datasets.load_from_disk`) holds the same records as the
+shards, in the same order, one row per record. Arrow wants one type per column, and `options`, `meta`
+and `provenance` are free-form dicts, so the schema is:
+
+    id, source, kind, language   string
+    messages                     list of {role: string, content: string}; null for passages
+    text                         string; null unless kind is passage
+    answer                       string; the keyed MCQ letter, else null
+    options                      string: the option dict as JSON (null unless kind is mcq)
+    meta, provenance             string: the dict as JSON
+
+`record_from_row` turns a row back into the `Record`. `datasets` is an optional extra: without it the
+dataset is skipped and the data card says so (`"hf_dataset": "not written: pip install datasets"`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.data.records import Record, Reject, dumps
 
+log = logging.getLogger(__name__)
+
 SHARD_PATTERN = "curated-{index:05d}-of-{count:05d}.array_record"
+HF_DATASET_DIR = "hf_dataset"
+JSON_COLUMNS = ("options", "meta", "provenance")
 
 
 def shard_paths(directory: str | Path) -> list[Path]:
@@ -43,10 +66,55 @@ def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
     return paths
 
 
+def write_hf_dataset(out: Path, records: list[Record], progress: bool = True) -> str:
+    """Save `records` under out/hf_dataset; returns what the data card says about it."""
+    target = out / HF_DATASET_DIR
+    if target.exists():  # a stale copy from an earlier run must not sit beside the new shards
+        shutil.rmtree(target)
+    try:
+        import datasets
+    except ImportError:
+        log.warning("curated set not written as a datasets dataset: pip install datasets")
+        return "not written: pip install datasets"
+
+    string = datasets.Value("string")
+    features = datasets.Features({
+        "id": string, "source": string, "kind": string, "language": string,
+        "messages": [{"role": string, "content": string}],
+        "text": string, "answer": string, "options": string, "meta": string, "provenance": string,
+    })
+    rows = [dataclasses.asdict(r) for r in records]
+    for row in rows:
+        for name in JSON_COLUMNS:
+            row[name] = None if row[name] is None else dumps(row[name])
+    # column-wise, so an empty curated set still gets every column
+    dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+    quiet = not progress and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        # an empty set left to its default writes zero shards, which load_from_disk cannot read back
+        dataset.save_to_disk(str(target), num_shards=None if records else 1)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+    return HF_DATASET_DIR
+
+
+def record_from_row(row: dict[str, Any]) -> Record:
+    """The `Record` a row of the curated `datasets` dataset holds (the inverse of write_hf_dataset)."""
+    data = dict(row)
+    for name in JSON_COLUMNS:
+        data[name] = None if data[name] is None else json.loads(data[name])
+    if data["messages"] is not None:
+        data["messages"] = [dict(m) for m in data["messages"]]
+    return Record(**data)
+
+
 def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], stages, collected: int,
                   augment_stats: dict, refine_stats: dict, progress: bool = True) -> dict:
-    from diabetica_jax.hf.tokenizer import load_tokenizer
     from diabetica_jax.data.chat import encode_record
+    from diabetica_jax.hf.tokenizer import load_tokenizer
 
     shards = write_shards(out, records, cfg.output.shards)
     with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
@@ -74,6 +142,7 @@ def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], 
                    "p50": float(np.percentile(lengths, 50)) if lengths else 0.0,
                    "p95": float(np.percentile(lengths, 95)) if lengths else 0.0, "max": int(max(lengths, default=0))},
         "shards": [str(p.relative_to(out)) for p in shards],
+        "hf_dataset": write_hf_dataset(out, records, progress),
         "config": to_dict(cfg),
     }
     if card["kept"] + card["rejected"] != card["collected"] + card["generated"]:
@@ -102,6 +171,11 @@ def _markdown(card: dict) -> str:
     t = card["tokens"]
     lines += ["", f"Tokens: {t['total']} in total; per record mean {t['mean']:.0f}, median {t['p50']:.0f}, "
               f"95th percentile {t['p95']:.0f}, max {t['max']}.", ""]
+    if card["hf_dataset"] == HF_DATASET_DIR:
+        lines += [f"The kept records are also a `datasets` dataset: `datasets.load_from_disk(\"{HF_DATASET_DIR}\")` "
+                  "(options, meta and provenance are JSON strings).", ""]
+    else:
+        lines += [f"`datasets` dataset: {card['hf_dataset']}.", ""]
     if card["augment"].get("enabled"):
         a = card["augment"]
         lines.append(f"Augmentation ({a['teacher']}): {a['explained_mcqs']} MCQs explained, {a['generated_kept']} of "

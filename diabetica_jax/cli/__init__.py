@@ -1,0 +1,110 @@
+"""`diabetica-jax`: one command per stage. This module only parses arguments; `commands` does the work."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from diabetica_jax.cli import commands
+from diabetica_jax.model.config import ATTENTION_BACKENDS, COMPUTE_DTYPES, DEFAULT_RUNTIME
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors)")
+    p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
+    p.add_argument("--seed", type=int, default=0, help="random init seed for --preset, and the sampling seed")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--dtype", default=DEFAULT_RUNTIME["dtype"], choices=COMPUTE_DTYPES, help="compute dtype")
+    p.add_argument("--attention", default=DEFAULT_RUNTIME["attention"], choices=ATTENTION_BACKENDS)
+    p.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
+
+
+def _config_args(p: argparse.ArgumentParser, what: str, example: str, optional: bool = False) -> None:
+    p.add_argument("config", nargs="?" if optional else None, help=what)
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diabetica-jax", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate text from a checkpoint or the embedded default model")
+    _model_flags(p)
+    p.add_argument("--prompt", action="append", help="prompt text (repeatable); a diabetes question by default")
+    p.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat with streamed tokens")
+    _model_flags(p)
+    p.add_argument("--system", help="system prompt")
+    p.set_defaults(max_new_tokens=512)
+
+    p = sub.add_parser("train", help="fine-tune (full or LoRA) from a training config (configs/train/)")
+    _config_args(p, "training config, e.g. configs/train/tiny.yaml", "loop.steps=100 mesh.tensor=2")
+    p.add_argument("--run-dir", required=True, help="metrics, TensorBoard and checkpoints go here; rerun to resume")
+    p.add_argument("--stop-after", type=int, help="run at most this many steps now (the schedule still spans loop.steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = p.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+
+    p = sub.add_parser("plan", help="compile the train step for a mesh on emulated devices and print per-device memory")
+    _config_args(p, "a training config (configs/train/) or a recipe (configs/recipes/: its train section)",
+                 "train.mesh.fsdp=16")
+    p.add_argument("--kind", choices=commands.CONFIG_KINDS, help="what the config is (default: from its folder)")
+    p.add_argument("--devices", type=int, help="emulated devices (default: the mesh's size when fully given)")
+
+    p = sub.add_parser("curate", help="collect, filter, augment and refine training data; write shards and a data card")
+    _config_args(p, "curation config (default: the embedded demo corpus)", "augment.backend=openai", optional=True)
+    p.add_argument("--input", action="append", help="input file (repeatable): curate these with the default stages")
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = sub.add_parser("eval", help="run the Diabetica benchmarks (MCQ, fill-in-the-blank, judged dialogue)")
+    _config_args(p, "suite config, e.g. eval/demo.yaml or eval/diabetica.yaml", "mode=faithful", optional=True)
+    p.add_argument("--model", help="Hugging Face checkpoint directory (default: the tiny random preset)")
+    p.add_argument("--task", choices=["mcq", "cloze", "dialog"], help="one task on one --data file, no suite")
+    p.add_argument("--data", help="benchmark file for --task")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")
+
+    p = sub.add_parser("run", help="the whole pipeline: curate, train, eval, export (finished stages are skipped)")
+    _config_args(p, "recipe, e.g. configs/recipes/demo.yaml", "train.loop.steps=20")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, help="weights dtype (default: the source checkpoint's)")
+    p.add_argument("--max-shard-size", default="5GB")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides (key=value) may come before or after the options; argparse alone wants them first.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per teacher/judge request under -v
+    try:
+        return getattr(commands, args.command)(args)
+    except commands.USER_ERRORS as e:  # bad input: one line naming the file and field, no traceback
+        print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""One function per `diabetica-jax` command: load the config, call the stage, print what it did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+from diabetica_jax import hf
+from diabetica_jax.configuration import ConfigFileError, load_config
+from diabetica_jax.data.curate.config import load_curate_config
+from diabetica_jax.data.curate.pipeline import curate as run_curation
+from diabetica_jax.evaluation.config import EvalConfig
+from diabetica_jax.evaluation.data import EvalDataError
+from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
+from diabetica_jax.generate import SamplingParams
+from diabetica_jax.generate.chat import chat_prompt, engine_for, repl
+from diabetica_jax.model import ConfigError, QwenConfig, create_model
+from diabetica_jax.parallel import make_mesh
+from diabetica_jax.parallel.distributed import initialize
+from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
+from diabetica_jax.pipeline.config import load_run_config
+from diabetica_jax.pipeline.run import run as run_pipeline
+from diabetica_jax.train.checkpoint import CheckpointError
+from diabetica_jax.train.config import TrainConfig, check_against_devices
+from diabetica_jax.train.loop import train as run_training
+from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
+from diabetica_jax.train.run_dir import trained_model
+
+# Errors that mean "your input is wrong": reported in one line, exit code 2.
+USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError)
+DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
+# A config's kind is the folder it lives in: configs/recipes/ (the whole pipeline) or configs/train/.
+CONFIG_KINDS = ("recipe", "train")
+_KIND_OF_FOLDER = {"recipes": "recipe", "train": "train"}
+
+
+def _parse_mesh(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    sizes = {}
+    for part in text.split(","):
+        axis, _, size = part.partition("=")
+        try:
+            sizes[axis.strip()] = int(size)
+        except ValueError:
+            raise ConfigFileError(f"--mesh: expected AXIS=SIZE[,AXIS=SIZE], got {text!r}") from None
+    return sizes
+
+
+def _model_and_tokenizer(args):
+    """A checkpoint directory (--model) or a preset with random weights (--preset, default tiny)."""
+    mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
+    runtime = {"dtype": args.dtype, "attention": args.attention}
+    if args.model:
+        model, cfg = hf.load(args.model, mesh=mesh, allow_pickle=args.allow_pickle, **runtime)
+        return model, cfg, hf.load_tokenizer(args.model), mesh
+    cfg = QwenConfig.preset(args.preset, **runtime)
+    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, hf.load_tokenizer(None), mesh
+
+
+def _sampling(args) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def generate(args) -> int:
+    model, cfg, tokenizer, mesh = _model_and_tokenizer(args)
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    if args.raw:
+        ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    else:
+        ids = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    outputs = engine_for(model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
+    source = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
+    print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new tokens max")
+    for prompt, out in zip(prompts, outputs):
+        print(f"\n>>> {prompt}\n{tokenizer.decode(out, skip_special_tokens=True)}")
+    return 0
+
+
+def chat(args) -> int:
+    model, _, tokenizer, mesh = _model_and_tokenizer(args)
+    repl(engine_for(model, tokenizer, mesh), tokenizer, _sampling(args), args.max_new_tokens, args.system)
+    return 0
+
+
+def train(args) -> int:
+    cfg = load_config(TrainConfig, args.config, args.overrides)  # config errors before any device work
+    initialize(args.coordinator, args.num_processes, args.process_id)
+    check_against_devices(cfg, jax.device_count(), jax.process_count(), source=args.config)
+    result = run_training(cfg, args.run_dir, progress=not args.no_progress, stop_after=args.stop_after)
+    if jax.process_index() == 0:
+        last = result.history[-1] if result.history else {}
+        status = "preempted (SIGTERM), checkpoint saved" if result.preempted else "done"
+        print(f"{status}: step {result.final_step}/{cfg.loop.steps}, loss {last.get('loss', float('nan')):.4f}, "
+              f"run dir {result.run_dir}")
+    return 0
+
+
+def _config_kind(path: str, given: str | None) -> str:
+    if given:
+        return given
+    kind = _KIND_OF_FOLDER.get(Path(path).resolve().parent.name)
+    if kind is None:
+        raise ConfigFileError(f"{path}: cannot tell a recipe from a training config outside configs/recipes/ or "
+                              f"configs/train/; pass --kind recipe or --kind train")
+    return kind
+
+
+def plan(args) -> int:
+    kind = _config_kind(args.config, args.kind)
+    if kind == "recipe":
+        cfg = load_run_config(args.config, args.overrides).train
+    else:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    count = args.devices or devices_needed(cfg.mesh.sizes())
+    if count is None:
+        raise ConfigFileError(f"{args.config}: give --devices N, or mesh sizes without -1")
+    emulate_cpu_devices(count)  # before the first JAX computation starts the CPU backend
+    from diabetica_jax.train.plan import format_plan
+    from diabetica_jax.train.plan import plan as plan_memory
+
+    print(format_plan(plan_memory(cfg)))
+    return 0
+
+
+def export(args) -> int:
+    model, cfg, step = trained_model(args.run_dir, args.step)
+    # the run's own tokenizer: the one of the checkpoint it was trained from (embedded Qwen2 for presets)
+    tokenizer = hf.load_tokenizer(load_train_run_config(args.run_dir).model.hf_path)
+    out = hf.save(model, cfg, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype, tokenizer=tokenizer)
+    merged = " (LoRA adapters merged)" if cfg.lora_rank else ""
+    print(f"exported step {step} of {args.run_dir} to {out}{merged}")
+    return 0
+
+
+def _config_and_overrides(args) -> tuple[str | None, list[str]]:
+    """`curate key=value --out DIR` (no config file): the first override lands in the config slot."""
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).is_file():
+        config, overrides = None, [config] + overrides
+    return config, overrides
+
+
+def curate(args) -> int:
+    config, overrides = _config_and_overrides(args)
+    card = run_curation(load_curate_config(config, overrides, args.input), args.out)
+    print(f"curated {card['collected']} collected (+{card['generated']} generated): kept {card['kept']}, "
+          f"rejected {card['rejected']} -> {args.out}/shards, rejects.jsonl, data_card.md")
+    for stage in card["stages"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in list(stage["reasons"].items())[:3])
+        print(f"  {stage['name']:14s} {stage['entered']:6d} in {stage['kept']:6d} kept {stage['rejected']:5d} rejected"
+              + (f"  ({reasons})" if reasons else ""))
+    return 0
+
+
+def eval(args) -> int:  # noqa: A001 (the command's name)
+    config, overrides = _config_and_overrides(args)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.task or args.data:
+        if not (args.task and args.data):
+            raise ConfigFileError("eval: --task and --data go together")
+        overrides.append(f"tasks=[{{task: {args.task}, files: [{json.dumps(str(Path(args.data).absolute()))}]}}]")
+    result = evaluate(load_config(EvalConfig, config, overrides), args.out)
+    runs = [result] + [json.loads((Path(d) / "report.json").read_text()) for d in args.compare or []]
+    if len(runs) > 1:
+        (Path(args.out) / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
+        compare_plot(runs, Path(args.out) / "comparison.png")
+    print(summary_markdown(runs))
+    print(f"reports in {args.out}: report.json, report_<task>.json, summary.md, comparison.png")
+    return 0
+
+
+def run(args) -> int:
+    result = run_pipeline(load_run_config(args.config, args.overrides), args.run_dir, progress=not args.no_progress)
+    for stage, status in result["stages"].items():
+        seconds = result["seconds"].get(stage)
+        print(f"  {stage:8s} {status}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+    print(f"summary: {Path(result['run_dir']) / 'summary.md'}")
+    return 0

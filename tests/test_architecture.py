@@ -1,0 +1,125 @@
+"""The package's dependency direction: curate -> data -> train -> evaluate -> export flows one way.
+
+Every import counts, also those inside functions (they hide dependencies but not from this walk).
+Packages sit in layers; a module may import its own package and lower layers only, and modules
+never import each other in a circle.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "diabetica_jax"
+
+# Lowest first. Packages in one layer are siblings: neither may import the other.
+LAYERS = [
+    {"configuration", "demo"},  # config plumbing; embedded demo corpus and benchmark files
+    {"parallel"},  # meshes and sharding rules
+    {"model"},  # the Flax model family
+    {"hf"},  # Hugging Face checkpoints and tokenizers <-> the model
+    {"generate"},  # KV-cache engine
+    {"llm"},  # chat backends (OpenAI-compatible, local engine) behind a cache
+    {"data"},  # records, tables, curation, loss masks, the Grain loader
+    {"train", "evaluation"},  # training; benchmarks
+    {"pipeline"},  # the whole chain
+    {"cli"},  # the command line
+]
+LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every diabetica_jax name this file (module `module`) imports, at any depth of the code:
+    `from a.b import c` gives both a.b and a.b.c (c may be a module)."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("diabetica_jax")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                parts = package.split(".")
+                target = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("diabetica_jax"):
+                found |= {target} | {f"{target}.{a.name}" for a in node.names}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p, _module_name(p)) for p in PACKAGE.rglob("*.py")}
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_package_is_placed_in_a_layer():
+    packages = {_top(m) for m in _graph()} - {"__init__"}
+    assert packages <= set(LAYER_OF), f"place these in LAYERS: {sorted(packages - set(LAYER_OF))}"
+
+
+def test_imports_only_go_down_the_layers():
+    upward = []
+    for module, imports in _graph().items():
+        here = _top(module)
+        for target in imports:
+            there = _top(target)
+            if there == here or there == "__init__" or here == "__init__":
+                continue
+            if LAYER_OF[there] >= LAYER_OF[here]:
+                upward.append(f"{module} imports {target}")
+    assert not upward, "imports against the flow:\n" + "\n".join(sorted(upward))
+
+
+def test_named_rules():
+    graph = _graph()
+    importers = lambda pkg: {m for m, imports in graph.items() for t in imports if _top(t) == pkg and _top(m) != pkg}
+    assert importers("cli") == set()
+    assert {_top(m) for m in importers("pipeline")} <= {"cli"}
+    model_imports = {_top(t) for m, imports in graph.items() if _top(m) == "model" for t in imports}
+    assert not model_imports & {"data", "train"}
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    modules = set(graph)
+
+    def resolve(target: str) -> str | None:
+        # `from diabetica_jax.x import name` names module x (or x.name when that is a module)
+        return target if target in modules else None
+
+    edges = {m: {t for t in (resolve(i) for i in imports) if t and t != m} for m, imports in graph.items()}
+    # a package's __init__ re-exporting its own modules is not a cycle of the code's logic
+    for m in edges:
+        edges[m] = {t for t in edges[m] if not (m.startswith(t + ".") and graph.get(t) is not None)}
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from diabetica_jax.train import loop\n    import diabetica_jax.cli\n"
+                      "    from ..evaluation import runner\n")
+    found = _imports(source, "diabetica_jax.data.probe")
+    assert {"diabetica_jax.train.loop", "diabetica_jax.cli", "diabetica_jax.evaluation.runner"} <= found

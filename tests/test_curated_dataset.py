@@ -1,0 +1,48 @@
+"""The curated set is also a `datasets` dataset that matches the ArrayRecord shards record for record."""
+
+import json
+import sys
+
+import pytest
+
+from diabetica_jax.configuration import load_config
+from diabetica_jax.data.curate.config import CurateConfig
+from diabetica_jax.data.curate.pipeline import curate
+from diabetica_jax.data.curate.write import record_from_row, shard_paths, write_hf_dataset
+from diabetica_jax.data.records import Record
+
+
+def _shard_records(out):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    records = []
+    for path in shard_paths(out):
+        reader = ArrayRecordReader(str(path))
+        records += [json.loads(raw) for raw in reader.read_all()]
+        reader.close()
+    return records
+
+
+def test_demo_curation_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "out"
+    card = curate(load_config(CurateConfig, None, ["demo=true"]), out, progress=False)
+    assert card["hf_dataset"] == "hf_dataset"
+
+    dataset = datasets.load_from_disk(str(out / "hf_dataset"))
+    shards = _shard_records(out)
+    assert len(dataset) == card["kept"] == len(shards)
+    mcq = next(i for i, r in enumerate(shards) if r["kind"] == "mcq")
+    assert dataset[mcq]["messages"] == shards[mcq]["messages"]
+    assert json.loads(dataset[mcq]["options"]) == shards[mcq]["options"]
+    # every row round-trips to the record the shards hold
+    assert [record_from_row(row).to_json() for row in dataset] == shards
+
+
+def test_without_datasets_the_card_says_so(tmp_path, monkeypatch):
+    (tmp_path / "hf_dataset").mkdir()  # left by an earlier run
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    record = Record("r1", "demo", "qa", "en", {"file": "x", "row": 0},
+                    messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    assert write_hf_dataset(tmp_path, [record]) == "not written: pip install datasets"
+    assert not (tmp_path / "hf_dataset").exists()
