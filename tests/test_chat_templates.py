@@ -1,4 +1,5 @@
-"""Loss masks under the published Qwen2.5-Instruct and Qwen3 chat templates (tests/templates/).
+"""Loss masks under the embedded ChatML template and the published Qwen2.5-Instruct and Qwen3 chat
+templates (tests/templates/).
 
 Qwen3 opens the last answer with an empty `<think>\n\n</think>\n\n` block: the mask must still
 cover exactly the assistant contents (and their <|im_end|>), and a record whose mask cannot be
@@ -33,11 +34,12 @@ CONVERSATIONS = {
 
 def _tokenizer(template: str):
     tokenizer = embedded_tokenizer()  # a fresh instance each call: setting the template is local
-    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    if template != "chatml":  # the embedded tokenizer's own template
+        tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
     return tokenizer
 
 
-@pytest.fixture(scope="module", params=["qwen2_5", "qwen3"])
+@pytest.fixture(scope="module", params=["chatml", "qwen2_5", "qwen3"])
 def tokenizer(request):
     return _tokenizer(request.param)
 
@@ -51,6 +53,10 @@ def test_mask_is_exactly_the_assistant_contents(tokenizer, name):
     assert ids.tolist() == list(reference)
     answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
     assert tokenizer.decode(ids[mask == 1]) == "".join(answers)
+    # nothing of the prompt side leaks in: the tokens before the first answer carry no loss
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = tokenizer.apply_chat_template(messages[:first], tokenize=False, add_generation_prompt=True)
+    assert mask[: len(tokenizer.encode(prompt))].sum() == 0
 
 
 def test_qwen3_think_block_gets_no_loss():

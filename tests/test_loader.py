@@ -1,4 +1,4 @@
-"""Chat-template loss masks, packing, and resumable Grain iteration."""
+"""Empty loss masks, packing, and resumable Grain iteration (template loss masks: test_chat_templates.py)."""
 
 import numpy as np
 import pytest
@@ -10,35 +10,10 @@ from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 from diabetica_jax.train.config import DataSection, TrainConfig
 
-CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "什么是糖尿病？"}, {"role": "assistant", "content": "一种以高血糖为特征的代谢病。"}],
-    "with system": [{"role": "system", "content": "You are a diabetes educator."},
-                    {"role": "user", "content": "What is HbA1c?"},
-                    {"role": "assistant", "content": "Average glucose over about three months."}],
-    "multi turn": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "低血糖怎么办？"}, {"role": "assistant", "content": "先吃15克糖，15分钟后复测。"}],
-}
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return embedded_tokenizer()
-
-
-@pytest.mark.parametrize("name", list(CONVERSATIONS))
-def test_loss_mask_covers_exactly_the_assistant_answers(tokenizer, name):
-    messages = CONVERSATIONS[name]
-    ids, mask = encode_messages(tokenizer, messages)
-    reference = tokenizer.apply_chat_template(messages, tokenize=True)
-    reference = reference["input_ids"] if hasattr(reference, "keys") else reference
-    assert ids.tolist() == list(reference)
-    answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
-    assert tokenizer.decode(ids[mask == 1]) == "".join(answers)
-    # nothing of the prompt side leaks in: the tokens before the first answer carry no loss
-    first_answer = tokenizer.apply_chat_template(messages[: next(i for i, m in enumerate(messages)
-                                                                    if m["role"] == "assistant")],
-                                                 tokenize=False, add_generation_prompt=True)
-    assert mask[: len(tokenizer.encode(first_answer))].sum() == 0
 
 
 def test_empty_mask_is_an_error_and_passages_train_on_everything(tokenizer):
