@@ -11,6 +11,8 @@ time of one generate call after a warm-up call (prefill included), and the per-t
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
 import jax
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also append results as JSON lines to this file")
     args = parser.parse_args()
 
     from diabetica_jax.generate import Engine, SamplingParams
@@ -47,6 +50,15 @@ def main() -> None:
         best = min(times)
         print(f"  batch {batch:3d}: {batch * args.new / best:10,.1f} new tokens/s  "
               f"({best / args.new * 1e3:.2f} ms per decode step, best of {args.repeats})")
+        if args.json:
+            import flax
+
+            record = {"preset": args.preset, "device": jax.devices()[0].device_kind, "dtype": args.dtype,
+                      "batch": batch, "prompt": args.prompt, "new": args.new, "seconds": best,
+                      "new_tokens_per_s": batch * args.new / best, "jax": jax.__version__, "flax": flax.__version__,
+                      "command": " ".join(sys.argv)}
+            with open(args.json, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
     python bench/train_throughput.py --presets tiny --seq 128 --batch 8 --steps 3   # CPU smoke run
 
 The step is the one `diabetica-jax train` runs (chunked loss, accumulation scan, AdamW, donated
-state); data loading and checkpointing are left out. MFU counts model FLOPs only (see
+state); data loading and checkpointing are left out. `--rows packed` (default) feeds rows the way
+`train` does: two documents per row with segment ids and per-document positions, loss on part of
+each; `--rows plain` feeds one causal document per row, to see what packing costs. MFU counts model FLOPs only (see
 diabetica_jax/train/flops.py): 6 N + 12 L T H D per token for full fine-tuning, against
 --peak-tflops per device (default: the vendor's dense bf16 figure for the device kind).
 """
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
+import flax
 import jax
+import numpy as np
 
 
 def bench_one(preset: str, args) -> dict:
@@ -47,7 +52,11 @@ def bench_one(preset: str, args) -> dict:
                                batch_sharding=sharding)
         source = SyntheticSource(cfg.data.seq_len, cfg.data.global_batch, cfg.data.grad_accum, vocab=64)
         shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
-        batch = to_global(source.batch(0), sharding, shape)
+        rows = source.batch(0)
+        if args.rows == "plain":  # one document per row: segment 1 throughout, positions 0..seq-1
+            rows = rows._replace(segment_ids=np.ones_like(rows.segment_ids),
+                                 positions=np.broadcast_to(np.arange(args.seq, dtype=np.int32), rows.positions.shape).copy())
+        batch = to_global(rows, sharding, shape)
         t0 = time.perf_counter()
         state, metrics = step(state, setup.frozen, batch)
         jax.block_until_ready(metrics)
@@ -65,7 +74,8 @@ def bench_one(preset: str, args) -> dict:
     peak = peak_flops_per_device(args.peak_tflops)
     stats = jax.devices()[0].memory_stats() or {}
     return {
-        "preset": preset, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "preset": preset, "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "rows": args.rows,
+        "jax": jax.__version__, "flax": flax.__version__, "command": " ".join(sys.argv),
         "batch": args.batch, "seq": args.seq, "accum": args.accum, "dtype": args.dtype, "remat": args.remat,
         "attention": args.attention, "loss_chunk": args.loss_chunk, "lora_rank": args.lora_rank,
         "step_s": seconds, "tokens_per_s": tokens / seconds,
@@ -88,6 +98,8 @@ def main() -> None:
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--loss-chunk", type=int, default=512)
     parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--rows", choices=["packed", "plain"], default="packed",
+                        help="packed: two documents per row with segment ids (as `train` feeds); plain: one per row")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per device for MFU")
@@ -96,7 +108,8 @@ def main() -> None:
     for preset in args.presets:
         result = bench_one(preset, args)
         mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
-        print(f"{preset:12s} {result['device']} x{result['devices']}  batch {args.batch}x{args.seq} "
+        print(f"{preset:12s} {result['device']} x{result['devices']}  {args.rows} batch {args.batch}x{args.seq} "
+              f"lora {args.lora_rank} "
               f"{args.dtype} remat={args.remat}: {result['tokens_per_s']:,.0f} tokens/s, "
               f"{result['model_tflops_per_s']:.1f} model TFLOP/s, MFU {mfu}, step {result['step_s'] * 1e3:.1f} ms, "
               f"peak mem {result['peak_memory_gib']:.1f} GiB, compile {result['compile_s']:.0f} s")

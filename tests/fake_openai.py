@@ -14,7 +14,8 @@ class FakeOpenAI:
     - a str: the assistant's reply (HTTP 200);
     - an int: that HTTP error status, with an OpenAI-style JSON error body;
     - {"status": int, "headers": {...}, "body": obj}: an error with these headers and JSON body;
-    - ("sleep", seconds, answer): any of the above, after a delay (to make the client time out).
+    - ("sleep", seconds, answer): any of the above, after a delay (to make the client time out);
+    - {"choice": {...}}: HTTP 200 with this whole `choices[0]` object (message, logprobs, ...).
 
     It speaks HTTP/1.1 keep-alive, and records for each request its JSON body (`requests`), its
     Authorization header (`auth_headers`), its arrival time (`times`, time.monotonic) and the client's
@@ -49,7 +50,9 @@ class FakeOpenAI:
                     answer = answer[2]
                 if isinstance(answer, int):
                     answer = {"status": answer, "body": {"error": {"message": f"fake error {answer}"}}}
-                if isinstance(answer, dict):
+                if isinstance(answer, dict) and "choice" in answer:
+                    self._send(200, {"choices": [answer["choice"]]}, {})
+                elif isinstance(answer, dict):
                     self._send(answer["status"], answer.get("body", {}), answer.get("headers", {}))
                 else:
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]}, {})

@@ -1,4 +1,4 @@
-"""Tiny random Qwen checkpoints made with transformers (PyTorch), for parity tests."""
+"""Tiny random Qwen / Llama / Mistral checkpoints made with transformers (PyTorch), for parity tests."""
 
 from __future__ import annotations
 
@@ -22,22 +22,44 @@ VARIANTS = {
     "qwen2_tied": dict(family="qwen2", tie_word_embeddings=True),
     "qwen2_untied": dict(family="qwen2", tie_word_embeddings=False),
     "qwen3": dict(family="qwen3", tie_word_embeddings=False, head_dim=32),
+    # Llama 3.1 RoPE: original_max_position_embeddings 64 puts most of the tiny head's frequencies
+    # in the divided (factor 8) or interpolated band, so the remapping shows in every logit.
+    "llama3": dict(family="llama", tie_word_embeddings=False, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)),
+    "llama_tied_linear": dict(family="llama", tie_word_embeddings=True, attention_bias=True,
+                              rope_scaling=dict(rope_type="linear", factor=2.0)),
+    "mistral": dict(family="mistral", tie_word_embeddings=False, sliding_window=None),
 }
 
 
 def make_hf_checkpoint(variant: str, path: Path, seed: int = 0, **overrides) -> Path:
     """Save a randomly initialised transformers model of `variant` to `path` as safetensors."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    classes = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }
 
     spec = dict(VARIANTS[variant])
     family = spec.pop("family")
     kwargs = {**TINY_SHAPES, **spec, **overrides}
     torch.manual_seed(seed)
-    if family == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**kwargs))
-    else:
-        model = Qwen3ForCausalLM(Qwen3Config(**kwargs))
+    config_class, model_class = classes[family]
+    model = model_class(config_class(**kwargs))
     # Random biases and norm weights, so a mapping mistake in them cannot hide behind zeros and ones.
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -79,9 +79,33 @@ def test_shape_disagreeing_with_config(ckpt):
 
 
 def test_unsupported_architecture(ckpt):
-    _edit_config(ckpt, architectures=["LlamaForCausalLM"])
+    _edit_config(ckpt, architectures=["GPT2LMHeadModel"])
     message = _error(ckpt)
-    assert str(ckpt / "config.json") in message and "LlamaForCausalLM" in message and "not supported" in message
+    assert str(ckpt / "config.json") in message and "GPT2LMHeadModel" in message and "not supported" in message
+    # and it says what is
+    assert all(a in message for a in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"))
+
+
+def test_weights_of_another_family_are_not_silently_dropped(ckpt):
+    """A Qwen2 checkpoint (q/k/v biases) relabelled as Llama without attention_bias: the biases are
+    unexpected weights, not ignored."""
+    _edit_config(ckpt, architectures=["LlamaForCausalLM"], model_type="llama")
+    assert "unexpected weight 'model.layers.0.self_attn.k_proj.bias'" in _error(ckpt)
+
+
+def test_unsupported_llama_features_are_refused(hf_checkpoints, tmp_path):
+    path = tmp_path / "llama"
+    shutil.copytree(hf_checkpoints["llama3"], path)
+    config = json.loads((path / "config.json").read_text())
+    _edit_config(path, rope_parameters={**config["rope_parameters"], "rope_type": "yarn"})
+    message = _error(path)
+    assert "rope_type='yarn'" in message and "['default', 'linear', 'llama3']" in message
+    _edit_config(path, rope_parameters=config["rope_parameters"], mlp_bias=True)
+    assert "mlp_bias=true" in _error(path)
+    mistral = tmp_path / "mistral"
+    shutil.copytree(hf_checkpoints["mistral"], mistral)
+    _edit_config(mistral, sliding_window=16)
+    assert "sliding_window=16 < max_position_embeddings=256" in _error(mistral)
 
 
 def test_truncated_safetensors(ckpt):
@@ -123,7 +147,7 @@ def test_pickle_checkpoint_refused_unless_allowed(hf_checkpoints, tmp_path, toke
 def test_cli_reports_the_error_without_a_traceback(ckpt, capsys):
     from diabetica_jax.cli import main
 
-    _edit_config(ckpt, architectures=["LlamaForCausalLM"])
+    _edit_config(ckpt, architectures=["GPT2LMHeadModel"])
     assert main(["generate", "--model", str(ckpt)]) == 2
     err = capsys.readouterr().err
-    assert "diabetica-jax generate: error:" in err and "LlamaForCausalLM" in err and "Traceback" not in err
+    assert "diabetica-jax generate: error:" in err and "GPT2LMHeadModel" in err and "Traceback" not in err

@@ -81,3 +81,25 @@ def test_an_underivable_mask_is_a_counted_reject():
 
     store = TokenStore([record(0, CONVERSATIONS["single turn"]), record(1, altered)], tokenizer, seq_len=256)
     assert store.stats.dropped_empty_mask == 1 and store.stats.examples == 1
+
+
+def test_a_tokenizer_without_a_chat_template_gets_plain_paragraphs():
+    from diabetica_jax.generate.chat import chat_prompt
+
+    tokenizer = embedded_tokenizer()
+    tokenizer.chat_template = None  # a base model's tokenizer (Llama 2, Meditron)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "什么是糖尿病？"}]
+    ids = chat_prompt(tokenizer, messages)
+    assert tokenizer.decode(ids) == "Be brief.\n\n什么是糖尿病？\n"
+
+
+def test_the_embedded_tokenizer_is_not_lent_to_another_family(tmp_path):
+    import json
+
+    from diabetica_jax.hf import HFCheckpointError, load_tokenizer
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(HFCheckpointError, match="does not fit model_type 'llama'"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert load_tokenizer(tmp_path).convert_tokens_to_ids("<|im_end|>") == 151645

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from conftest import DIABETICA
 from fake_openai import FakeOpenAI
@@ -146,3 +147,223 @@ def test_a_failing_plot_is_logged_not_raised(tmp_path, caplog):
     with caplog.at_level("ERROR"):
         assert compare_plot([run], tmp_path / "broken.png") is False
     assert "comparison plot" in caplog.text and not (tmp_path / "broken.png").exists()
+
+
+# ---- faithful mode: the paper's rules, computed by hand from protocol.json; the own rules beside them ----
+
+@pytest.mark.parametrize("reply, original, own", [
+    ("Reasons...\nScore: 7.5", 7.0, 7.5),  # original reads the first character after 'Score: '
+    ("Score: **10**", None, 10.0),  # s = '**10**': s[0] '*' is no digit -> dropped
+    ("Good on rules 1-3.\n[9]", None, 9.0),  # no 'Score: ' -> last character ']' -> dropped
+    ("Score: 8\nOn reflection, rule 2 is missed.\nScore: 3", 8.0, 3.0),  # original: FIRST; own: the final verdict
+    ("Fine.\nScore：8", 8.0, 8.0),  # NFKC: 'Score:8', no 'Score: ' -> the last character '8'
+    ("Fine.\nScore：9 points", None, 9.0),  # NFKC 'Score:9 points': no 'Score: ' -> last character 's' -> dropped
+    ("Score: ８", 8.0, 8.0),  # full-width digit, NFKC -> '8'
+    ("Score: １０", 10.0, 10.0),
+    ("Score:  9", None, 9.0),  # two spaces: s = ' 9', s[0] is a space -> dropped
+    ("Score: 12", 1.0, None),  # original '1'; own: out of range
+    ("Score: 10/10", 10.0, 10.0),
+    ("It covers every rule, 7", 7.0, None),  # original falls back to the last character
+    ("", None, None),
+])
+def test_original_and_own_score_rules(reply, original, own):
+    assert metrics.parse_score_original(reply) == original
+    assert metrics.parse_score(reply) == own
+
+
+def test_faithful_rouge_counts_whitespace_and_own_rouge_does_not():
+    # candidate 体,重,' ',减,轻 (5) vs reference 体,重,减,轻 (4): 4 shared unigrams -> P 4/5, R 1 -> F1 8/9
+    assert metrics.rouge_n("体重 减轻", "体重减轻", 1, keep_whitespace=True) == pytest.approx(8 / 9)
+    # bigrams 体重, 重' ', ' '减, 减轻 vs 体重, 重减, 减轻: 2 shared -> P 2/4, R 2/3 -> F1 4/7
+    assert metrics.rouge_n("体重 减轻", "体重减轻", 2, keep_whitespace=True) == pytest.approx(4 / 7)
+    assert metrics.rouge_l("体重 减轻", "体重减轻", keep_whitespace=True) == pytest.approx(8 / 9)  # LCS 4
+    assert metrics.rouge_l(" 高血糖", "高血糖", keep_whitespace=True) == pytest.approx(2 * 3 / 4 / (3 / 4 + 1))
+    for fn in (metrics.rouge_l, lambda c, r, **k: metrics.rouge_n(c, r, 1, **k)):
+        assert fn("体重 减轻", "体重减轻") == 1.0  # own: whitespace dropped
+    # empty output: 0.0 (the paper's rouge package raises there; we score it 0)
+    for keep in (True, False):
+        assert metrics.rouge_n("", "高血糖", 1, keep_whitespace=keep) == 0.0
+        assert metrics.rouge_n("高", "高", 2, keep_whitespace=keep) == 0.0  # no bigram on either side
+        assert metrics.rouge_l("", "", keep_whitespace=keep) == 0.0
+    assert metrics.bleu_word("", "insulin") == 0.0 and metrics.bleu_char("", "高") == 0.0
+
+
+def test_word_bleu_is_the_papers_and_char_bleu_is_named_as_such():
+    import math
+
+    # tokens ['insulin', 'resistance'] both sides (lower-cased): p1 = p2 = 1; p3, p4 have no matches and method 4
+    # gives them 1 / (2^k * 5 / ln(hyp_len=2)) / 1, k = 1, 2; brevity penalty 1
+    expected = (math.log(2) / 10 * math.log(2) / 20) ** 0.25
+    assert metrics.bleu_word("Insulin resistance", "insulin resistance") == pytest.approx(expected)
+    assert expected == pytest.approx(0.22139, abs=1e-5)
+    # an unspaced Chinese answer is one token: close to exact match
+    assert metrics.bleu_word("胰岛素抵抗", "胰岛素抵抗") == 1.0
+    assert metrics.bleu_word("胰岛素", "胰岛素抵抗") == 0.0
+    assert metrics.bleu_char("高血糖", "高血糖") == pytest.approx(0.5757, abs=1e-4)
+    assert metrics.word_tokens("Insulin resistance.") == ["insulin", "resistance", "."]
+
+
+class _FakeModel:
+    """The model-under-test interface, with canned replies."""
+
+    name = "fake"
+    decoding = None
+
+    def __init__(self, replies, logprobs=None):
+        self.replies, self.logprobs, self.calls = replies, logprobs, []
+
+    def generate(self, conversations, max_new_tokens, sampling):
+        self.calls.append((conversations, max_new_tokens, sampling))
+        return [self.replies[i % len(self.replies)] for i in range(len(conversations))]
+
+    def letter_logprobs(self, conversations, letters):
+        return self.logprobs
+
+
+class _FakeJudge:
+    name = "fake-judge"
+
+    def __init__(self, replies):
+        self.replies, self.calls = replies, []
+
+    def chat(self, messages, max_tokens, temperature):
+        self.calls.append((max_tokens, temperature))
+        for key, reply in self.replies.items():
+            if key in messages[-1]["content"]:
+                return reply
+        return "Score: 5"
+
+
+def test_dialog_scores_by_both_rules_and_per_category():
+    from diabetica_jax.evaluation.data import Item
+    from diabetica_jax.evaluation.prompts import OWN
+    from diabetica_jax.evaluation.tasks import run_dialog
+
+    items = [Item("1", "q-one", "rules", item_class="药物", item_type="Treatment"),
+             Item("2", "q-two", "rules", item_class="药物", item_type="Treatment"),
+             Item("3", "q-three", "rules", item_class="低血糖", item_type="Others")]
+    judge = _FakeJudge({"q-one": "Score: **10**", "q-two": "Score: 7.5", "q-three": "Score: 8\nScore: 3"})
+    results, summary = run_dialog(_FakeModel(["answer"]), items, OWN, judge)
+    assert [r["score_own"] for r in results] == [10.0, 7.5, 3.0]
+    assert [r["score_original"] for r in results] == [None, 7.0, 8.0]
+    assert summary["score_rule"] == "own" and summary["mean_score"] == pytest.approx((10 + 7.5 + 3) / 3)
+    assert summary["mean_score_original"] == pytest.approx(7.5) and summary["n_unparsed_original"] == 1
+    assert summary["by_class"]["药物"] == {"n_items": 2, "mean_score": pytest.approx(8.75), "n_scored": 2}
+    assert summary["by_type"]["Others"]["mean_score"] == 3.0
+    assert judge.calls == [(1024, 0.0)] * 3
+    assert "药物" in __import__("diabetica_jax.evaluation.runner", fromlist=["x"]).summary_markdown(
+        [{"model": "m", "mode": "own", "tasks": {"dialog": summary}, "published": {}}])
+
+
+@pytest.mark.shared
+def test_faithful_prompts_take_judge_settings_and_dialog_decoding_from_the_protocol():
+    from diabetica_jax.evaluation.data import Item
+    from diabetica_jax.evaluation.prompts import from_protocol
+    from diabetica_jax.evaluation.tasks import run_dialog, task_sampling
+
+    prompts = from_protocol(DIABETICA / "protocol.json")
+    assert (prompts.judge_max_tokens, prompts.judge_temperature, prompts.judge_model) == (
+        2048, 0.2, "gpt-4-0125-preview")
+    judge = _FakeJudge({"q": "Score: **10**"})
+    results, summary = run_dialog(_FakeModel(["a"]), [Item("1", " q ", "r")], prompts, judge)
+    assert judge.calls == [(2048, 0.2)] and summary["score_rule"] == "original"
+    assert results[0]["score"] is None and summary["n_unparsed"] == 1 and summary["mean_score_own"] == 10.0
+    assert results[0]["prompt"] == " q "  # verbatim
+    qwen7b = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    dialog = task_sampling(prompts, "dialog", True, qwen7b, 42)
+    assert (dialog.temperature, dialog.top_p, dialog.top_k, dialog.repetition_penalty, dialog.seed) == (
+        0.7, 0.8, 20, 1.1, 42)  # the protocol's explicit repetition_penalty over the checkpoint's
+    assert task_sampling(prompts, "mcq", True, qwen7b, 43).repetition_penalty == 1.05
+    assert task_sampling(prompts, "mcq", True, None, 42) is None  # an endpoint: its own defaults
+    assert task_sampling(prompts, "mcq", False, qwen7b, 42).greedy  # own mode: greedy whatever the checkpoint
+
+
+def test_mcq_without_letter_logprobs_reports_not_available():
+    from diabetica_jax.evaluation.data import Item
+    from diabetica_jax.evaluation.prompts import OWN
+    from diabetica_jax.evaluation.tasks import run_mcq
+
+    items = [Item("1", "q", "B", {"A": "a", "B": "b"}), Item("2", "q", "A", {"A": "a", "B": "b"})]
+    model = _FakeModel(["B"])
+    _, summary = run_mcq(model, items, OWN)
+    assert summary["accuracy"] == 0.5 and summary["loglik_accuracy"].startswith("not available")
+    conversation = model.calls[0][0][0]
+    assert [m["role"] for m in conversation] == ["system", "user"]
+    import numpy as np
+
+    logprobs = np.log(np.full((2, 8), 0.01))
+    logprobs[:, 0] = np.log(0.5)  # A most likely
+    _, summary = run_mcq(_FakeModel(["B"], logprobs), items, OWN)
+    assert summary["loglik_accuracy"] == 0.5
+
+
+@pytest.mark.shared
+def test_the_dialogue_workbook_is_read_verbatim_with_class_and_type():
+    items = load_items(DIABETICA / "120_benchmark.xlsx", "dialog")
+    assert sum(i.question != i.question.strip() for i in items) == 38
+    assert sum(i.answer != i.answer.strip() for i in items) == 12
+    assert all(i.item_class and i.item_type for i in items)
+
+
+SAMPLING_CONFIG = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from hf_models import make_hf_checkpoint
+
+    return make_hf_checkpoint("qwen2_tied", tmp_path_factory.mktemp("ckpt") / "tiny-qwen2")
+
+
+def _faithful_overrides(checkpoint, *extra):
+    return [f"model={checkpoint}", "mode=faithful", f"protocol={DIABETICA / 'protocol.json'}",
+            "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}, "
+            "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}]", *extra]
+
+
+@pytest.mark.shared
+def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds(tmp_path, tiny_checkpoint):
+    (tiny_checkpoint / "generation_config.json").write_text(json.dumps(SAMPLING_CONFIG))
+    result = evaluate(load_config(EvalConfig, None, _faithful_overrides(tiny_checkpoint, "seeds=2")), tmp_path,
+                      progress=False)
+    assert result["seeds"] == [42, 43]
+    assert result["decoding"]["source"] == str(tiny_checkpoint / "generation_config.json")
+    mcq = result["tasks"]["mcq"]
+    assert mcq["decoding"] == {"strategy": "sampling", "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                               "repetition_penalty": 1.05, "max_new_tokens": 32}
+    assert [s["seed"] for s in mcq["per_seed"]] == [42, 43]
+    stats = mcq["seed_stats"]["accuracy"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean([s["accuracy"] for s in mcq["per_seed"]]))
+    assert mcq["accuracy"] == mcq["per_seed"][0]["accuracy"]  # the headline is seed 42's run
+    cloze = result["tasks"]["cloze"]
+    assert cloze["bleu_kind"] == "bleu_word" and len(cloze["per_seed"]) == 2 and "rougeL" in cloze["seed_stats"]
+    report = json.loads((tmp_path / "report_mcq.json").read_text())
+    assert len(report["items"]) == 2 and list(report["items_by_seed"]) == ["43"]
+    assert "2 seeds: mean" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.shared
+def test_faithful_mode_is_greedy_when_the_checkpoint_says_so_and_modes_run_side_by_side(tmp_path, tiny_checkpoint):
+    (tiny_checkpoint / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))
+    cfg = load_config(EvalConfig, None, _faithful_overrides(tiny_checkpoint, "modes=[own, faithful]", "seeds=2"))
+    result = evaluate(cfg, tmp_path, progress=False)
+    own, faithful = result["runs"]
+    assert (own["mode"], faithful["mode"]) == ("own", "faithful") and result["mode"] == "own"
+    assert faithful["tasks"]["mcq"]["decoding"]["strategy"] == "greedy" and faithful["seeds"] == [42, 43]
+    assert own["seeds"] == [42] and own["decoding"]["source"] == "own mode: greedy"
+    assert isinstance(own["tasks"]["mcq"]["loglik_accuracy"], float)
+    for mode in ("own", "faithful"):
+        assert (tmp_path / mode / "report.json").is_file()
+    assert (tmp_path / "summary.md").is_file() and (tmp_path / "comparison.png").is_file()
+
+
+def test_an_openai_endpoint_as_the_model_under_test(tmp_path):
+    with FakeOpenAI(lambda messages, model: "B") as server:
+        cfg = load_config(EvalConfig, None, [
+            "model=openai:fake", f"endpoint.base_url={server.base_url}",
+            "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}]"])
+        result = evaluate(cfg, tmp_path, progress=False)
+    assert result["model"] == "openai:fake" and result["tasks"]["mcq"]["n_items"] == 2
+    assert result["decoding"]["tasks"]["mcq"]["strategy"] == "greedy"  # own mode: temperature 0
+    loglik = result["tasks"]["mcq"]["loglik_accuracy"]
+    assert isinstance(loglik, float) or loglik.startswith("not available")

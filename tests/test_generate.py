@@ -22,7 +22,7 @@ def _reference(model, prompt, n, penalty):
     return out[: out.index(511)] if 511 in out else out
 
 
-@pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3"])
+@pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3", "llama3"])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
     path = hf_checkpoints[variant]

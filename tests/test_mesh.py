@@ -24,7 +24,7 @@ def _spec(array) -> P:
 
 
 @pytest.mark.parametrize("mesh_sizes", [{"fsdp": 4, "tensor": 2}, {"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}])
-@pytest.mark.parametrize("variant", ["qwen2_untied", "qwen3"])
+@pytest.mark.parametrize("variant", ["qwen2_untied", "qwen3", "llama_tied_linear"])
 def test_sharded_logits_equal_single_device(hf_checkpoints, batch4, mesh_sizes, variant):
     single, _ = hf.load(hf_checkpoints[variant], progress=False)
     reference = np.asarray(forward(single, batch4))
@@ -57,6 +57,18 @@ def test_parameters_are_sharded_as_the_rules_say(hf_checkpoints):
         assert shard_shape == array.sharding.shard_shape(array.shape), what
     q = attn.q_proj.kernel[...]
     assert q.addressable_shards[0].data.shape == (cfg.num_layers, 64 // 4, 4 // 2, 16)
+
+
+def test_llama_parameters_use_the_same_logical_axes(hf_checkpoints):
+    """Llama's extra o_proj bias [embed] shards like the embedding dimension; tied: no lm_head."""
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    model, cfg = hf.load(hf_checkpoints["llama_tied_linear"], mesh=mesh, progress=False)
+    attn = model.layers.self_attn
+    assert cfg.family == "llama" and model.lm_head is None
+    assert _spec(attn.o_proj.bias[...]) == P(None, "fsdp")
+    assert _spec(attn.q_proj.bias[...]) == P(None, "tensor", None)
+    assert _spec(attn.q_proj.kernel[...]) == P(None, "fsdp", "tensor", None)
+    assert _spec(model.embed_tokens.embedding[...]) == P("tensor", "fsdp")
 
 
 def test_axis_that_does_not_divide_is_replicated(hf_checkpoints):

@@ -93,3 +93,30 @@ def test_source_dtype_is_read_from_either_config_key():
     assert QwenConfig.from_hf_dict(base).source_dtype == "float32"  # random presets: float32
     assert QwenConfig.from_hf_dict({**base, "torch_dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 4
     assert QwenConfig.from_hf_dict({**base, "dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 5
+
+
+def test_llama_lora_adapters_merge_into_the_export(hf_checkpoints, tokens, tmp_path):
+    """LoRA on every linear layer of a Llama model (with q/k/v/o biases, tied, linear RoPE scaling):
+    the merged export gives transformers the adapted model's logits, and no tokenizer files are
+    invented for a non-Qwen model."""
+    import jax
+    from flax import nnx
+
+    from diabetica_jax.model import forward
+    from diabetica_jax.model.lora import add_lora
+
+    model, cfg = hf.load(hf_checkpoints["llama_tied_linear"], progress=False)
+    lora_cfg = cfg.replace(lora_rank=4)
+    adapted = add_lora(model, lora_cfg)
+    for i, (path, variable) in enumerate(nnx.iter_graph(adapted)):
+        if isinstance(variable, nnx.LoRAParam) and path[-1] == "lora_b":  # B starts at zero: make it count
+            variable.set_value(0.05 * jax.random.normal(jax.random.key(i), variable.shape))
+    ours = np.asarray(forward(adapted, tokens))
+    assert np.abs(ours - np.asarray(forward(model, tokens))).max() > 0.1
+    out = hf.save(adapted, lora_cfg, tmp_path / "merged", dtype="float32", progress=False)
+    assert np.abs(torch_logits(out, tokens) - ours).max() <= 1e-4
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert config["rope_scaling"] == {"rope_type": "linear", "factor": 2.0} and config["attention_bias"] is True
+    assert "pad_token_id" not in json.loads((out / "generation_config.json").read_text())
+    assert not (out / "tokenizer_config.json").exists()

@@ -109,7 +109,7 @@ def test_data_running_out_ends_the_run_with_a_checkpoint(tmp_path):
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
     settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
-                f"data.path={tmp_path / 'curated'}", "data.seq_len=256", "data.global_batch=16", "loop.loss_chunk=128",
+                f"data.path={tmp_path / 'curated'}", "data.seq_len=512", "data.global_batch=8", "loop.loss_chunk=256",
                 "loop.checkpoint_every=1000", "loop.tensorboard=false", "mesh.fsdp=2", "optim.warmup_steps=1",
                 "loop.async_checkpoint=false"]
     # loop.steps=-1: as many steps as the data fills, saved at the last one

@@ -68,11 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="run the Diabetica benchmarks (MCQ, fill-in-the-blank, judged dialogue)")
     _config_args(p, "suite config, e.g. eval/demo.yaml or eval/diabetica.yaml", "mode=faithful", optional=True)
-    p.add_argument("--model", help="Hugging Face checkpoint directory (default: the tiny random preset)")
+    p.add_argument("--model", help="Hugging Face checkpoint directory, or openai:NAME for an OpenAI-compatible "
+                                   "endpoint (default: the tiny random preset)")
+    p.add_argument("--endpoint", help="base URL of the endpoint for --model openai:NAME (default: endpoint.base_url)")
+    p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key")
+    p.add_argument("--seeds", type=int, help="faithful mode: sampled runs with seeds 42, 43, ... (mean and spread)")
     p.add_argument("--task", choices=["mcq", "cloze", "dialog"], help="one task on one --data file, no suite")
     p.add_argument("--data", help="benchmark file for --task")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")
+
+    p = sub.add_parser("compare", help="one table and plot from several evaluation reports, beside the published rows")
+    p.add_argument("reports", nargs="+", help="report.json files or evaluation output directories")
+    p.add_argument("--out", required=True, help="where comparison.md, comparison.json and comparison.png go")
+    p.add_argument("--protocol", help="protocol.json (or its folder) whose published results join the table")
 
     p = sub.add_parser("run", help="the whole pipeline: curate, train, eval, export (finished stages are skipped)")
     _config_args(p, "recipe, e.g. configs/recipes/demo.yaml", "train.loop.steps=20")

@@ -11,6 +11,7 @@ from diabetica_jax import hf
 from diabetica_jax.configuration import ConfigFileError, load_config
 from diabetica_jax.data.curate.config import load_curate_config
 from diabetica_jax.data.curate.pipeline import curate as run_curation
+from diabetica_jax.evaluation.compare import write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError
 from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
@@ -29,7 +30,7 @@ from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
 from diabetica_jax.train.run_dir import trained_model
 
 # Errors that mean "your input is wrong": reported in one line, exit code 2.
-USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError)
+USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, FileNotFoundError)
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 # A config's kind is the folder it lives in: configs/recipes/ (the whole pipeline) or configs/train/.
 CONFIG_KINDS = ("recipe", "train")
@@ -158,8 +159,10 @@ def curate(args) -> int:
 
 def eval(args) -> int:  # noqa: A001 (the command's name)
     config, overrides = _config_and_overrides(args)
-    if args.model:
-        overrides.append(f"model={args.model}")
+    for key, value in (("model", args.model), ("endpoint.base_url", args.endpoint),
+                       ("endpoint.api_key_env", args.api_key_env), ("seeds", args.seeds)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
     if args.task or args.data:
         if not (args.task and args.data):
             raise ConfigFileError("eval: --task and --data go together")
@@ -171,6 +174,13 @@ def eval(args) -> int:  # noqa: A001 (the command's name)
         compare_plot(runs, Path(args.out) / "comparison.png")
     print(summary_markdown(runs))
     print(f"reports in {args.out}: report.json, report_<task>.json, summary.md, comparison.png")
+    return 0
+
+
+def compare(args) -> int:
+    result = write_comparison(args.reports, args.out, args.protocol)
+    print(result["markdown"])
+    print(f"comparison in {args.out}: comparison.md, comparison.json" + (", comparison.png" if result["plot"] else ""))
     return 0
 
 

@@ -18,21 +18,37 @@ class TaskSection:
 
 
 # Without a tasks list, the embedded mini benchmarks (as eval/demo.yaml runs them).
+MODES = ("own", "faithful")
 MINI_SUITE = [TaskSection("mcq", ["embedded:mini_mcq.csv"]), TaskSection("cloze", ["embedded:mini_cloze.csv"]),
               TaskSection("dialog", ["embedded:mini_dialog.jsonl"])]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    model: str | None = field(None, "Hugging Face checkpoint directory to evaluate", path=True)
+    model: str | None = field(None, "Hugging Face checkpoint directory to evaluate, or openai:NAME (an "
+                              "OpenAI-compatible endpoint as the model under test: see endpoint)",
+                              path=lambda d: not str(d.get("model") or "").startswith("openai:"))
     preset: str = field("tiny", "model preset with random weights when no model is given")
     name: str | None = field(None, "name of this run in reports (default: the model directory's name)")
-    mode: Literal["own", "faithful"] = field("own", "own prompts, or the protocol file's (faithful)")
+    mode: Literal[MODES] = field("own", "own prompts, greedy decoding and rules, or the protocol file's and "
+                                 "the checkpoint's generation_config.json decoding (faithful)")
+    modes: list[Literal[MODES]] = field([], "several modes in one run, each written to OUT/<mode>/ "
+                                        "(empty: just `mode`, written to OUT)")
+    seeds: int = field(1, "faithful mode: sampled runs with seeds 42, 43, ... (1: seed 42, as published); "
+                       "own mode decodes greedily and runs once whatever this says")
+    generation_config: str | None = field(None, "generation_config.json (or the directory holding it) that faithful "
+                                          "mode decodes with (default: the model directory's)", path=True)
+    endpoint: BackendSection = field(BackendSection(), "the endpoint of an openai:NAME model under test "
+                                     "(base_url, api_key_env, timeout, retries, concurrency; backend and "
+                                     "model are not read)")
     protocol: str | None = field(None, "protocol file (layout of Diabetica's protocol.json) for faithful mode",
                                  path=True)
     data_dir: str | None = field(None, "directory that relative benchmark paths are read from", path=True)
     tasks: list[TaskSection] = field(MINI_SUITE, "tasks to run (default: the embedded mini benchmarks)")
-    judge: BackendSection = field(BackendSection(), "judge for the dialogue task")
+    judge: BackendSection = field(BackendSection(), "judge for the dialogue task (faithful mode with an openai "
+                                  "judge asks the protocol's judge model)")
+    judge_max_tokens: int = field(1024, "own mode: the judge's max_tokens (faithful: the protocol's)")
+    judge_temperature: float = field(0.0, "own mode: the judge's temperature (faithful: the protocol's)")
     batch_size: int = field(16, "prompts generated together")
     dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["dtype"], "compute dtype")
     bertscore_model: str | None = field(None, "local BERT model directory for BERTScore (cloze)", path=True)
@@ -40,6 +56,20 @@ class EvalConfig:
     def __post_init__(self):
         if not self.tasks:
             raise FieldError("tasks", "empty: nothing to evaluate")
-        if self.mode == "faithful" and not self.protocol:
+        if len(set(self.modes)) != len(self.modes):
+            raise FieldError("modes", f"{self.modes}: a mode named twice")
+        if "faithful" in self.run_modes and not self.protocol:
             raise FieldError("protocol", "mode: faithful needs the protocol file (Diabetica's protocol.json)")
-        require_positive(self, "batch_size")
+        require_positive(self, "batch_size", "seeds", "judge_max_tokens")
+        if self.judge_temperature < 0:
+            raise FieldError("judge_temperature", f"must be at least 0, not {self.judge_temperature}")
+
+    @property
+    def run_modes(self) -> list[str]:
+        """The modes this run evaluates: `modes`, else [`mode`]."""
+        return list(self.modes) or [self.mode]
+
+    @property
+    def remote(self) -> bool:
+        """The model under test is an OpenAI-compatible endpoint (model: openai:NAME)."""
+        return bool(self.model) and self.model.startswith("openai:")

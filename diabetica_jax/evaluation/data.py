@@ -1,4 +1,8 @@
-"""Benchmark items, read from the user's files with errors that name the file and row."""
+"""Benchmark items, read from the user's files with errors that name the file and row.
+
+Question and answer/rule text is kept exactly as in the file cell, leading and trailing whitespace included
+(the paper's scripts used the cells verbatim: 38 of the 120 dialogue questions and 12 of its rules carry
+some); whitespace is stripped only to decide whether a cell is empty."""
 
 from __future__ import annotations
 
@@ -21,10 +25,20 @@ class Item:
     answer: str  # MCQ: the keyed letter; cloze: the expected text; dialog: the physician rules
     options: dict[str, str] | None = None
     reference: str | None = None  # dialog: a reference response, when the file has one
+    item_class: str | None = None  # dialog: the workbook's `class` column (per-category report)
+    item_type: str | None = None  # dialog: the workbook's `type` column
 
 
 QUESTION = ("question",)
 ANSWERS = {"mcq": ("answer",), "cloze": ("answer",), "dialog": ("rulehuman", "rules", "rule")}
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _label(value) -> str | None:
+    return _text(value).strip() or None
 
 
 def load_items(path: str | Path, task: str) -> list[Item]:
@@ -42,11 +56,11 @@ def load_items(path: str | Path, task: str) -> list[Item]:
                 if not any(c in row for c in needed):
                     raise EvalDataError(f"{path}: missing column {needed[0]!r} (columns: {sorted(row)})")
             columns_checked = True
-        question = str(row.get("question") or "").strip()
-        answer = str(next((row[c] for c in ANSWERS[task] if row.get(c)), "") or "").strip()
-        if not question:
+        question = _text(row.get("question"))
+        answer = next((_text(row[c]) for c in ANSWERS[task] if _text(row.get(c)).strip()), "")
+        if not question.strip():
             raise EvalDataError(f"{where}: empty 'question'")
-        if not answer:
+        if not answer.strip():
             raise EvalDataError(f"{where}: empty {ANSWERS[task][0]!r}")
         item_id = str(row.get("ID") or row.get("id") or row_index)
         if task == "mcq":
@@ -57,7 +71,8 @@ def load_items(path: str | Path, task: str) -> list[Item]:
                 raise EvalDataError(f"{where}: {e}") from None
             items.append(Item(item_id, question, letter, options))
         else:
-            items.append(Item(item_id, question, answer, reference=row.get("response") or None))
+            items.append(Item(item_id, question, answer, reference=row.get("response") or None,
+                              item_class=_label(row.get("class")), item_type=_label(row.get("type"))))
     if not items:
         raise EvalDataError(f"{path}: no items")
     return items

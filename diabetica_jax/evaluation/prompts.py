@@ -18,6 +18,9 @@ class Prompts:
     score_rule: str = "last"  # last: last score-like number; first_digit: the protocol's original parser
     decoding: dict = dataclasses.field(default_factory=dict)  # task -> {max_new_tokens, repetition_penalty}
     judge_temperature: float = 0.0
+    judge_max_tokens: int = 1024
+    judge_model: str | None = None  # the protocol's judge model (faithful); None: the eval config's judge.model
+    seed: int = 42  # the first seed of sampled (faithful) runs; the protocol's
     published: dict = dataclasses.field(default_factory=dict)
 
 
@@ -48,7 +51,7 @@ def from_protocol(path: str | Path) -> Prompts:
                         .replace("<instruction>", "{question}").replace("<rule>", "{rules}").replace("<output>", "{answer}"))
 
         def decoding(section):
-            d = protocol[section].get("decoding", {})
+            d = protocol[section].get("decoding") or {}
             return {k: d[k] for k in ("max_new_tokens", "repetition_penalty") if k in d}
 
         return Prompts(
@@ -61,6 +64,9 @@ def from_protocol(path: str | Path) -> Prompts:
             score_rule="first_digit",
             decoding={"mcq": decoding("mcq"), "cloze": decoding("fill_in_the_blank"), "dialog": decoding("dialog")},
             judge_temperature=float(judge.get("temperature", 0.0)),
+            judge_max_tokens=int(judge.get("max_tokens", 1024)),
+            judge_model=judge.get("model"),
+            seed=int((protocol["mcq"].get("decoding") or {}).get("seed", 42)),
             published=protocol.get("published_results", {}),
         )
     except KeyError as e:

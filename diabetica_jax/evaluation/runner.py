@@ -1,7 +1,48 @@
-"""`diabetica-jax eval`: run a suite against a model and write report.json, summary.md and a comparison plot."""
+"""`diabetica-jax eval`: run a suite against a model and write report.json, summary.md and a comparison plot.
+
+Modes. `own`: the project's prompts, deterministic greedy decoding, the robust judge-score parser and the MCQ
+log-likelihood metric beside the generated answer; it runs once (`seeds` > 1 is ignored: greedy decoding
+gives the same replies for every seed; the report's `seeds` is [42]). `faithful`: what the paper's scripts
+did (protocol.json): its prompts; the checkpoint's generation_config.json decoding (`generate()` without
+sampling arguments: sampling for Qwen2-Instruct; greedy only when the file says do_sample false or is
+absent) with the protocol's explicit per-task settings on top (dialogue: max_new_tokens 2048,
+repetition_penalty 1.1); seeds 42, 43, ... (`seeds` runs); the original score rule; the protocol's judge
+model (for an openai judge backend), temperature and max_tokens. A model under test that is an endpoint
+(`model: openai:NAME`) decodes with the endpoint's own defaults in faithful mode (the protocol defines no
+temperature for API models; each seed gets its own request cache so seeds are separate samples) and
+greedily (temperature 0) in own mode. `modes: [own, faithful]` runs both, writing OUT/own/ and
+OUT/faithful/ (each with the files below) and OUT/summary.md and OUT/comparison.png over both; the model
+is loaded once.
+
+report.json (stable keys; a comparison report reads them):
+  model, mode, published (the protocol's published_results, when a protocol file is given)
+  tasks.mcq: n_items, accuracy, accuracy_ci95, loglik_accuracy (a fraction, or the string "not available
+      (...)" for a model without letter log-probabilities), loglik_accuracy_ci95, unanswered, per_file
+  tasks.cloze: n_items, rouge1, rouge2, rougeL, bleu (the mode's BLEU, named by bleu_kind), bleu_char,
+      bleu_word, bleu_kind, bleu_word_tokenizer, rouge_whitespace, bertscore_f1 (a number or "not computed
+      (...)"), per_file
+  tasks.dialog: n_items, mean_score (the mode's rule), n_scored, n_unparsed, n_failed, judge, score_rule,
+      mean_score_own / n_scored_own / n_unparsed_own and mean_score_original / n_scored_original /
+      n_unparsed_original (both rules over the same judge replies), by_class and by_type ({label: {n_items,
+      mean_score, n_scored}}: the workbook's `class` and `type` columns), per_file
+  Added: n_failed (mcq, cloze: items whose generation failed, left out of the metrics)
+  Added: decoding (top level): {mode, source (where the decoding came from: "own mode: greedy", the
+      generation_config.json path, "... not found: greedy", or "endpoint defaults"), generation_config (the
+      model's default decoding as read, None for an endpoint), tasks: {task: {strategy: greedy | sampling |
+      endpoint defaults, temperature, top_p, top_k, repetition_penalty, max_new_tokens}}}
+  Added: seeds (top level and per task): the seeds run, e.g. [42, 43]
+  Added per task: decoding (that task's entry above); per_seed: [{seed, <headline metrics>}]; seed_stats:
+      {metric: {mean, std (sample std, ddof 1; None for one seed), min, max, n}} over seeds, for the headline
+      metrics (mcq: accuracy, loglik_accuracy; cloze: rouge1, rouge2, rougeL, bleu, bleu_char, bleu_word,
+      bertscore_f1; dialog: mean_score, mean_score_own, mean_score_original). The metrics outside per_seed
+      and seed_stats are seed 42's run (the published seed), whatever `seeds` says.
+report_TASK.json: the task's summary plus `items` (seed 42's) and, with several seeds, `items_by_seed`
+  ({seed: items}) for the others.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -11,10 +52,14 @@ import numpy as np
 from diabetica_jax.evaluation import tasks as task_lib
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import load_items
-from diabetica_jax.evaluation.prompts import OWN, from_protocol
+from diabetica_jax.evaluation.prompts import OWN, Prompts, from_protocol
 from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
+
+HEADLINE = {"mcq": ("accuracy", "loglik_accuracy"),
+            "cloze": ("rouge1", "rouge2", "rougeL", "bleu", "bleu_char", "bleu_word", "bertscore_f1"),
+            "dialog": ("mean_score", "mean_score_own", "mean_score_original")}
 
 
 def resolve(path: str, data_dir: str | None) -> Path:
@@ -26,50 +71,144 @@ def resolve(path: str, data_dir: str | None) -> Path:
     return p if p.is_absolute() or data_dir is None else Path(data_dir) / p
 
 
+def mode_prompts(cfg: EvalConfig, mode: str) -> Prompts:
+    if mode == "faithful":
+        return from_protocol(cfg.protocol)
+    return dataclasses.replace(OWN, judge_max_tokens=cfg.judge_max_tokens, judge_temperature=cfg.judge_temperature)
+
+
 def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict:
-    """Run every task of the suite; return {task: summary} and write the reports under `out`."""
+    """Run every task of the suite in each mode (`cfg.run_modes`); write the reports under `out` (one mode)
+    or `out/<mode>/` (several) and return the report.json contents of the first mode, with `runs`: the
+    report of every mode in order, when there are several (the module docstring lists the keys)."""
     from diabetica_jax import hf
     from diabetica_jax.model import QwenConfig, create_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = from_protocol(cfg.protocol) if cfg.mode == "faithful" else OWN
+    modes = cfg.run_modes
+    prompts = {mode: mode_prompts(cfg, mode) for mode in modes}
+    published = from_protocol(cfg.protocol).published if cfg.protocol else {}
     items = {(t.task, f): load_items(resolve(f, cfg.data_dir), t.task)[: t.limit] for t in cfg.tasks for f in t.files}
-    if model is None:  # data problems are reported above, before any model is loaded
-        if cfg.model:
-            model, _ = hf.load(cfg.model, dtype=cfg.dtype, progress=progress)
-        else:
-            model = create_model(QwenConfig.preset(cfg.preset, dtype=cfg.dtype))
-        tokenizer = hf.load_tokenizer(cfg.model)
-    name = cfg.name or (Path(cfg.model).name if cfg.model else f"{cfg.preset} (random)")
-    mut = task_lib.ModelUnderTest(model, tokenizer, name, batch_size=cfg.batch_size, progress=progress)
-    judge = make_backend(cfg.judge, out / "cache" / "judge") if cfg.judge.backend != "none" else None
+    # data problems are reported above, before any model is loaded
+    if cfg.remote:
+        from diabetica_jax.evaluation.remote import RemoteModel
+
+        def remote(cache: Path):
+            return RemoteModel(cfg.model, cfg.endpoint.base_url, cfg.endpoint.api_key_env, cache,
+                               concurrency=cfg.endpoint.concurrency, timeout=cfg.endpoint.timeout,
+                               retries=cfg.endpoint.retries)
+
+        name = cfg.name or cfg.model
+        models = lambda mode_out, mode, seed: remote(  # noqa: E731
+            mode_out / "cache" / "model" / (f"seed-{seed}" if mode == "faithful" else "greedy"))
+    else:
+        if model is None:
+            if cfg.model:
+                model, _ = hf.load(cfg.model, dtype=cfg.dtype, progress=progress)
+            else:
+                model = create_model(QwenConfig.preset(cfg.preset, dtype=cfg.dtype))
+            tokenizer = hf.load_tokenizer(cfg.model)
+        name = cfg.name or (Path(cfg.model).name if cfg.model else f"{cfg.preset} (random)")
+        decoding = task_lib.read_generation_config(cfg.generation_config or cfg.model)
+        mut = task_lib.ModelUnderTest(model, tokenizer, name, batch_size=cfg.batch_size, progress=progress,
+                                      decoding=decoding)
+        models = lambda mode_out, mode, seed: mut  # noqa: E731
+
+    runs = []
+    for mode in modes:
+        mode_out = out / mode if len(modes) > 1 else out
+        mode_out.mkdir(parents=True, exist_ok=True)
+        runs.append(_evaluate_mode(cfg, mode, prompts[mode], items, name, models, mode_out, published))
+    if len(modes) == 1:
+        return runs[0]
+    (out / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
+    compare_plot(runs, out / "comparison.png")
+    return {**runs[0], "runs": runs}
+
+
+def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, name: str, models, out: Path,
+                   published: dict) -> dict:
+    faithful = mode == "faithful"
+    seeds = [prompts.seed + k for k in range(cfg.seeds)] if faithful else [prompts.seed]
+    if not faithful and cfg.seeds > 1:
+        log.info("own mode decodes greedily: it runs once, not for %d seeds", cfg.seeds)
+    judge_section = cfg.judge
+    if faithful and cfg.judge.backend == "openai" and prompts.judge_model:
+        judge_section = dataclasses.replace(cfg.judge, model=prompts.judge_model)
+    judge = make_backend(judge_section, out / "cache" / "judge") if judge_section.backend != "none" else None
+    first = models(out, mode, seeds[0])
+    default = getattr(first, "decoding", None)
+    task_decoding = {}
+    for section in cfg.tasks:
+        sampling = task_lib.task_sampling(prompts, section.task, faithful, default, seeds[0])
+        max_new = prompts.decoding.get(section.task, {}).get("max_new_tokens",
+                                                             {"mcq": 16, "cloze": 32}.get(section.task, 512))
+        task_decoding[section.task] = task_lib.describe_sampling(sampling, max_new)
+    source = ("own mode: greedy" if not faithful
+              else "endpoint defaults" if default is None else default.get("source"))
+    decoding = {"mode": mode, "source": source, "generation_config": default, "tasks": task_decoding}
+
+    letter_scores: dict = {}
+    by_seed: dict[int, dict] = {}  # seed -> task -> (results, per_file, pooled)
+    for seed in seeds:
+        model = models(out, mode, seed)
+        by_seed[seed] = {}
+        for section in cfg.tasks:
+            sampling = task_lib.task_sampling(prompts, section.task, faithful, default, seed)
+            all_results, per_file = [], {}
+            for f in section.files:
+                subset = items[(section.task, f)]
+                if section.task == "mcq":
+                    results, summary = task_lib.run_mcq(model, subset, prompts, sampling, letter_scores)
+                elif section.task == "cloze":
+                    results, summary = task_lib.run_cloze(model, subset, prompts, cfg.bertscore_model, sampling,
+                                                          faithful=faithful)
+                else:
+                    results, summary = task_lib.run_dialog(model, subset, prompts, judge, cfg.judge.concurrency,
+                                                           sampling)
+                for r in results:
+                    r["file"] = Path(f).name
+                    r["seed"] = seed
+                per_file[Path(f).name] = summary
+                all_results += results
+            pooled = task_lib.mcq_metrics(all_results) if section.task == "mcq" else _pool(per_file)
+            by_seed[seed][section.task] = (all_results, per_file, pooled)
 
     summaries = {}
     for section in cfg.tasks:
-        all_results, per_file = [], {}
-        for f in section.files:
-            subset = items[(section.task, f)]
-            if section.task == "mcq":
-                results, summary = task_lib.run_mcq(mut, subset, prompts)
-            elif section.task == "cloze":
-                results, summary = task_lib.run_cloze(mut, subset, prompts, cfg.bertscore_model)
-            else:
-                results, summary = task_lib.run_dialog(mut, subset, prompts, judge, cfg.judge.concurrency)
-            for r in results:
-                r["file"] = Path(f).name
-            per_file[Path(f).name] = summary
-            all_results += results
-        pooled = task_lib.mcq_metrics(all_results) if section.task == "mcq" else _pool(per_file)
-        report = {"task": section.task, "model": name, "mode": cfg.mode, "files": section.files,
-                  **pooled, "per_file": per_file, "items": all_results}
+        results, per_file, pooled = by_seed[seeds[0]][section.task]
+        per_seed = [{"seed": seed, **{k: by_seed[seed][section.task][2].get(k) for k in HEADLINE[section.task]}}
+                    for seed in seeds]
+        report = {"task": section.task, "model": name, "mode": mode, "files": section.files, **pooled,
+                  "per_file": per_file, "decoding": task_decoding[section.task], "seeds": seeds,
+                  "per_seed": per_seed, "seed_stats": seed_stats(per_seed, HEADLINE[section.task]),
+                  "items": results}
+        if len(seeds) > 1:
+            report["items_by_seed"] = {str(seed): by_seed[seed][section.task][0] for seed in seeds[1:]}
         (out / f"report_{section.task}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        summaries[section.task] = {k: v for k, v in report.items() if k != "items"}
-    combined = {"model": name, "mode": cfg.mode, "tasks": summaries, "published": prompts.published}
+        summaries[section.task] = {k: v for k, v in report.items() if k not in ("items", "items_by_seed")}
+    combined = {"model": name, "mode": mode, "tasks": summaries, "published": published or prompts.published,
+                "decoding": decoding, "seeds": seeds}
     (out / "report.json").write_text(json.dumps(combined, indent=2, ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(summary_markdown([combined]), encoding="utf-8")
     compare_plot([combined], out / "comparison.png")
     return combined
+
+
+def seed_stats(per_seed: list[dict], keys) -> dict:
+    """{metric: {mean, std, min, max, n}} over the seeds where the metric is a number (std: ddof 1, None
+    for one seed)."""
+    stats = {}
+    for key in keys:
+        values = [r[key] for r in per_seed if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+                  and not np.isnan(r[key])]
+        if not values:
+            continue
+        stats[key] = {"mean": float(np.mean(values)),
+                      "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                      "min": float(min(values)), "max": float(max(values)), "n": len(values)}
+    return stats
 
 
 def _pool(per_file: dict) -> dict:
@@ -78,10 +217,26 @@ def _pool(per_file: dict) -> dict:
     n = sum(s["n_items"] for s in per_file.values())
     pooled = {"n_items": n}
     for key in next(iter(per_file.values())):
-        values = [s[key] for s in per_file.values()]
-        if key != "n_items" and all(isinstance(v, (int, float)) for v in values):
+        values = [s.get(key) for s in per_file.values()]
+        if key == "n_items" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        if key.startswith("n_") or key == "unanswered":  # counts add up; rates are weighted by items
+            pooled[key] = sum(values)
+        else:
             pooled[key] = sum(v * s["n_items"] for v, s in zip(values, per_file.values())) / n
     return pooled
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
+
+
+def _spread(task: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    stats = (task.get("seed_stats") or {}).get(key)
+    if not stats or stats["n"] < 2:
+        return ""
+    return (f"; {stats['n']} seeds: mean {scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f} "
+            f"[{scale * stats['min']:.{digits}f}, {scale * stats['max']:.{digits}f}]")
 
 
 def summary_markdown(runs: list[dict]) -> str:
@@ -93,13 +248,41 @@ def summary_markdown(runs: list[dict]) -> str:
         cloze = t.get("cloze", {})
         dialog = t.get("dialog", {})
         acc = (f"{100 * mcq['accuracy']:.1f}% ({100 * mcq['accuracy_ci95'][0]:.1f}-{100 * mcq['accuracy_ci95'][1]:.1f})"
-               if mcq else "-")
-        ll = f"{100 * mcq['loglik_accuracy']:.1f}%" if mcq else "-"
-        rl = f"{cloze['rougeL']:.3f}" if cloze else "-"
-        bl = f"{cloze['bleu']:.3f}" if cloze else "-"
-        dm = (f"{dialog['mean_score']:.2f} ({dialog['n_scored']}/{dialog['n_items']})"
+               + _spread(mcq, "accuracy", 100) if mcq else "-")
+        ll = _pct(mcq["loglik_accuracy"]) if mcq else "-"
+        rl = f"{cloze['rougeL']:.3f}" + _spread(cloze, "rougeL", digits=3) if cloze else "-"
+        bl = (f"{cloze['bleu']:.3f} ({cloze.get('bleu_kind', 'bleu')})" + _spread(cloze, "bleu", digits=3)
+              if cloze else "-")
+        dm = (f"{dialog['mean_score']:.2f} ({dialog['n_scored']}/{dialog['n_items']})" + _spread(dialog, "mean_score",
+                                                                                                digits=2)
               if dialog and dialog.get("mean_score") is not None else ("not judged" if dialog else "-"))
+        if dialog and dialog.get("mean_score") is not None and dialog.get("mean_score_own") != dialog.get(
+                "mean_score_original"):
+            own, orig = dialog.get("mean_score_own"), dialog.get("mean_score_original")
+            dm += (f"; own rule {own:.2f}" if own is not None else "; own rule -") + (
+                f", original rule {orig:.2f} ({dialog.get('n_scored_original')} parsed)" if orig is not None
+                else ", original rule -")
         lines.append(f"| {run['model']} | {run['mode']} | {acc} | {ll} | {rl} | {bl} | {dm} |")
+    decoded = [r for r in runs if r.get("decoding")]
+    if decoded:
+        lines += ["", "Decoding:", ""]
+        for run in decoded:
+            d = run["decoding"]
+            per_task = "; ".join(f"{task}: " + ", ".join(f"{k} {v}" for k, v in spec.items())
+                                 for task, spec in d.get("tasks", {}).items())
+            lines.append(f"- {run['model']} ({run['mode']}), seeds {run.get('seeds')}: from {d.get('source')}: "
+                         f"{per_task}")
+    for run in runs:
+        dialog = run["tasks"].get("dialog", {})
+        for key, column in (("by_class", "class"), ("by_type", "type")):
+            groups = dialog.get(key) or {}
+            if not groups:
+                continue
+            lines += ["", f"Dialogue judge mean per {column}: {run['model']} ({run['mode']})", "",
+                      f"| {column} | mean | scored/n |", "|---|---|---|"]
+            for label, g in groups.items():
+                mean = f"{g['mean_score']:.2f}" if g.get("mean_score") is not None else "-"
+                lines.append(f"| {label} | {mean} | {g['n_scored']}/{g['n_items']} |")
     published = next((r["published"] for r in runs if r.get("published")), {})
     if published:
         lines += ["", "Published numbers (protocol file), for reference:", "",
@@ -131,12 +314,17 @@ def _draw_comparison(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     published = next((r["published"] for r in runs if r.get("published")), {})
+    several_modes = len({r.get("mode") for r in runs}) > 1
+
+    def label(run):
+        return f"{run['model']} ({run['mode']})" if several_modes else run["model"]
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     names, values, errors, colors = [], [], [], []
     for run in runs:
         mcq = run["tasks"].get("mcq")
         if mcq:
-            names.append(run["model"])
+            names.append(label(run))
             values.append(100 * mcq["accuracy"])
             low, high = mcq["accuracy_ci95"]
             errors.append((100 * (mcq["accuracy"] - low), 100 * (high - mcq["accuracy"])))
@@ -157,7 +345,7 @@ def _draw_comparison(runs: list[dict], path: Path) -> None:
     for run in runs:
         dialog = run["tasks"].get("dialog")
         if dialog and dialog.get("mean_score") is not None:
-            names.append(run["model"])
+            names.append(label(run))
             values.append(dialog["mean_score"])
             colors.append("tab:orange")
     for model, score in sorted(published.get("dialog_gpt4_judge_mean", {}).items(), key=lambda kv: kv[1]):

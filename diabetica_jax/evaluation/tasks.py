@@ -1,9 +1,29 @@
-"""The three Diabetica tasks, run against one model: MCQ, fill-in-the-blank, judged open dialogue."""
+"""The three Diabetica tasks, run against one model: MCQ, fill-in-the-blank, judged open dialogue.
+
+A task talks to the model under test through two methods and two attributes only, which the local JAX
+model (`ModelUnderTest` here) and an OpenAI-compatible endpoint (`evaluation.remote.RemoteModel`) both have:
+
+- `generate(conversations, max_new_tokens, sampling) -> list[str]`: one reply per conversation (a list of
+  chat messages: the system message, if any, and the user message; the model applies its own chat
+  template). `sampling` is a `SamplingParams`, or None for the model's defaults (local: greedy; an
+  endpoint: its own defaults).
+- `letter_logprobs(conversations, letters) -> np.ndarray | None`: [n, len(letters)] log-probabilities of
+  each letter as the next token after the generation prompt (a row of NaN: that item failed); None when the
+  model cannot say (the MCQ log-likelihood metric is then reported as not available).
+- `name`, and `decoding`: the model's default decoding as a dict (local: read from its
+  generation_config.json by `read_generation_config`; an endpoint: None).
+
+An endpoint may also list failed requests in `failures` ([(index, reason)], read after `generate`): those
+items are recorded as failed and left out of the task's metrics (counted in `n_failed`), not scored wrong.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,21 +40,83 @@ from diabetica_jax.generate import SamplingParams, left_pad
 from diabetica_jax.generate.chat import chat_prompt, engine_for
 
 LETTERS = "ABCDEFGH"
+NOT_AVAILABLE = "not available (the model gives no letter log-probabilities)"
+# transformers' GenerationConfig defaults, for keys a sampling generation_config.json leaves out
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+
+
+def read_generation_config(path: str | Path | None) -> dict:
+    """The decoding a transformers checkpoint's `generate()` uses with no sampling arguments, from its
+    generation_config.json (`path`: the file or the directory holding it): {'do_sample', 'temperature',
+    'top_p', 'top_k', 'repetition_penalty', 'source'}. Sampling keys the file leaves out take transformers'
+    defaults (temperature 1.0, top_p 1.0, top_k 50, repetition_penalty 1.0); no file or `do_sample` false or
+    absent: greedy (with the file's repetition_penalty, which transformers applies to greedy search too)."""
+    if path is None:
+        return {"do_sample": False, "repetition_penalty": 1.0, "source": "no model directory: greedy"}
+    file = Path(path)
+    if file.is_dir():
+        file = file / "generation_config.json"
+    if not file.is_file():
+        return {"do_sample": False, "repetition_penalty": 1.0, "source": f"{file} not found: greedy"}
+    data = json.loads(file.read_text(encoding="utf-8"))
+    do_sample = bool(data.get("do_sample", False))
+    keys = HF_SAMPLING_DEFAULTS if do_sample else {"repetition_penalty": 1.0}
+    return {"do_sample": do_sample, **{k: data.get(k, default) for k, default in keys.items()}, "source": str(file)}
+
+
+def task_sampling(prompts: Prompts, task: str, faithful: bool, decoding: dict | None,
+                  seed: int) -> SamplingParams | None:
+    """How one task decodes. Own mode: greedy, with the own prompts' repetition penalty. Faithful mode: the
+    model's `decoding` (its generation_config.json) with the protocol's explicit per-task settings on top
+    (the dialogue task's repetition_penalty 1.1) and `seed`; None for a model without `decoding` (an
+    endpoint): the endpoint's own defaults, since the protocol defines no temperature for API models."""
+    overrides = prompts.decoding.get(task, {})
+    if not faithful:
+        return SamplingParams(repetition_penalty=float(overrides.get("repetition_penalty", 1.0)), seed=seed)
+    if decoding is None:
+        return None
+    penalty = float(overrides.get("repetition_penalty", decoding.get("repetition_penalty", 1.0)))
+    if not decoding.get("do_sample"):
+        return SamplingParams(repetition_penalty=penalty, seed=seed)
+    return SamplingParams(temperature=float(decoding["temperature"]), top_k=int(decoding["top_k"]),
+                          top_p=float(decoding["top_p"]), repetition_penalty=penalty, seed=seed)
+
+
+def describe_sampling(sampling: SamplingParams | None, max_new_tokens: int) -> dict:
+    if sampling is None:
+        return {"strategy": "endpoint defaults", "max_new_tokens": max_new_tokens}
+    if sampling.greedy:
+        return {"strategy": "greedy", "repetition_penalty": sampling.repetition_penalty,
+                "max_new_tokens": max_new_tokens}
+    return {"strategy": "sampling", "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k, "repetition_penalty": sampling.repetition_penalty,
+            "max_new_tokens": max_new_tokens}
+
+
+def conversation(prompts: Prompts, text: str) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": prompts.system}] if prompts.system else []) + [
+        {"role": "user", "content": text}]
 
 
 class ModelUnderTest:
-    def __init__(self, model, tokenizer, name: str, mesh=None, batch_size: int = 16, progress: bool = True):
+    """A local JAX model (and its tokenizer) as the model under test; `decoding` as read_generation_config
+    gives it (None: greedy)."""
+
+    def __init__(self, model, tokenizer, name: str, mesh=None, batch_size: int = 16, progress: bool = True,
+                 decoding: dict | None = None):
         self.tokenizer, self.name, self.batch_size, self.progress = tokenizer, name, batch_size, progress
+        self.decoding = decoding if decoding is not None else read_generation_config(None)
         self.engine = engine_for(model, tokenizer, mesh)
         self.graphdef, self.state = nnx.split(model)
+        self.failures: list[tuple[int, str]] = []  # a local model does not fail per item
 
-    def prompt_ids(self, prompts: Prompts, text: str) -> list[int]:
-        messages = ([{"role": "system", "content": prompts.system}] if prompts.system else []) + [
-            {"role": "user", "content": text}]
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return chat_prompt(self.tokenizer, messages)
 
-    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[str]:
-        params = SamplingParams(repetition_penalty=repetition_penalty)
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                 sampling: SamplingParams | None = None) -> list[str]:
+        params = sampling or SamplingParams()
+        prompt_ids = [self.prompt_ids(c) for c in conversations]
         outputs: list[str] = []
         for start in tqdm(range(0, len(prompt_ids), self.batch_size), desc="generating", unit="batch",
                           disable=not self.progress):
@@ -43,25 +125,28 @@ class ModelUnderTest:
                 outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return outputs
 
-    def next_token_logits(self, prompt_ids: list[list[int]], token_ids: list[int]) -> np.ndarray:
-        """Logits of `token_ids` as the next token after each prompt: [n_prompts, len(token_ids)]."""
+    def letter_logprobs(self, conversations: list[list[dict[str, str]]], letters: str) -> np.ndarray:
+        """Log-probabilities of each letter's (first) token as the next token: [n, len(letters)]."""
+        token_ids = jnp.asarray([self.tokenizer.encode(ch, add_special_tokens=False)[0] for ch in letters],
+                                jnp.int32)
+        prompt_ids = [self.prompt_ids(c) for c in conversations]
         rows = []
         for start in range(0, len(prompt_ids), self.batch_size):
             chunk = prompt_ids[start : start + self.batch_size]
             padded = left_pad(chunk, self.engine.pad_id, bucketed=True)
-            logits = _last_logits(self.graphdef)(self.state, padded, jnp.asarray(token_ids, jnp.int32))
-            rows.append(np.asarray(logits)[: len(chunk)])
-        return np.concatenate(rows)
+            rows.append(np.asarray(_last_logprobs(self.graphdef)(self.state, padded, token_ids))[: len(chunk)])
+        return np.concatenate(rows) if rows else np.zeros((0, len(letters)))
 
 
 @functools.cache
-def _last_logits(graphdef):
+def _last_logprobs(graphdef):
     @jax.jit
     def run(state, padded, token_ids):
         model = nnx.merge(graphdef, state)
         segments = padded.valid.astype(jnp.int32)  # padding is segment 0, real tokens segment 1
         hidden = model.hidden_states(padded.tokens, padded.positions, segments)
-        return model.logits(hidden[:, -1])[:, token_ids]
+        logits = model.logits(hidden[:, -1]).astype(jnp.float32)
+        return jax.nn.log_softmax(logits, axis=-1)[:, token_ids]
 
     return run
 
@@ -75,52 +160,95 @@ def extract_letter(reply: str, options: dict[str, str], rule: str) -> str | None
     return next((ch for ch in reply.upper() if ch in options), None)
 
 
-def run_mcq(mut: ModelUnderTest, items: list[Item], prompts: Prompts) -> tuple[list[dict], dict]:
+def _generate(model, prompts: Prompts, texts: list[str], max_new_tokens: int, sampling):
+    outputs = model.generate([conversation(prompts, t) for t in texts], max_new_tokens, sampling)
+    return outputs, dict(getattr(model, "failures", None) or [])
+
+
+def run_mcq(model, items: list[Item], prompts: Prompts, sampling: SamplingParams | None = None,
+            letter_scores: dict | None = None) -> tuple[list[dict], dict]:
+    """`letter_scores`: a dict that keeps the (deterministic) letter log-probabilities between seeds."""
     texts = [prompts.mcq.format(question=item.question) for item in items]
-    ids = [mut.prompt_ids(prompts, t) for t in texts]
-    decoding = prompts.decoding.get("mcq", {})
-    outputs = mut.generate(ids, decoding.get("max_new_tokens", 16), decoding.get("repetition_penalty", 1.0))
-    letter_ids = [mut.tokenizer.encode(letter, add_special_tokens=False)[0] for letter in LETTERS]
-    scores = mut.next_token_logits(ids, letter_ids)
+    max_new = prompts.decoding.get("mcq", {}).get("max_new_tokens", 16)
+    outputs, failed = _generate(model, prompts, texts, max_new, sampling)
+    key = tuple((item.id, text) for item, text in zip(items, texts))
+    if letter_scores is not None and key in letter_scores:
+        scores = letter_scores[key]
+    else:
+        scores = model.letter_logprobs([conversation(prompts, t) for t in texts], LETTERS)
+        if letter_scores is not None:
+            letter_scores[key] = scores
     results = []
-    for item, text, output, score in zip(items, texts, outputs, scores):
+    for i, (item, text, output) in enumerate(zip(items, texts, outputs)):
         prediction = extract_letter(output, item.options, prompts.mcq_rule)
-        allowed = [i for i, letter in enumerate(LETTERS) if letter in item.options]
-        by_likelihood = LETTERS[allowed[int(np.argmax(score[allowed]))]]
-        results.append({"id": item.id, "prompt": text, "output": output, "answer": item.answer,
-                        "prediction": prediction, "correct": prediction == item.answer,
-                        "loglik_prediction": by_likelihood, "loglik_correct": by_likelihood == item.answer})
+        row = {"id": item.id, "prompt": text, "output": output, "answer": item.answer,
+               "prediction": prediction, "correct": prediction == item.answer}
+        if i in failed:
+            row.update(prediction=None, correct=None, status=f"failed: {failed[i]}")
+        if scores is None:
+            row.update(loglik_prediction=None, loglik_correct=None)
+        else:
+            allowed = [j for j, letter in enumerate(LETTERS) if letter in item.options]
+            score = np.asarray(scores[i], dtype=float)
+            if np.isnan(score[allowed]).all():
+                row.update(loglik_prediction=None, loglik_correct=False)
+            else:
+                best = LETTERS[allowed[int(np.nanargmax(score[allowed]))]]
+                row.update(loglik_prediction=best, loglik_correct=best == item.answer)
+        results.append(row)
     return results, mcq_metrics(results)
 
 
 def mcq_metrics(results: list[dict]) -> dict:
-    n = len(results)
-    correct = sum(r["correct"] for r in results)
-    by_likelihood = sum(r["loglik_correct"] for r in results)
-    return {"n_items": n, "accuracy": correct / n if n else float("nan"),
-            "accuracy_ci95": metrics.wilson_interval(correct, n),
-            "loglik_accuracy": by_likelihood / n if n else float("nan"),
-            "loglik_accuracy_ci95": metrics.wilson_interval(by_likelihood, n),
-            "unanswered": sum(r["prediction"] is None for r in results)}
+    """accuracy over the items that did not fail; loglik_accuracy 'not available' without letter scores."""
+    scored = [r for r in results if r.get("correct") is not None]
+    n = len(scored)
+    correct = sum(bool(r["correct"]) for r in scored)
+    summary = {"n_items": len(results), "accuracy": correct / n if n else float("nan"),
+               "accuracy_ci95": metrics.wilson_interval(correct, n)}
+    if results and all(r.get("loglik_correct") is None for r in results):
+        summary.update(loglik_accuracy=NOT_AVAILABLE, loglik_accuracy_ci95=None)
+    else:
+        by_likelihood = sum(bool(r.get("loglik_correct")) for r in results)
+        total = len(results)
+        summary.update(loglik_accuracy=by_likelihood / total if total else float("nan"),
+                       loglik_accuracy_ci95=metrics.wilson_interval(by_likelihood, total))
+    summary["unanswered"] = sum(r["prediction"] is None and r.get("correct") is not None for r in results)
+    summary["n_failed"] = len(results) - n
+    return summary
 
 
-def run_cloze(mut: ModelUnderTest, items: list[Item], prompts: Prompts, bertscore_model: str | None = None):
+def run_cloze(model, items: list[Item], prompts: Prompts, bertscore_model: str | None = None,
+              sampling: SamplingParams | None = None, faithful: bool = False):
+    """Own mode: the stripped reply against the answer, ROUGE over non-whitespace characters, `bleu` =
+    `bleu_char`. Faithful: the raw reply, ROUGE over raw characters (whitespace included), `bleu` =
+    `bleu_word` (the paper's). Both BLEUs are always reported."""
     texts = [prompts.cloze.format(question=item.question) for item in items]
-    decoding = prompts.decoding.get("cloze", {})
-    outputs = mut.generate([mut.prompt_ids(prompts, t) for t in texts], decoding.get("max_new_tokens", 32),
-                           decoding.get("repetition_penalty", 1.0))
+    max_new = prompts.decoding.get("cloze", {}).get("max_new_tokens", 32)
+    outputs, failed = _generate(model, prompts, texts, max_new, sampling)
     results = []
-    for item, text, output in zip(items, texts, outputs):
-        prediction = output.strip()
-        results.append({"id": item.id, "prompt": text, "output": output, "answer": item.answer,
-                        "prediction": prediction, "rouge1": metrics.rouge_n(prediction, item.answer, 1),
-                        "rouge2": metrics.rouge_n(prediction, item.answer, 2),
-                        "rougeL": metrics.rouge_l(prediction, item.answer),
-                        "bleu": metrics.bleu(prediction, item.answer)})
-    summary = {"n_items": len(results)}
-    for key in ("rouge1", "rouge2", "rougeL", "bleu"):
-        summary[key] = float(np.mean([r[key] for r in results]))
-    summary["bertscore_f1"] = _bertscore([r["prediction"] for r in results], [i.answer for i in items], bertscore_model)
+    for i, (item, text, output) in enumerate(zip(items, texts, outputs)):
+        prediction = output if faithful else output.strip()
+        row = {"id": item.id, "prompt": text, "output": output, "answer": item.answer, "prediction": prediction}
+        if i in failed:
+            row["status"] = f"failed: {failed[i]}"
+        else:
+            row.update(rouge1=metrics.rouge_n(prediction, item.answer, 1, keep_whitespace=faithful),
+                       rouge2=metrics.rouge_n(prediction, item.answer, 2, keep_whitespace=faithful),
+                       rougeL=metrics.rouge_l(prediction, item.answer, keep_whitespace=faithful),
+                       bleu_char=metrics.bleu_char(prediction, item.answer),
+                       bleu_word=metrics.bleu_word(prediction, item.answer))
+            row["bleu"] = row["bleu_word"] if faithful else row["bleu_char"]
+        results.append(row)
+    scored = [r for r in results if "status" not in r]
+    summary = {"n_items": len(results), "n_failed": len(results) - len(scored)}
+    for key in ("rouge1", "rouge2", "rougeL", "bleu", "bleu_char", "bleu_word"):
+        summary[key] = float(np.mean([r[key] for r in scored])) if scored else float("nan")
+    summary["bleu_kind"] = "bleu_word" if faithful else "bleu_char"
+    summary["bleu_word_tokenizer"] = metrics.bleu_word_tokenizer()
+    summary["rouge_whitespace"] = "kept (raw characters)" if faithful else "dropped"
+    summary["bertscore_f1"] = _bertscore([r["prediction"] for r in scored],
+                                         [r["answer"] for r in scored], bertscore_model)
     return results, summary
 
 
@@ -135,22 +263,48 @@ def _bertscore(candidates, references, model_dir: str | None):
     return float(f1.mean())
 
 
-def run_dialog(mut: ModelUnderTest, items: list[Item], prompts: Prompts, judge=None, concurrency: int = 4):
+def run_dialog(model, items: list[Item], prompts: Prompts, judge=None, concurrency: int = 4,
+               sampling: SamplingParams | None = None):
+    """Replies judged against the physician rules; each item scored by both rules (see judge.py):
+    `mean_score` by the mode's rule, `mean_score_own` and `mean_score_original` by each, and the mode's
+    mean per workbook `class` (`by_class`) and `type` (`by_type`)."""
     texts = [prompts.dialog.format(question=item.question) for item in items]
-    decoding = prompts.decoding.get("dialog", {})
-    outputs = mut.generate([mut.prompt_ids(prompts, t) for t in texts], decoding.get("max_new_tokens", 512),
-                           decoding.get("repetition_penalty", 1.0))
+    max_new = prompts.decoding.get("dialog", {}).get("max_new_tokens", 512)
+    outputs, failed = _generate(model, prompts, texts, max_new, sampling)
+    blank = {"score": None, "score_own": None, "score_original": None, "judge_reply": None}
+    to_judge = [i for i in range(len(items)) if i not in failed] if judge is not None else []
+    verdicts = {i: {**blank, "judge_status": f"failed: generation: {failed[i]}"} for i in failed}
     if judge is None:
-        verdicts = [{"score": None, "judge_reply": None, "judge_status": "not judged"} for _ in items]
+        verdicts.update({i: {**blank, "judge_status": "not judged"} for i in range(len(items)) if i not in failed})
     else:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            verdicts = list(pool.map(lambda a: judge_answer(judge, prompts, *a),
-                                     [(i.question, i.answer, o) for i, o in zip(items, outputs)]))
-    results = [{"id": item.id, "prompt": text, "output": output, "answer": item.answer, **verdict}
-               for item, text, output, verdict in zip(items, texts, outputs, verdicts)]
-    scores = [r["score"] for r in results if r["score"] is not None]
-    summary = {"n_items": len(results), "mean_score": float(np.mean(scores)) if scores else None,
-               "n_scored": len(scores), "n_unparsed": sum(r["judge_status"] == "unparsed" for r in results),
+            judged = pool.map(lambda i: judge_answer(judge, prompts, items[i].question, items[i].answer,
+                                                     outputs[i]), to_judge)
+            verdicts.update(zip(to_judge, judged))
+    results = [{"id": item.id, "class": item.item_class, "type": item.item_type, "prompt": text,
+                "output": output, "answer": item.answer, **verdicts[i]}
+               for i, (item, text, output) in enumerate(zip(items, texts, outputs))]
+    summary = {"n_items": len(results), **_score_stats(results, "score"),
+               "n_unparsed": sum(r["judge_status"] == "unparsed" for r in results),
                "n_failed": sum(r["judge_status"].startswith("failed") for r in results),
-               "judge": getattr(judge, "name", None)}
+               "judge": getattr(judge, "name", None),
+               "score_rule": "original" if prompts.score_rule == "first_digit" else "own"}
+    judged_ok = [r for r in results if r["judge_reply"] is not None]
+    for rule in ("own", "original"):
+        stats = _score_stats(judged_ok, f"score_{rule}")
+        summary[f"mean_score_{rule}"] = stats["mean_score"]
+        summary[f"n_scored_{rule}"] = stats["n_scored"]
+        summary[f"n_unparsed_{rule}"] = len(judged_ok) - stats["n_scored"]
+    for column, key in (("class", "by_class"), ("type", "by_type")):
+        groups = defaultdict(list)
+        for r in results:
+            if r[column] is not None:
+                groups[r[column]].append(r)
+        summary[key] = {label: {"n_items": len(rows), **_score_stats(rows, "score")}
+                        for label, rows in sorted(groups.items())}
     return results, summary
+
+
+def _score_stats(rows: list[dict], key: str) -> dict:
+    scores = [r[key] for r in rows if r.get(key) is not None]
+    return {"mean_score": float(np.mean(scores)) if scores else None, "n_scored": len(scores)}

@@ -8,13 +8,25 @@ STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 def engine_for(model, tokenizer, mesh=None) -> Engine:
-    stop = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-    stop = [t for t in stop if t is not None and t != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+    """Stops at Qwen's <|im_end|> / <|endoftext|>, Llama 3's <|eot_id|> (end of a chat turn) and the
+    tokenizer's own eos (Llama 2 </s>, Llama 3 <|end_of_text|>), whichever the vocabulary has."""
+    candidates = [tokenizer.convert_tokens_to_ids(t) for t in (*STOP_TOKENS, "<|eot_id|>")]
+    candidates.append(tokenizer.eos_token_id)
+    stop: list[int] = []
+    for t in candidates:
+        if t is not None and t != tokenizer.unk_token_id and t not in stop:
+            stop.append(t)
+    if not stop:
+        raise ValueError("the tokenizer has no end-of-sequence token to stop generation at")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     return Engine(model, stop_ids=stop, pad_id=pad, mesh=mesh)
 
 
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` ready for the assistant's reply. A tokenizer without a chat template (a base
+    model: Llama 2, Meditron) gets the messages' contents as plain text, one paragraph each, after its BOS."""
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer.encode("\n\n".join(m["content"] for m in messages) + "\n", add_special_tokens=True)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(text, add_special_tokens=False)
 

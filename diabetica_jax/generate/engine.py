@@ -10,6 +10,7 @@ stops when every row has produced a stop token or `max_new_tokens`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -67,7 +68,8 @@ class Engine:
         if not prompts:
             return []
         padded = left_pad(prompts, self.pad_id, bucketed=True)
-        run = self._program(*padded.tokens.shape, max_new_tokens, params)
+        # the seed enters as the PRNG key, not the program: one compilation serves every seed
+        run = self._program(*padded.tokens.shape, max_new_tokens, dataclasses.replace(params, seed=0))
         with self._mesh():
             out, lengths = run(self.state, padded, jax.random.PRNGKey(params.seed))
         out, lengths = np.asarray(out), np.asarray(lengths)
@@ -130,7 +132,7 @@ class Engine:
         """Yield new token ids one at a time (one jitted decode call per token, so they can be shown)."""
         padded = left_pad([prompt], self.pad_id, bucketed=True)
         width = padded.tokens.shape[1]
-        prefill, decode = self._stream_programs(width, width + max_new_tokens, params)
+        prefill, decode = self._stream_programs(width, width + max_new_tokens, dataclasses.replace(params, seed=0))
         with self._mesh():
             token, carry = prefill(self.state, padded, jax.random.PRNGKey(params.seed))
             for i in range(max_new_tokens):

@@ -28,6 +28,7 @@ from diabetica_jax.model.qwen import Qwen
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
                  "float16": np.dtype(np.float16)}
 log = logging.getLogger(__name__)
+QWEN_FAMILIES = ("qwen2", "qwen3")  # the families whose tokenizer is the embedded default
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -55,7 +56,8 @@ def save(
     progress: bool = True,
 ) -> Path:
     """Write config.json, generation_config.json, safetensors (sharded with an index when larger than
-    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default).
+    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default for Qwen
+    models; other families get no tokenizer files unless one is given).
 
     `dtype` None writes the weights in the dtype the source checkpoint stored them in
     (`config.source_dtype`; float32 for random presets), so load -> save is exact by default;
@@ -115,14 +117,18 @@ def save(
             (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (path / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
         (path / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
-        (tokenizer or load_tokenizer(None)).save_pretrained(str(path))
+        if tokenizer is None and config.family not in QWEN_FAMILIES:
+            # the embedded default is Qwen2's: it does not fit another family's vocabulary
+            log.warning("no tokenizer given for a %s model: %s gets no tokenizer files; copy the source "
+                        "checkpoint's tokenizer there", config.family, path)
+        else:
+            (tokenizer or load_tokenizer(None)).save_pretrained(str(path))
     return path
 
 
 def _generation_config(config: QwenConfig) -> dict:
-    return {
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": 151643,
-        "do_sample": False,
-    }
+    out = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+    if config.family in QWEN_FAMILIES:  # Qwen's <|endoftext|>; other families name no pad token
+        out["pad_token_id"] = 151643
+    out["do_sample"] = False
+    return out

@@ -7,10 +7,13 @@ tokens and a ChatML chat template, and cached on disk.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from diabetica_jax.hf.errors import HFCheckpointError
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = {ENDOFTEXT: 151643, IM_START: 151644, IM_END: 151645}
@@ -33,6 +36,7 @@ CHATML_TEMPLATE = (
 )
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+QWEN_MODEL_TYPES = ("qwen2", "qwen3")  # the families whose vocabulary the embedded tokenizer is
 
 
 def cache_dir() -> Path:
@@ -83,7 +87,15 @@ def embedded_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in checkpoint directory `path`, else the embedded Qwen2 default."""
+    """The tokenizer saved in checkpoint directory `path`, else the embedded Qwen2 default, which only fits
+    a Qwen checkpoint: another family without tokenizer files is an error, not a silent wrong vocabulary."""
     if path is not None and any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    config = Path(path) / "config.json" if path is not None else None
+    if config is not None and config.is_file():
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        if model_type not in QWEN_MODEL_TYPES:
+            raise HFCheckpointError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}), and the embedded "
+                                    f"Qwen2 tokenizer does not fit model_type {model_type!r}; copy the model's "
+                                    "tokenizer files into the directory")
     return embedded_tokenizer()

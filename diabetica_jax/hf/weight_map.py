@@ -4,6 +4,7 @@ Each entry names the HF tensor (with `{layer}` for per-layer weights), the param
 model state, how the layout changes (`kernel`: HF stores Linear weights [out, in], we store
 [in..., out...]; `plain`: same values, possibly reshaped, e.g. a bias [heads*head_dim] -> [heads, head_dim]),
 and when the entry applies (biases only where the config has them, lm_head only when untied).
+Every supported family (Qwen2/3, Llama, Mistral) uses these same names.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _has_bias(cfg: QwenConfig) -> bool:
     return cfg.qkv_bias
 
 
+def _has_o_bias(cfg: QwenConfig) -> bool:
+    return cfg.o_proj_bias
+
+
 def _has_qk_norm(cfg: QwenConfig) -> bool:
     return cfg.qk_norm
 
@@ -90,6 +95,7 @@ WEIGHT_TABLE: tuple[WeightEntry, ...] = (
     _layer("self_attn.q_norm.weight", "self_attn.q_norm.weight", PLAIN, _has_qk_norm),
     _layer("self_attn.k_norm.weight", "self_attn.k_norm.weight", PLAIN, _has_qk_norm),
     _layer("self_attn.o_proj.weight", "self_attn.o_proj.kernel", KERNEL_FROM_HEADS),
+    _layer("self_attn.o_proj.bias", "self_attn.o_proj.bias", PLAIN, _has_o_bias),
     _layer("post_attention_layernorm.weight", "post_attention_layernorm.weight", PLAIN),
     _layer("mlp.gate_proj.weight", "mlp.gate_proj.kernel", KERNEL),
     _layer("mlp.up_proj.weight", "mlp.up_proj.kernel", KERNEL),

@@ -15,6 +15,11 @@ run resumes without paying twice; failures are not cached. Its counters: `calls`
 backend (for `OpenAIClient`, HTTP requests sent, retries included), `cache_hits` requests answered from
 disk, `failures` requests that raised `LLMError` after their last attempt. Curation (teacher, refine)
 and evaluation (judge) use both.
+
+`complete` (on both) is `chat` for callers that need more than the text: it sends extra request parameters
+(`seed`, `top_p`, `logprobs`, `top_logprobs`, ...) and returns the endpoint's whole `choices[0]` object
+(message, logprobs, finish_reason); its cache key includes every extra parameter. Evaluation's
+`RemoteModel` (an endpoint as the model under test) uses it.
 """
 
 from __future__ import annotations
@@ -68,10 +73,20 @@ class OpenAIClient:
         self._http.close()
 
     def chat(self, messages, max_tokens: int, temperature: float) -> str:
+        content = self.complete(messages, max_tokens, temperature).get("message", {}).get("content")
+        if not isinstance(content, str):
+            raise LLMError(f"reply from {self.url} has no choices[0].message.content")
+        return content
+
+    def complete(self, messages, max_tokens: int, temperature: float | None, **extra) -> dict:
+        """One request with `extra` body parameters (seed, top_p, logprobs, ...); the reply's `choices[0]`.
+        temperature None: not sent, the endpoint's default applies."""
         # Read the key per request: it lives only in the environment and in the header, never on self.
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        body = {**extra, "model": self.model, "messages": messages, "max_tokens": max_tokens}
+        if temperature is not None:
+            body["temperature"] = temperature
         try:
             response = self._http.post(self.url, json=body, headers=headers)
         except httpx.TimeoutException as e:
@@ -87,14 +102,14 @@ class OpenAIClient:
                            retryable=status == 429 or status >= 500,
                            retry_after=_retry_after(response.headers.get("Retry-After")))
         try:
-            content = response.json()["choices"][0]["message"]["content"]
+            choice = response.json()["choices"][0]
         except ValueError:
             raise LLMError(f"reply from {self.url} is not JSON") from None
         except (KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
-            raise LLMError(f"reply from {self.url} has no choices[0].message.content")
-        return content
+            choice = None
+        if not isinstance(choice, dict) or not isinstance(choice.get("message", {}), dict):
+            raise LLMError(f"reply from {self.url} has no choices[0].message")
+        return choice
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -140,8 +155,8 @@ class CachedChat:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
-    def _path(self, messages, max_tokens, temperature) -> Path:
-        key = json.dumps([self.name, messages, max_tokens, temperature], ensure_ascii=False, sort_keys=True)
+    def _path(self, *request) -> Path:
+        key = json.dumps([self.name, *request], ensure_ascii=False, sort_keys=True)
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -155,27 +170,42 @@ class CachedChat:
         log.info("%s: %s; attempt %d of %d in %.1f s", self.name, state.outcome.exception(),
                  state.attempt_number + 1, self.retries, state.upcoming_sleep)
 
-    def _attempt(self, messages, max_tokens: int, temperature: float) -> str:
+    def _attempt(self, call, *args, **kwargs):
         self._count("calls")
-        return self.backend.chat(messages, max_tokens, temperature)
+        return call(*args, **kwargs)
 
     def chat(self, messages, max_tokens: int = 512, temperature: float = 0.0) -> str:
-        path = self._path(messages, max_tokens, temperature)
+        path = self._path(messages, max_tokens, temperature)  # the key every existing cache was written with
+        return self._cached(path, "reply", self.backend.chat, messages, max_tokens, temperature)
+
+    def complete(self, messages, max_tokens: int = 512, temperature: float = 0.0, **extra) -> dict:
+        """The backend's whole `choices[0]` object, for requests with `extra` parameters (None values are
+        not sent); cached under a key of name, messages, max_tokens, temperature and every extra parameter."""
+        complete = getattr(self.backend, "complete", None)
+        if complete is None:
+            raise TypeError(f"{self.name} answers chat requests only (no complete())")
+        extra = {k: v for k, v in extra.items() if v is not None}
+        path = self._path("complete", messages, max_tokens, temperature, extra)
+        return self._cached(path, "choice", complete, messages, max_tokens, temperature, **extra)
+
+    def _cached(self, path: Path, field: str, call, *args, **kwargs):
         if path.is_file():
             self._count("cache_hits")
-            return json.loads(path.read_text(encoding="utf-8"))["reply"]
+            return json.loads(path.read_text(encoding="utf-8"))[field]
         # A fresh Retrying per request: its attempt state is per call, and calls come from many threads.
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
             wait=self._wait, before_sleep=self._log_retry, reraise=True)
         try:
-            reply = retrying(self._attempt, messages, max_tokens, temperature)
+            result = retrying(self._attempt, call, *args, **kwargs)
         except LLMError as e:
             self._count("failures")
             attempts = retrying.statistics.get("attempt_number", 1)
-            raise LLMError(f"{self.name} failed after {attempts} attempt{'s' * (attempts != 1)}: {e}") from None
+            # `retryable` is kept: callers can tell "the server refused this request" (False) from "it was down"
+            raise LLMError(f"{self.name} failed after {attempts} attempt{'s' * (attempts != 1)}: {e}",
+                           retryable=e.retryable) from None
         tmp = path.with_suffix(f".{threading.get_ident()}.partial")  # two threads may ask the same thing
-        tmp.write_text(json.dumps({"reply": reply}, ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps({field: result}, ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)
-        return reply
+        return result

@@ -1,7 +1,9 @@
-"""The Qwen-family model configuration: read from / written to a Hugging Face `config.json`.
+"""The decoder configuration: read from / written to a Hugging Face `config.json`.
 
-One dataclass covers Qwen2, Qwen2.5 (same architecture as Qwen2) and Qwen3 dense. Anything the
-model does not implement (RoPE scaling, sliding-window layers, MoE, other activations) is refused
+One dataclass covers Qwen2, Qwen2.5 (same architecture as Qwen2), Qwen3 dense, and the Llama layout:
+Llama 2 / 3 / 3.1 (and Llama-architecture models such as Yi and Meditron) and Mistral without a
+sliding window. RoPE may be default, `linear` or `llama3` scaled. Anything the model does not
+implement (other RoPE scalings, sliding-window layers, MLP biases, MoE, other activations) is refused
 with an error naming the file and the field, never silently ignored.
 """
 
@@ -14,13 +16,21 @@ from typing import Any
 
 import yaml
 
-from diabetica_jax.model.layers import LoRASpec
+from diabetica_jax.model.layers import LoRASpec, RopeScaling
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
-# config.json `architectures[0]` / `model_type` -> our family name.
-SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
-SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
+# config.json `architectures[0]` / `model_type` -> our family name (the family is also the model_type).
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+}
+SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama", "mistral": "mistral"}
+ARCHITECTURE_OF = {family: arch for arch, family in SUPPORTED_ARCHITECTURES.items()}
+# RoPE variants implemented (config.json `rope_type`, or `type` in older files); others are refused.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # How a process computes, one story for every entry point (hf.load, create_model, the CLI, training,
@@ -40,7 +50,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class QwenConfig:
     # architecture (what config.json describes)
-    family: str  # "qwen2" (also Qwen2.5) or "qwen3"
+    family: str  # "qwen2" (also Qwen2.5), "qwen3", "llama" (also Yi, Meditron) or "mistral"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -51,9 +61,10 @@ class QwenConfig:
     rope_theta: float
     rms_norm_eps: float
     tie_word_embeddings: bool
-    qkv_bias: bool  # Qwen2/2.5: biases on q, k, v projections
+    qkv_bias: bool  # Qwen2/2.5: biases on q, k, v projections (Qwen3/Llama: `attention_bias`, o_proj too)
     qk_norm: bool  # Qwen3: per-head RMSNorm on q and k before RoPE
     max_position_embeddings: int = 32768
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE ("default")
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     # the dtype the checkpoint's weights were stored in (config.json `torch_dtype`, `dtype` in
@@ -73,6 +84,8 @@ class QwenConfig:
     lora_targets: tuple[str, ...] = LINEAR_LAYERS
 
     def __post_init__(self):
+        if self.family not in ARCHITECTURE_OF:
+            raise ConfigError(f"family={self.family!r} is not one of {sorted(ARCHITECTURE_OF)}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})"
@@ -101,7 +114,12 @@ class QwenConfig:
 
     @property
     def architecture(self) -> str:
-        return {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.family]
+        return ARCHITECTURE_OF[self.family]
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """`attention_bias` puts a bias on o_proj as well in Qwen3 and Llama; Qwen2 biases only q, k, v."""
+        return self.qkv_bias and self.family != "qwen2"
 
     def num_params(self) -> int:
         """Parameter count (embeddings included once when tied)."""
@@ -109,6 +127,8 @@ class QwenConfig:
         attn = e * h * d + 2 * e * k * d + h * d * e
         if self.qkv_bias:
             attn += h * d + 2 * k * d
+        if self.o_proj_bias:
+            attn += e
         if self.qk_norm:
             attn += 2 * d
         layer = attn + 3 * e * i + 2 * e
@@ -128,14 +148,16 @@ class QwenConfig:
         if archs:
             if archs[0] not in SUPPORTED_ARCHITECTURES:
                 raise ConfigError(
-                    f"{source}: architectures={archs} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+                    f"{source}: architectures={archs} is not supported; supported architectures: "
+                    f"{sorted(SUPPORTED_ARCHITECTURES)}"
                 )
             family = SUPPORTED_ARCHITECTURES[archs[0]]
         else:
             model_type = need("model_type")
             if model_type not in SUPPORTED_MODEL_TYPES:
                 raise ConfigError(
-                    f"{source}: model_type={model_type!r} is not supported; supported: {sorted(SUPPORTED_MODEL_TYPES)}"
+                    f"{source}: model_type={model_type!r} is not supported; supported model types: "
+                    f"{sorted(SUPPORTED_MODEL_TYPES)}"
                 )
             family = SUPPORTED_MODEL_TYPES[model_type]
 
@@ -146,15 +168,26 @@ class QwenConfig:
             if raw.get(moe_key):
                 raise ConfigError(f"{source}: {moe_key}={raw[moe_key]} (mixture of experts) is not supported")
 
-        rope_theta = _rope_theta(raw, source)
+        if raw.get("mlp_bias"):
+            raise ConfigError(f"{source}: mlp_bias=true (biases on the MLP projections) is not supported")
+        rope_theta, rope_scaling = _rope(raw, source)
         num_layers = int(need("num_hidden_layers"))
-        _refuse_sliding_window(raw, source, num_layers)
+        max_positions = int(raw.get("max_position_embeddings") or 32768)
+        if family == "mistral":
+            _refuse_mistral_sliding_window(raw, source, max_positions)
+        else:
+            _refuse_sliding_window(raw, source, num_layers)
 
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
         head_dim = raw.get("head_dim") or hidden // heads
         if family == "qwen2" and head_dim * heads != hidden:
             raise ConfigError(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
-        qkv_bias = True if family == "qwen2" else bool(raw.get("attention_bias", False))
+        if family == "qwen2":
+            qkv_bias = True
+        elif family == "mistral":  # MistralAttention has no biases whatever the config says
+            qkv_bias = False
+        else:
+            qkv_bias = bool(raw.get("attention_bias", False))
         return cls(
             family=family,
             vocab_size=int(need("vocab_size")),
@@ -169,7 +202,8 @@ class QwenConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             qk_norm=family == "qwen3",
-            max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+            max_position_embeddings=max_positions,
+            rope_scaling=rope_scaling,
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
             source_dtype=_source_dtype(raw),
@@ -177,7 +211,8 @@ class QwenConfig:
         )
 
     def to_hf_dict(self, torch_dtype: str = "float32") -> dict[str, Any]:
-        """config.json content readable by transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+        """config.json content readable by transformers 4.x (rope_theta, rope_scaling) and 5.x (rope_parameters)."""
+        scaling = _rope_scaling_dict(self.rope_scaling)
         out: dict[str, Any] = {
             "architectures": [self.architecture],
             "model_type": self.family,
@@ -192,11 +227,9 @@ class QwenConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_scaling": None,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_scaling": scaling,
+            "rope_parameters": {"rope_type": "default", **(scaling or {}), "rope_theta": self.rope_theta},
             "tie_word_embeddings": self.tie_word_embeddings,
-            "use_sliding_window": False,
-            "sliding_window": None,
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -204,8 +237,13 @@ class QwenConfig:
             "dtype": torch_dtype,
             "use_cache": True,
         }
-        if self.family == "qwen3":
+        if self.family in ("qwen2", "qwen3"):
+            out["use_sliding_window"] = False
+        out["sliding_window"] = None  # llama has none; qwen2/3 and mistral: off
+        if self.family in ("qwen3", "llama"):
             out["attention_bias"] = self.qkv_bias
+        if self.family == "llama":
+            out["mlp_bias"] = False
         return out
 
     @classmethod
@@ -239,22 +277,74 @@ def _source_dtype(raw: dict[str, Any]) -> str:
     return str(value).removeprefix("torch.")
 
 
-def _rope_theta(raw: dict[str, Any], source: str) -> float:
-    """RoPE base from either the 4.x form (`rope_theta`, `rope_scaling`) or 5.x (`rope_parameters`)."""
+def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
+    """RoPE base and scaling from either the 4.x form (`rope_theta`, `rope_scaling`) or 5.x
+    (`rope_parameters`). Like transformers, a non-empty `rope_scaling` wins over `rope_parameters`."""
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and "full_attention" in params:  # per-layer-type form
         params = params["full_attention"]
     scaling = raw.get("rope_scaling")
-    for field, block in (("rope_parameters", params), ("rope_scaling", scaling)):
-        if block:
-            kind = block.get("rope_type", block.get("type", "default"))
-            if kind != "default":
-                raise ConfigError(f"{source}: {field} rope_type={kind!r} is not supported (only default RoPE)")
-    if params and "rope_theta" in params:
-        return float(params["rope_theta"])
-    if "rope_theta" in raw:
-        return float(raw["rope_theta"])
-    return 10000.0
+    for field, block in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if not block:
+            continue
+        if not isinstance(block, dict):
+            raise ConfigError(f"{source}: {field}={block!r} is not a mapping")
+        kind = block.get("rope_type", block.get("type", "default"))
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(
+                f"{source}: {field} rope_type={kind!r} is not supported; supported rope types: {list(SUPPORTED_ROPE_TYPES)}"
+            )
+        prf = block.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
+        if prf not in (None, 1, 1.0):
+            raise ConfigError(f"{source}: {field} partial_rotary_factor={prf!r} is not supported (only 1.0)")
+    if params and params.get("rope_theta") is not None:
+        theta = float(params["rope_theta"])
+    elif raw.get("rope_theta") is not None:
+        theta = float(raw["rope_theta"])
+    elif scaling and scaling.get("rope_theta") is not None:
+        theta = float(scaling["rope_theta"])
+    else:
+        theta = 10000.0
+    field, block = ("rope_scaling", scaling) if scaling else ("rope_parameters", params)
+    kind = block.get("rope_type", block.get("type", "default")) if block else "default"
+    if kind == "default":
+        return theta, None
+
+    def number(key: str) -> float:
+        if block.get(key) is None:
+            raise ConfigError(f"{source}: {field} rope_type={kind!r} needs {key!r}, which is missing")
+        return float(block[key])
+
+    factor = number("factor")
+    if factor <= 0:
+        raise ConfigError(f"{source}: {field} factor={factor} must be positive")
+    if kind == "linear":
+        return theta, RopeScaling("linear", factor)
+    low, high = number("low_freq_factor"), number("high_freq_factor")
+    if high <= low:
+        raise ConfigError(f"{source}: {field} high_freq_factor={high} must exceed low_freq_factor={low}")
+    # transformers: a top-level original_max_position_embeddings takes priority, then the block's, then
+    # max_position_embeddings
+    original = raw.get("original_max_position_embeddings") or block.get("original_max_position_embeddings") \
+        or raw.get("max_position_embeddings")
+    if not original:
+        raise ConfigError(f"{source}: {field} rope_type='llama3' needs 'original_max_position_embeddings', which is missing")
+    return theta, RopeScaling("llama3", factor, low, high, int(original))
+
+
+def _rope_scaling_dict(scaling: RopeScaling | None) -> dict[str, Any] | None:
+    """The transformers `rope_scaling` block (without rope_theta) for a scaling, None for plain RoPE."""
+    if scaling is None:
+        return None
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "factor": scaling.factor}
+    return {
+        "rope_type": "llama3",
+        "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor,
+        "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_position_embeddings,
+    }
 
 
 def _refuse_sliding_window(raw: dict[str, Any], source: str, num_layers: int) -> None:
@@ -272,3 +362,15 @@ def _refuse_sliding_window(raw: dict[str, Any], source: str, num_layers: int) ->
                 f"{source}: use_sliding_window=true with max_window_layers={first_sliding} < num_hidden_layers="
                 f"{num_layers} puts sliding-window attention in use; it is not supported"
             )
+
+
+def _refuse_mistral_sliding_window(raw: dict[str, Any], source: str, max_positions: int) -> None:
+    """Mistral attends within `sliding_window` tokens whenever it is set (no use_sliding_window switch);
+    a window of at least max_position_embeddings never binds, and is accepted as full attention."""
+    _refuse_sliding_window({"layer_types": raw.get("layer_types")}, source, 0)
+    window = raw.get("sliding_window")
+    if window is not None and int(window) < max_positions:
+        raise ConfigError(
+            f"{source}: sliding_window={window} < max_position_embeddings={max_positions} puts sliding-window "
+            f"attention in use; it is not supported (only sliding_window: null)"
+        )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -117,11 +118,51 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [batch, seq, head_dim] for integer positions, in float32."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """A RoPE frequency remapping, as config.json's `rope_scaling` / `rope_parameters` describe it.
+
+    kind "linear": every inverse frequency divided by `factor` (positions / factor).
+    kind "llama3" (Llama 3.1): wavelengths beyond original_max_position_embeddings / low_freq_factor are
+    divided by `factor`, those below original / high_freq_factor are kept, the band between is interpolated.
+    """
+
+    kind: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """Inverse frequencies [head_dim / 2] in float32, computed as transformers' rope initialisers do."""
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim))))
+    inv_freq = inv_freq.astype(np.float32)
+    if scaling is None:
+        return inv_freq
+    factor = np.float32(scaling.factor)
+    if scaling.kind == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    if scaling.kind != "llama3":
+        raise ValueError(f"rope scaling {scaling.kind!r} is not implemented")
+    low, high = np.float32(scaling.low_freq_factor), np.float32(scaling.high_freq_factor)
+    old_len = np.float32(scaling.original_max_position_embeddings)
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(
+    positions: jax.Array, head_dim: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [batch, seq, head_dim] for integer positions, in float32 (optionally frequency-scaled)."""
+    inv_freq = jnp.asarray(rope_inv_freq(head_dim, theta, scaling))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)  # Qwen rotates halves, not interleaved pairs
+    angles = jnp.concatenate([angles, angles], axis=-1)  # rotate halves (HF layout), not interleaved pairs
     return jnp.cos(angles), jnp.sin(angles)
 
 

@@ -1,4 +1,6 @@
-"""The Qwen family (Qwen2, Qwen2.5, Qwen3 dense) as one Flax NNX model.
+"""The Qwen family (Qwen2, Qwen2.5, Qwen3 dense) and the Llama family (Llama 2/3/3.1, Yi, Meditron,
+Mistral without sliding window) as one Flax NNX decoder: the families differ only in config flags
+(q/k/v/o biases, q/k norms, tied embeddings, RoPE scaling), never in code paths.
 
 Decoder layers are created stacked (one leading `layers` axis on every layer parameter) and run
 under `jax.lax.scan`, so compile time does not grow with depth; the remat policy wraps the scanned
@@ -57,7 +59,7 @@ class Attention(nnx.Module):
         self.q_proj = proj("q_proj", (e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)
         self.k_proj = proj("k_proj", (e,), (k, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
         self.v_proj = proj("v_proj", (e,), (k, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
-        self.o_proj = proj("o_proj", (h, d), (e,), ("heads", "head_dim"), ("embed",))
+        self.o_proj = proj("o_proj", (h, d), (e,), ("heads", "head_dim"), ("embed",), cfg.o_proj_bias)
         if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
             self.q_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
             self.k_norm = RMSNorm(d, eps=cfg.rms_norm_eps, param_dtype=pdt)
@@ -145,7 +147,7 @@ def _remat(body, policy: str):
 
 
 class Qwen(nnx.Module):
-    """Decoder-only Qwen LM: tokens [batch, seq] -> logits [batch, seq, vocab] (float32)."""
+    """Decoder-only LM (any supported family): tokens [batch, seq] -> logits [batch, seq, vocab] (float32)."""
 
     def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -191,7 +193,7 @@ class Qwen(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         chex.assert_equal_shape([tokens, positions])
         chex.assert_type(positions, int)
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
         x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
 
         graphdef, stacked = nnx.split(self.layers)

@@ -135,18 +135,22 @@ def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: b
     from diabetica_jax.train.setup import build_model
 
     tokenizer = hf.load_tokenizer(train_cfg.model.hf_path)
+    # faithful mode decodes with the base checkpoint's generation_config.json, before and after training
+    eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or train_cfg.model.hf_path)
     runs = []
     if cfg.eval_base:
         mesh = make_mesh({"fsdp": -1})
         with jax.set_mesh(mesh):
             base, _, _ = build_model(train_cfg, mesh)
         name = Path(train_cfg.model.hf_path).name if train_cfg.model.hf_path else f"{train_cfg.model.preset} (base)"
-        runs.append(evaluate(dataclasses.replace(cfg.eval, name=f"{name} before training"), out / "base",
-                             model=base, tokenizer=tokenizer, progress=progress))
+        result = evaluate(dataclasses.replace(eval_cfg, name=f"{name} before training"), out / "base",
+                          model=base, tokenizer=tokenizer, progress=progress)
+        runs += result.get("runs", [result])  # one report per mode
         del base
     model, _, step = trained_model(train_dir)
-    runs.append(evaluate(dataclasses.replace(cfg.eval, name=f"trained (step {step})"), out / "trained",
-                         model=model, tokenizer=tokenizer, progress=progress))
+    result = evaluate(dataclasses.replace(eval_cfg, name=f"trained (step {step})"), out / "trained",
+                      model=model, tokenizer=tokenizer, progress=progress)
+    runs += result.get("runs", [result])
     (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
     compare_plot(runs[::-1], out / "comparison.png")
     return {"runs": [r["model"] for r in runs]}
