@@ -35,11 +35,10 @@ def runs(tmp_path):
     per_seed = [{"seed": s, "accuracy": a, "loglik_accuracy": 0.5} for s, a in ((0, 0.70), (1, 0.74), (2, 0.72))]
     faithful = {"model": "tiny-faithful", "mode": "faithful", "seeds": [0, 1, 2],
                 "decoding": {"temperature": 0.7, "top_p": 0.9},
-                "tasks": {"mcq": {**_mcq(0.72, 200), "per_seed": per_seed, "mean": {"accuracy": 0.72},
-                                  "std": {"accuracy": 0.02},
-                                  "per_file": {"ZhiCheng_MCQ_A1.csv": {**_mcq(0.8, 100), "accuracy_mean": 0.8,
-                                                                       "accuracy_std": 0.01},
-                                               "ZhiCheng_MCQ_A2.csv": _mcq(0.64, 100)}},
+                "tasks": {"mcq": {**_mcq(0.70, 200), "per_seed": per_seed,
+                                  "seed_stats": {"accuracy": {"mean": 0.72, "std": 0.02, "n": 3}},
+                                  "per_file": {"ZhiCheng_MCQ_A1.csv": _mcq(0.8, 100),
+                                               "ZhiCheng_MCQ_A2.csv": _mcq(0.6, 100)}},
                           "cloze": {"n_items": 10, "rouge1": 0.5, "rouge2": 0.3, "rougeL": 0.45, "bleu": 0.2,
                                     "bertscore_f1": 0.81},
                           "dialog": {"n_items": 5, "mean_score": None, "n_scored": 0}},
@@ -103,8 +102,8 @@ def test_table_rows(runs):
     faithful = t["tiny-faithful", "faithful"]
     assert faithful["mcq_pooled_pct"] == pytest.approx(72.0) and faithful["mcq_pooled_std_pct"] == pytest.approx(2.0)
     assert faithful["n_seeds"] == 3 and faithful["seeds"] == [0, 1, 2]
-    assert faithful["mcq_a1_pct"] == pytest.approx(80.0) and faithful["mcq_a1_std_pct"] == pytest.approx(1.0)
-    assert faithful["mcq_a2_pct"] == pytest.approx(64.0)
+    assert faithful["mcq_a1_pct"] == pytest.approx(80.0) and faithful["mcq_a1_std_pct"] is None
+    assert faithful["mcq_a2_pct"] == pytest.approx(60.0)
     assert faithful["cloze_bertscore_f1"] == 0.81 and faithful["dialog_mean"] is None
 
     api = t["api-model", "faithful"]
@@ -119,18 +118,20 @@ def test_table_rows(runs):
     assert all(r["mcq_a1_pct"] is None and r["cloze_rouge1"] is None for r in pub)  # only published columns
 
 
-def test_seed_stats_from_per_seed_list_only(tmp_path):
-    """Without explicit mean/std, the figures across the per-seed summaries are used."""
-    per_seed = {"0": {"accuracy": 0.5}, "1": {"accuracy": 0.7}}
-    report = {"model": "m", "mode": "faithful", "seeds": [0, 1],
-              "tasks": {"mcq": {"n_items": 10, "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "by_seed": per_seed}}}
+def test_the_spread_over_seeds_is_the_runners():
+    """The runner's own seed_stats of per-seed figures become the row's mean and std."""
+    from diabetica_jax.evaluation.runner import seed_stats
+
+    per_seed = [{"seed": 42, "accuracy": 0.5}, {"seed": 43, "accuracy": 0.7}]
+    report = {"model": "m", "mode": "faithful", "seeds": [42, 43],
+              "tasks": {"mcq": {"n_items": 10, "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8], "per_seed": per_seed,
+                                "seed_stats": seed_stats(per_seed, ["accuracy"])}}}
     (row,) = compare.comparison_table([report], {})
-    assert row["mcq_pooled_pct"] == pytest.approx(60.0)
+    assert (row["n_seeds"], row["seeds"], row["mcq_pooled_pct"]) == (2, [42, 43], pytest.approx(60.0))
     assert row["mcq_pooled_std_pct"] == pytest.approx(14.142, abs=1e-3)
-    report = {**report, "seeds": 3, "tasks": {"mcq": {"n_items": 10, "accuracy_mean": 0.6, "accuracy_std": 0.05}}}
-    (row,) = compare.comparison_table([report], {})  # seeds as a count, figures as accuracy_mean/_std
-    assert (row["n_seeds"], row["seeds"], row["mcq_pooled_pct"]) == (3, None, pytest.approx(60.0))
-    assert row["mcq_pooled_std_pct"] == pytest.approx(5.0) and row["mcq_pooled_ci95_pct"] is None
+    one = {**report, "seeds": [42], "tasks": {"mcq": {"n_items": 10, "accuracy": 0.5, "accuracy_ci95": [0.2, 0.8]}}}
+    (row,) = compare.comparison_table([one], {})  # one seed: the figure with its interval, no spread
+    assert row["mcq_pooled_pct"] == pytest.approx(50.0) and row["mcq_pooled_std_pct"] is None
 
 
 def test_published_default_comes_from_reports(runs):
@@ -145,7 +146,7 @@ def test_markdown_and_files(runs, tmp_path):
     out = tmp_path / "cmp"
     result = compare.write_comparison([root, paths[2].parent], out, str(protocol))
     md = (out / "comparison.md").read_text(encoding="utf-8")
-    for text in ("| tiny-own | own | 70.0 | 50.0 | 60.0 [53.0–66.5] |", "72.0 ± 2.0 (n=3)", "80.0 ± 1.0",
+    for text in ("| tiny-own | own | 70.0 | 50.0 | 60.0 [53.0–66.5] |", "72.0 ± 2.0 (n=3)",
                  "| api-model | faithful | 90.0 | 80.0 | 85.0 [79.0–89.0] |", "Model-X *(published)*",
                  "| Model-X *(published)* | published | – | – | 80.5 |", "6.40 (4/5)", "not judged (0/5)", "n/c",
                  "seeds 0, 1, 2", "BLEU (char)", "cloze BLEU is bleu_char", "MCQ log-lik %", "0.390", "0.810"):

@@ -315,17 +315,35 @@ def tiny_checkpoint(tmp_path_factory):
     return make_hf_checkpoint("qwen2_tied", tmp_path_factory.mktemp("ckpt") / "tiny-qwen2")
 
 
-def _faithful_overrides(checkpoint, *extra):
-    return [f"model={checkpoint}", "mode=faithful", f"protocol={DIABETICA / 'protocol.json'}",
+@pytest.fixture(scope="module")
+def protocol_file(tmp_path_factory):
+    """A protocol in the layout of Diabetica's protocol.json, written here so these tests need no ../shared."""
+    decoding = {"seed": 42, "max_new_tokens": 32}
+    protocol = {
+        "system_prompt": "You are a helpful assistant.",
+        "mcq": {"user_prompt": "{question}\n只输出选项字母。", "decoding": decoding},
+        "fill_in_the_blank": {"user_prompt": "填空：\n<question>", "placeholder": "<question>", "decoding": decoding},
+        "dialog": {"user_prompt": "{question}", "decoding": {"max_new_tokens": 64, "repetition_penalty": 1.1},
+                   "judge": {"model": "judge-model", "temperature": 0.2, "max_tokens": 256,
+                             "prompt": "Rate <output> for <instruction> by <rule>. Answer with Score: "}},
+        "published_results": {"mcq_pooled_accuracy_pct": {"Some-7B": 70.0}},
+    }
+    path = tmp_path_factory.mktemp("protocol") / "protocol.json"
+    path.write_text(json.dumps(protocol, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _faithful_overrides(checkpoint, protocol, *extra):
+    return [f"model={checkpoint}", "mode=faithful", f"protocol={protocol}",
             "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}, "
             "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}]", *extra]
 
 
-@pytest.mark.shared
-def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds(tmp_path, tiny_checkpoint):
+def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds(tmp_path, tiny_checkpoint,
+                                                                                 protocol_file):
     (tiny_checkpoint / "generation_config.json").write_text(json.dumps(SAMPLING_CONFIG))
-    result = evaluate(load_config(EvalConfig, None, _faithful_overrides(tiny_checkpoint, "seeds=2")), tmp_path,
-                      progress=False)
+    cfg = load_config(EvalConfig, None, _faithful_overrides(tiny_checkpoint, protocol_file, "seeds=2"))
+    result = evaluate(cfg, tmp_path, progress=False)
     assert result["seeds"] == [42, 43]
     assert result["decoding"]["source"] == str(tiny_checkpoint / "generation_config.json")
     mcq = result["tasks"]["mcq"]
@@ -342,10 +360,11 @@ def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds
     assert "2 seeds: mean" in (tmp_path / "summary.md").read_text()
 
 
-@pytest.mark.shared
-def test_faithful_mode_is_greedy_when_the_checkpoint_says_so_and_modes_run_side_by_side(tmp_path, tiny_checkpoint):
+def test_faithful_mode_is_greedy_when_the_checkpoint_says_so_and_modes_run_side_by_side(tmp_path, tiny_checkpoint,
+                                                                                        protocol_file):
     (tiny_checkpoint / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))
-    cfg = load_config(EvalConfig, None, _faithful_overrides(tiny_checkpoint, "modes=[own, faithful]", "seeds=2"))
+    cfg = load_config(EvalConfig, None,
+                      _faithful_overrides(tiny_checkpoint, protocol_file, "modes=[own, faithful]", "seeds=2"))
     result = evaluate(cfg, tmp_path, progress=False)
     own, faithful = result["runs"]
     assert (own["mode"], faithful["mode"]) == ("own", "faithful") and result["mode"] == "own"

@@ -102,6 +102,7 @@ def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
     assert shards[0] and shards[1] and not shards[0] & shards[1]
 
 
+@pytest.mark.slow
 def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
     from diabetica_jax.data.curate.config import load_curate_config
     from diabetica_jax.data.curate.pipeline import curate

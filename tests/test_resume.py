@@ -32,6 +32,7 @@ def _reference(hf_path, tmp_path, steps_total, steps):
     return {h["step"]: h["loss"] for h in result.history}
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted_and_resumes_on_another_mesh(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen2_untied"]
     config = write_config(path, tmp_path / "train.yaml", mesh=MESH, loop={"steps": 400, "checkpoint_every": 1000})
@@ -79,6 +80,7 @@ def _two_processes(config, run_dir, *extra):
     return results
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume_like_one(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen3"]
     config = write_config(path, tmp_path / "train.yaml", mesh=MESH, loop={"steps": 6, "checkpoint_every": 3})

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from train_helpers import REPO, cli_env
 
 from diabetica_jax.pipeline.config import load_run_config
@@ -18,6 +19,7 @@ SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_
          "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2"]
 
 
+@pytest.mark.slow
 def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     result = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
     assert result["stages"] == {"curate": "done", "train": "done", "eval": "done", "export": "done"}
@@ -44,6 +46,7 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
                                  "export": "skipped (up to date)"}
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
     args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
             "train.loop.steps=60", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",

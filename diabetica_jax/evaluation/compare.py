@@ -5,9 +5,9 @@ out as the paper does: MCQ accuracy on A1, A2 and pooled, fill-in-the-blank ROUG
 BERTScore, and the judged dialogue mean, followed by the published reference rows of the protocol
 file (`published_results`; only the columns the paper published, the others left empty).
 
-Reports are read tolerantly: optional keys (`decoding`, `seeds`, per-seed figures with their mean and
-standard deviation, `bleu_char`, `mean_score_original_rule`, a `loglik_accuracy` of "not available")
-are shown when present and skipped when absent. A pooled MCQ accuracy is shown with its 95% interval
+Optional report keys (`decoding`, `seeds`, `seed_stats` with the mean and standard deviation over
+seeds, `bleu_char`, `mean_score_original`, a `loglik_accuracy` of "not available") are shown when
+present and skipped when absent (reports of older versions lack them). A pooled MCQ accuracy is shown with its 95% interval
 for a single run and as mean ± std over seeds when the report carries several seeds.
 """
 
@@ -33,12 +33,6 @@ COLUMNS = ("model", "mode", "published", "mcq_a1_pct", "mcq_a1_std_pct", "mcq_a2
            "n_seeds", "seeds", "cloze_rouge1", "cloze_rouge2", "cloze_rougeL", "cloze_bleu", "cloze_bleu_char",
            "cloze_bleu_kind", "cloze_bertscore_f1", "cloze_bertscore_note", "cloze_n_items", "dialog_mean", "dialog_std",
            "dialog_n_scored", "dialog_n_items", "dialog_mean_original_rule", "decoding", "report")
-
-# names the per-seed figures may go by (the runner's exact spelling is not fixed; all are accepted)
-_PER_SEED_KEYS = ("per_seed", "by_seed", "seed_results", "per_seed_results", "seed_runs", "runs")
-_MEAN_KEYS = ("mean", "seed_mean", "mean_over_seeds", "across_seeds_mean")
-_STD_KEYS = ("std", "seed_std", "std_over_seeds", "across_seeds_std")
-
 
 # ------------------------------------------------------------------------------------------ loading
 
@@ -117,59 +111,21 @@ def _pct(value: Any) -> float | None:
     return None if value is None else 100.0 * value
 
 
-def _per_seed(section: dict) -> list[dict]:
-    """The per-seed summaries of a section, as a list of dicts (lists, or dicts keyed by seed)."""
-    for key in _PER_SEED_KEYS:
-        runs = section.get(key)
-        if isinstance(runs, dict):
-            runs = list(runs.values())
-        if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
-            return runs
-    return []
-
-
 def _stat(section: dict, key: str) -> tuple[float | None, float | None, int]:
-    """(value, std across seeds or None, number of seeds) of one figure of a section.
-
-    Understands `key_mean`/`key_std`, `mean: {key}`/`std: {key}`, `key: {mean, std}` and a list of
-    per-seed summaries; falls back to the plain `key`."""
+    """(value, std across seeds or None, number of seeds) of one figure of a report section: the runner's
+    `seed_stats` (mean over the seeds) when several seeds ran, else the figure itself."""
     if not isinstance(section, dict):
         return None, None, 0
-    runs = _per_seed(section)
-    seed_values = [v for v in (_num(r.get(key)) for r in runs) if v is not None]
-    n = len(seed_values)
-    mean = std = None
-    plain = section.get(key)
-    if isinstance(plain, dict):
-        mean, std = _num(plain.get("mean")), _num(plain.get("std"))
-    for suffix in _MEAN_KEYS:
-        mean = mean if mean is not None else _num(section.get(f"{key}_{suffix}"))
-        block = section.get(suffix)
-        if mean is None and isinstance(block, dict):
-            mean = _num(block.get(key))
-    for suffix in _STD_KEYS:
-        std = std if std is not None else _num(section.get(f"{key}_{suffix}"))
-        block = section.get(suffix)
-        if std is None and isinstance(block, dict):
-            std = _num(block.get(key))
-    if mean is None and n:
-        mean = sum(seed_values) / n
-    if std is None and n > 1:
-        std = math.sqrt(sum((v - mean) ** 2 for v in seed_values) / (n - 1))
-    if mean is None:
-        return _num(plain), None, n
-    return mean, std, n
+    stats = (section.get("seed_stats") or {}).get(key)
+    if isinstance(stats, dict) and (stats.get("n") or 0) > 1 and _num(stats.get("mean")) is not None:
+        return _num(stats["mean"]), _num(stats.get("std")), int(stats["n"])
+    value = _num(section.get(key))
+    return value, None, 0 if value is None else 1
 
 
-def _seeds(report: dict, *sections: dict) -> tuple[list, int]:
-    """(the seeds, their number): `seeds` as a list of ints, or as a count (the eval config's `seeds: N`)."""
-    for holder in (report, *sections):
-        seeds = holder.get("seeds") if isinstance(holder, dict) else None
-        if isinstance(seeds, list) and seeds:
-            return seeds, len(seeds)
-        if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
-            return [], seeds
-    return [], 0
+def _seeds(report: dict) -> list[int]:
+    seeds = report.get("seeds")
+    return list(seeds) if isinstance(seeds, list) else []
 
 
 _A = {"A1": re.compile(r"(?i)(?<![a-z])a1(?!\d)"), "A2": re.compile(r"(?i)(?<![a-z])a2(?!\d)")}
@@ -209,13 +165,14 @@ def _run_row(report: dict) -> dict:
     row = _empty_row()
     row.update(model=str(report.get("model", "?")), mode=str(report.get("mode", "?")), published=False,
                report=report.get("_path"), decoding=report.get("decoding"))
-    seeds, n_listed = _seeds(report, mcq, cloze, dialog)
+    seeds = _seeds(report)
     row["seeds"] = seeds or None
+    n_seeds = len(seeds)
 
     if mcq:
         acc, std, n_seed = _stat(mcq, "accuracy")
         row["mcq_pooled_pct"] = _pct(acc)
-        n_seeds = max(n_listed, n_seed)
+        n_seeds = max(n_seeds, n_seed)
         if n_seeds > 1 and std is not None:
             row["mcq_pooled_std_pct"] = 100 * std
         ci = mcq.get("accuracy_ci95")
@@ -225,8 +182,6 @@ def _run_row(report: dict) -> dict:
         row["mcq_loglik_pct"] = _pct(_stat(mcq, "loglik_accuracy")[0])
         row["mcq_a1_pct"], row["mcq_a1_std_pct"] = _mcq_split(mcq.get("per_file"), "A1")
         row["mcq_a2_pct"], row["mcq_a2_std_pct"] = _mcq_split(mcq.get("per_file"), "A2")
-    else:
-        n_seeds = n_listed
 
     if cloze:
         for key in CLOZE_KEYS:
@@ -242,8 +197,7 @@ def _run_row(report: dict) -> dict:
         mean, std, _ = _stat(dialog, "mean_score")
         row["dialog_mean"], row["dialog_std"] = mean, std if n_seeds > 1 else None
         row["dialog_n_scored"], row["dialog_n_items"] = dialog.get("n_scored"), dialog.get("n_items")
-        original = _stat(dialog, "mean_score_original_rule")[0]  # the runner's spelling is `mean_score_original`
-        row["dialog_mean_original_rule"] = original if original is not None else _stat(dialog, "mean_score_original")[0]
+        row["dialog_mean_original_rule"] = _stat(dialog, "mean_score_original")[0]
     row["n_seeds"] = n_seeds or None
     return row
 
