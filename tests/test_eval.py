@@ -386,3 +386,32 @@ def test_an_openai_endpoint_as_the_model_under_test(tmp_path):
     assert result["decoding"]["tasks"]["mcq"]["strategy"] == "greedy"  # own mode: temperature 0
     loglik = result["tasks"]["mcq"]["loglik_accuracy"]
     assert isinstance(loglik, float) or loglik.startswith("not available")
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_a1_with_a_tiny_llama_and_an_endpoint_merge_into_one_comparison(tmp_path, hf_checkpoints):
+    """The paper's comparison in small: a Llama-family checkpoint through the JAX engine and an API model
+    through the endpoint client, both on the A1 file in faithful mode, merged with the published rows."""
+    from diabetica_jax.evaluation.compare import write_comparison
+    from diabetica_jax.hf.tokenizer import embedded_tokenizer
+
+    llama = hf_checkpoints["llama3"]
+    embedded_tokenizer().save_pretrained(str(llama))  # a checkpoint brings its own tokenizer
+    common = ["mode=faithful", f"protocol={DIABETICA / 'protocol.json'}", f"data_dir={DIABETICA}",
+              "tasks=[{task: mcq, files: [ZhiCheng_MCQ_A1.csv]}]", "batch_size=64"]
+    evaluate(load_config(EvalConfig, None, common + [f"model={llama}"]), tmp_path / "llama", progress=False)
+    with FakeOpenAI(lambda messages, model: "E") as server:
+        evaluate(load_config(EvalConfig, None, common + ["model=openai:fake-gpt", f"endpoint.base_url={server.base_url}"]),
+                 tmp_path / "api", progress=False)
+    assert len([r for r in server.requests if not r.get("logprobs")]) == 235  # one answer per item
+    result = write_comparison([tmp_path / "llama", tmp_path / "api"], tmp_path / "compare", DIABETICA / "protocol.json")
+    rows = {(r["model"], r["mode"]): r for r in result["rows"]}
+    api = rows["openai:fake-gpt", "faithful"]
+    items = json.loads((tmp_path / "api" / "report_mcq.json").read_text())["items"]
+    assert api["mcq_a1_pct"] == pytest.approx(100 * sum(i["answer"] == "E" for i in items) / 235)
+    assert rows["llama3", "faithful"]["mcq_n_items"] == 235
+    published = json.loads((DIABETICA / "protocol.json").read_text())["published_results"]
+    assert sum(r["published"] for r in result["rows"]) == len(
+        set(published["mcq_pooled_accuracy_pct"]) | set(published["dialog_gpt4_judge_mean"]))
+    assert "(published)" in (tmp_path / "compare" / "comparison.md").read_text()
