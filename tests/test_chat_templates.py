@@ -103,3 +103,13 @@ def test_the_embedded_tokenizer_is_not_lent_to_another_family(tmp_path):
         load_tokenizer(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     assert load_tokenizer(tmp_path).convert_tokens_to_ids("<|im_end|>") == 151645
+
+
+def test_a_template_that_is_not_chatml_is_refused_up_front():
+    from diabetica_jax.data.chat import UnsupportedTemplate
+
+    tokenizer = embedded_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                               "{{ m['content'] }}<|eot_id|>{% endfor %}")  # Llama 3's turn layout
+    with pytest.raises(UnsupportedTemplate, match="ChatML"):
+        encode_messages(tokenizer, CONVERSATIONS["single turn"])

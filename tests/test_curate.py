@@ -180,3 +180,14 @@ def test_local_model_backend_answers_through_the_engine():
     reply = teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], max_tokens=4, temperature=0.0)
     assert isinstance(reply, str) and reply == teacher.chat([{"role": "user", "content": "什么是糖尿病？"}], 4, 0.0)
     assert teacher.name == "local:tiny"
+
+
+@pytest.mark.parametrize("reply, letter", [
+    ("Answer: C", "C"), ("答案：D", "D"), ("B. Metformin first", "B"), ("正确答案是（E）", "E"),
+    ("The answer is a combination of diet and drugs. Answer: C", "C"),  # the article "a" is no option
+    ("No letter committed here", None),
+])
+def test_picked_option_reads_the_letter_a_reply_commits_to(reply, letter):
+    from diabetica_jax.data.mcq import picked_option
+
+    assert picked_option(reply) == letter

@@ -11,7 +11,6 @@ from diabetica_jax.configuration import load_config
 from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError, load_items
-from diabetica_jax.evaluation.judge import parse_score_first_digit
 from diabetica_jax.evaluation.runner import evaluate
 
 
@@ -21,8 +20,8 @@ def test_metrics_on_hand_computed_cases():
     assert metrics.rouge_n("高血糖", "血糖高", 2) == pytest.approx(0.5)  # bigrams {高血, 血糖} vs {血糖, 糖高}
     assert metrics.rouge_l("高血糖", "血糖高") == pytest.approx(2 / 3)  # LCS 血糖
     assert metrics.rouge_l("体重 减轻", "体重减轻") == 1.0  # whitespace does not count
-    assert metrics.bleu("高血糖", "高血糖") == pytest.approx(0.5757, abs=1e-4)  # short: smoothing method 4
-    assert metrics.bleu("胰岛素", "高血糖") == 0.0
+    assert metrics.bleu_char("高血糖", "高血糖") == pytest.approx(0.5757, abs=1e-4)  # short: smoothing method 4
+    assert metrics.bleu_char("胰岛素", "高血糖") == 0.0
 
 
 @pytest.mark.parametrize("reply, own, first_digit", [
@@ -36,7 +35,7 @@ def test_metrics_on_hand_computed_cases():
 ])
 def test_judge_score_parsing(reply, own, first_digit):
     assert metrics.parse_score(reply) == own
-    assert parse_score_first_digit(reply) == first_digit
+    assert metrics.parse_score_original(reply) == first_digit
 
 
 @pytest.mark.shared
@@ -180,7 +179,7 @@ def test_faithful_rouge_counts_whitespace_and_own_rouge_does_not():
     assert metrics.rouge_l(" 高血糖", "高血糖", keep_whitespace=True) == pytest.approx(2 * 3 / 4 / (3 / 4 + 1))
     for fn in (metrics.rouge_l, lambda c, r, **k: metrics.rouge_n(c, r, 1, **k)):
         assert fn("体重 减轻", "体重减轻") == 1.0  # own: whitespace dropped
-    # empty output: 0.0 (the paper's rouge package raises there; we score it 0)
+    # empty output: 0.0 (the paper's own rouge_l divides by zero there; we score it 0)
     for keep in (True, False):
         assert metrics.rouge_n("", "高血糖", 1, keep_whitespace=keep) == 0.0
         assert metrics.rouge_n("高", "高", 2, keep_whitespace=keep) == 0.0  # no bigram on either side
@@ -415,3 +414,183 @@ def test_a1_with_a_tiny_llama_and_an_endpoint_merge_into_one_comparison(tmp_path
     assert sum(r["published"] for r in result["rows"]) == len(
         set(published["mcq_pooled_accuracy_pct"]) | set(published["dialog_gpt4_judge_mean"]))
     assert "(published)" in (tmp_path / "compare" / "comparison.md").read_text()
+
+
+# ---- review fixes ----
+
+class _StubEngine:
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, chunk, max_new_tokens, params):
+        self.calls.append((len(chunk), params))
+        return [[1] for _ in chunk]
+
+
+def _stub_model_under_test(batch_size):
+    from types import SimpleNamespace
+
+    from diabetica_jax.evaluation.tasks import ModelUnderTest
+
+    mut = ModelUnderTest.__new__(ModelUnderTest)
+    mut.batch_size, mut.progress, mut.engine = batch_size, False, _StubEngine()
+    mut.tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens: "x")
+    mut.prompt_ids = lambda conversation: [1, 2]
+    return mut
+
+
+def test_each_generation_batch_samples_with_its_own_seed():
+    from diabetica_jax.generate import SamplingParams
+
+    mut = _stub_model_under_test(batch_size=2)
+    conversations = [[{"role": "user", "content": "q"}]] * 5
+    sampled = SamplingParams(temperature=0.7, top_k=20, top_p=0.8, seed=42)
+    assert mut.generate(conversations, 4, sampled) == ["x"] * 5
+    seeds = [params.seed for _, params in mut.engine.calls]
+    assert seeds == [(42 * 1_000_003 + start) % 2**31 for start in (0, 2, 4)] and len(set(seeds)) == 3
+    assert all(params.temperature == 0.7 and params.top_k == 20 for _, params in mut.engine.calls)
+    mut.engine.calls.clear()
+    mut.generate(conversations, 4, sampled)  # deterministic
+    assert [params.seed for _, params in mut.engine.calls] == seeds
+    mut.engine.calls.clear()
+    greedy = SamplingParams(repetition_penalty=1.05, seed=42)
+    mut.generate(conversations, 4, greedy)
+    assert [params for _, params in mut.engine.calls] == [greedy] * 3
+
+
+def test_mcq_rows_without_usable_letter_scores_leave_loglik_accuracy():
+    from diabetica_jax.evaluation.data import Item
+    from diabetica_jax.evaluation.prompts import OWN
+    from diabetica_jax.evaluation.tasks import run_mcq
+
+    options = {"A": "a", "B": "b", "C": "c"}
+    items = [Item(str(i), "q", answer, options) for i, answer in enumerate("BBCB")]
+    logprobs = np.full((4, 8), np.log(0.01))
+    logprobs[0, 1] = np.log(0.9)  # B: right
+    logprobs[1, 2] = np.log(0.9)  # C: wrong
+    logprobs[2] = np.nan  # the remote log-prob request failed
+    logprobs[3, :3] = -np.inf  # no allowed letter among the endpoint's top log-probabilities
+    results, summary = run_mcq(_FakeModel(["B"], logprobs), items, OWN)
+    assert [r["loglik_prediction"] for r in results] == ["B", "C", None, None]
+    assert [r["loglik_correct"] for r in results] == [True, False, None, None]
+    assert summary["loglik_accuracy"] == 0.5 and summary["loglik_unavailable"] == 2
+    assert summary["accuracy"] == 0.75  # the generated answers are unaffected
+    logprobs[:2] = np.nan
+    _, summary = run_mcq(_FakeModel(["B"], logprobs), items, OWN)
+    assert summary["loglik_accuracy"].startswith("not available") and summary["loglik_unavailable"] == 4
+
+
+def test_pooling_dialogue_files_weights_means_by_scored_items():
+    from diabetica_jax.evaluation.runner import _pool
+
+    one = {"n_items": 4, "mean_score": 8.0, "n_scored": 2, "n_unparsed": 1, "n_failed": 1, "judge": "j",
+           "score_rule": "own", "mean_score_own": 8.0, "n_scored_own": 2, "n_unparsed_own": 1,
+           "mean_score_original": 6.0, "n_scored_original": 1, "n_unparsed_original": 2,
+           "by_class": {"药物": {"n_items": 4, "mean_score": 8.0, "n_scored": 2}}, "by_type": {}}
+    two = {"n_items": 2, "mean_score": None, "n_scored": 0, "n_unparsed": 2, "n_failed": 0, "judge": "j",
+           "score_rule": "own", "mean_score_own": None, "n_scored_own": 0, "n_unparsed_own": 2,
+           "mean_score_original": 4.0, "n_scored_original": 3, "n_unparsed_original": 0,
+           "by_class": {"药物": {"n_items": 2, "mean_score": None, "n_scored": 0}}, "by_type": {}}
+    pooled = _pool({"a.jsonl": one, "b.jsonl": two})
+    assert pooled["mean_score"] == 8.0 and pooled["mean_score_own"] == 8.0  # None does not erase it
+    assert pooled["mean_score_original"] == pytest.approx((6.0 * 1 + 4.0 * 3) / 4)  # by n_scored_original
+    assert (pooled["n_items"], pooled["n_scored"], pooled["n_unparsed"], pooled["n_failed"]) == (6, 2, 3, 1)
+    assert pooled["n_scored_original"] == 4 and pooled["judge"] == "j" and pooled["score_rule"] == "own"
+    assert pooled["by_class"] == {"药物": {"n_items": 6, "mean_score": 8.0, "n_scored": 2}}
+    items = [{"class": "药物", "type": "T", "score": 9.0}, {"class": "低血糖", "type": "T", "score": None}]
+    pooled = _pool({"a.jsonl": one, "b.jsonl": two}, items)
+    assert pooled["by_class"] == {"低血糖": {"n_items": 1, "mean_score": None, "n_scored": 0},
+                                  "药物": {"n_items": 1, "mean_score": 9.0, "n_scored": 1}}
+    cloze_one = {"n_items": 3, "n_failed": 2, "rougeL": 0.9, "bleu_kind": "bleu_char"}
+    cloze_two = {"n_items": 3, "n_failed": 0, "rougeL": 0.3, "bleu_kind": "bleu_char"}
+    pooled = _pool({"a.csv": cloze_one, "b.csv": cloze_two})
+    assert pooled["rougeL"] == pytest.approx((0.9 * 1 + 0.3 * 3) / 4) and pooled["bleu_kind"] == "bleu_char"
+
+
+def test_config_rejects_a_task_twice_and_two_files_of_one_name():
+    from diabetica_jax.configuration import FieldError
+    from diabetica_jax.evaluation.config import TaskSection
+
+    with pytest.raises(FieldError, match=r"^tasks: task mcq named in two sections"):
+        EvalConfig(tasks=[TaskSection("mcq", ["a.csv"]), TaskSection("mcq", ["b.csv"])])
+    with pytest.raises(FieldError, match=r"^tasks: mcq: two files named a.csv"):
+        EvalConfig(tasks=[TaskSection("mcq", ["x/a.csv", "y/a.csv"])])
+    EvalConfig(tasks=[TaskSection("mcq", ["a.csv", "b.csv"]), TaskSection("cloze", ["a.csv"])])
+
+
+class _BertScoreBoom:
+    def __init__(self):
+        self.kwargs = []
+
+    def score(self, candidates, references, **kwargs):
+        self.kwargs.append(kwargs)
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_bertscore_error_is_reported_not_raised(tmp_path, monkeypatch):
+    import sys
+
+    from diabetica_jax.evaluation.tasks import NEEDS_MBERT, _bertscore
+
+    fake = _BertScoreBoom()
+    monkeypatch.setitem(sys.modules, "bert_score", fake)
+    mbert = tmp_path / "mbert"
+    mbert.mkdir()
+    (mbert / "config.json").write_text(json.dumps(
+        {"model_type": "bert", "num_hidden_layers": 12, "vocab_size": 119547}))
+    assert _bertscore(["a"], ["a"], str(mbert)) == "not computed (RuntimeError: CUDA out of memory)"
+    assert fake.kwargs[-1]["num_layers"] == 9
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "num_hidden_layers": 24}))
+    _bertscore(["a"], ["a"], str(other))
+    assert "num_layers" not in fake.kwargs[-1]  # bert_score chooses the layer for another model
+
+    def unknown_path(candidates, references, model_type, lang, num_layers=None):
+        raise KeyError(model_type)  # bert_score's model2layers has no entry for a local path
+
+    fake.score = unknown_path
+    assert _bertscore(["a"], ["a"], str(other)) == NEEDS_MBERT
+
+
+def test_null_top_k_and_top_p_in_generation_config_turn_the_filter_off(tmp_path):
+    from diabetica_jax.evaluation.prompts import OWN
+    from diabetica_jax.evaluation.tasks import read_generation_config, task_sampling
+
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.7, "top_k": None, "top_p": None}))
+    decoding = read_generation_config(tmp_path)
+    assert (decoding["top_k"], decoding["top_p"]) == (0, 1.0)
+    sampling = task_sampling(OWN, "mcq", True, {**decoding, "top_k": None, "top_p": None}, 42)
+    assert (sampling.temperature, sampling.top_k, sampling.top_p) == (0.7, 0, 1.0)
+
+
+def test_word_tokens_fall_back_when_punkt_tab_cannot_be_loaded(monkeypatch):
+    import nltk
+
+    def word_tokenize(text, preserve_line=False):
+        if not preserve_line:
+            raise LookupError("Resource punkt_tab not found.")
+        return text.split()
+
+    monkeypatch.setattr(metrics, "_punkt_available", lambda: True)
+    monkeypatch.setattr(nltk, "word_tokenize", word_tokenize)
+    assert metrics.word_tokens("Insulin resistance") == ["insulin", "resistance"]
+
+
+def test_faithful_mode_keys_an_unparsable_mcq_item_by_the_answer_cells_first_letter(tmp_path):
+    from diabetica_jax.evaluation.prompts import OWN
+    from diabetica_jax.evaluation.tasks import run_mcq
+
+    path = tmp_path / "mcq.csv"
+    path.write_text("question,answer\n糖尿病的诊断标准是什么？,C：空腹血糖≥7.0\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=rf"{path}: row 0"):
+        load_items(path, "mcq")  # own mode: strict
+    [item] = load_items(path, "mcq", faithful=True)
+    assert (item.answer, item.options) == ("C", None)
+    faithful = __import__("dataclasses").replace(OWN, mcq_rule="first_letter")
+    results, summary = run_mcq(_FakeModel(["C"], np.zeros((1, 8))), [item], faithful)
+    assert results[0]["correct"] is True and results[0]["loglik_prediction"] is None
+    path.write_text("question,answer\n糖尿病的诊断标准是什么？,空腹血糖≥7.0\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=rf"{path}: row 0"):
+        load_items(path, "mcq", faithful=True)  # no A-E letter to key it by

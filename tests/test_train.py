@@ -80,6 +80,9 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
     adapted_logits = np.asarray(forward(adapted, tokens))
     assert np.abs(adapted_logits - np.asarray(forward(base, tokens))).max() > 1e-3
     assert np.abs(torch_logits(tmp_path / "hf", tokens) - adapted_logits).max() <= 1e-4
+    # the export keeps the source checkpoint's decoding defaults (faithful evaluation reads them)
+    generation = lambda d: json.loads((d / "generation_config.json").read_text())  # noqa: E731
+    assert generation(tmp_path / "hf") == generation(path)
 
 
 def test_plan_reports_per_device_memory_from_the_shardings():

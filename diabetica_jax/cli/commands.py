@@ -24,10 +24,10 @@ from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
 from diabetica_jax.pipeline.config import load_run_config
 from diabetica_jax.pipeline.run import run as run_pipeline
 from diabetica_jax.train.checkpoint import CheckpointError
-from diabetica_jax.train.config import TrainConfig, check_against_devices
+from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.loop import train as run_training
+from diabetica_jax.train.run_dir import export_run
 from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
-from diabetica_jax.train.run_dir import trained_model
 
 # Errors that mean "your input is wrong": reported in one line, exit code 2.
 USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, FileNotFoundError)
@@ -90,7 +90,6 @@ def chat(args) -> int:
 def train(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)  # config errors before any device work
     initialize(args.coordinator, args.num_processes, args.process_id)
-    check_against_devices(cfg, jax.device_count(), jax.process_count(), source=args.config)
     result = run_training(cfg, args.run_dir, progress=not args.no_progress, stop_after=args.stop_after)
     if jax.process_index() == 0:
         last = result.history[-1] if result.history else {}
@@ -128,12 +127,9 @@ def plan(args) -> int:
 
 
 def export(args) -> int:
-    model, cfg, step = trained_model(args.run_dir, args.step)
-    # the run's own tokenizer: the one of the checkpoint it was trained from (embedded Qwen2 for presets)
-    tokenizer = hf.load_tokenizer(load_train_run_config(args.run_dir).model.hf_path)
-    out = hf.save(model, cfg, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype, tokenizer=tokenizer)
-    merged = " (LoRA adapters merged)" if cfg.lora_rank else ""
-    print(f"exported step {step} of {args.run_dir} to {out}{merged}")
+    exported = export_run(args.run_dir, args.out, args.step, args.dtype, args.max_shard_size)
+    merged = " (LoRA adapters merged)" if load_train_run_config(args.run_dir).lora.rank else ""
+    print(f"exported step {exported.step} of {args.run_dir} to {exported.path}{merged}")
     return 0
 
 
@@ -168,7 +164,7 @@ def eval(args) -> int:  # noqa: A001 (the command's name)
             raise ConfigFileError("eval: --task and --data go together")
         overrides.append(f"tasks=[{{task: {args.task}, files: [{json.dumps(str(Path(args.data).absolute()))}]}}]")
     result = evaluate(load_config(EvalConfig, config, overrides), args.out)
-    runs = [result] + [json.loads((Path(d) / "report.json").read_text()) for d in args.compare or []]
+    runs = result.get("runs", [result]) + [json.loads((Path(d) / "report.json").read_text()) for d in args.compare or []]
     if len(runs) > 1:
         (Path(args.out) / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
         compare_plot(runs, Path(args.out) / "comparison.png")

@@ -8,8 +8,10 @@ last answer with an empty `<think>\n\n</think>\n\n` block, so a message's conten
 verbatim within its turn rather than assumed to follow the header. A record whose mask cannot be
 derived (empty, content altered by the template, content not on token boundaries) raises an
 `EmptyLossMask` (or its subclass `LossMaskError`), which callers count as a rejected record, never
-a silent zero-loss example. Passages are plain text followed by `<|endoftext|>`, with loss on every
-token.
+a silent zero-loss example. Templates other than ChatML (Llama 3's `<|start_header_id|>` turns, say)
+are refused with `UnsupportedTemplate` before any record is counted, since no record could be
+masked. Passages are plain text followed by `<|endoftext|>` (the tokenizer's EOS where the vocabulary
+has no such token), with loss on every token.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import numpy as np
 
 from diabetica_jax.data.records import Record
 
-IM_END = "<|im_end|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
+
+
+class UnsupportedTemplate(ValueError):
+    """The tokenizer's chat template does not write ChatML turns, so assistant spans cannot be found."""
 
 
 class EmptyLossMask(ValueError):
@@ -55,6 +61,9 @@ def assistant_spans(rendered: str, messages: list[dict[str, str]]) -> list[tuple
 
 def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = "?") -> tuple[np.ndarray, np.ndarray]:
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    if IM_START not in rendered:  # every record would be rejected: say why once, before any work
+        raise UnsupportedTemplate("the tokenizer's chat template does not write ChatML turns (<|im_start|>role ... "
+                                  "<|im_end|>); loss masks are derived for ChatML templates (Qwen family) only")
     encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.int32)
     offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
@@ -74,10 +83,20 @@ def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = 
     return ids, mask
 
 
+def end_of_document(tokenizer) -> int:
+    """The token that ends a passage: Qwen's <|endoftext|>, else the tokenizer's own EOS."""
+    token = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    if token is None or token == tokenizer.unk_token_id:
+        token = tokenizer.eos_token_id
+    if token is None:
+        raise UnsupportedTemplate(f"the tokenizer has neither {END_OF_TEXT} nor an EOS token to end passages with")
+    return token
+
+
 def encode_record(tokenizer, record: Record) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, loss mask) int32 arrays of equal length."""
     if record.text is not None:
-        ids = np.asarray(tokenizer.encode(record.text, add_special_tokens=False) +
-                         [tokenizer.convert_tokens_to_ids(END_OF_TEXT)], dtype=np.int32)
+        ids = np.asarray(tokenizer.encode(record.text, add_special_tokens=False) + [end_of_document(tokenizer)],
+                         dtype=np.int32)
         return ids, np.ones(len(ids), dtype=np.int32)
     return encode_messages(tokenizer, record.messages, record.id)

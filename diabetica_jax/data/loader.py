@@ -25,8 +25,6 @@ from diabetica_jax.data.chat import EmptyLossMask, encode_record
 from diabetica_jax.data.config import OVERLONG, DataSection
 from diabetica_jax.data.records import Record
 
-# The choices of the train config's data.pack and data.overlong.
-
 
 @dataclasses.dataclass
 class TokenStats:

@@ -68,7 +68,8 @@ def render(stem: str, options: dict[str, str]) -> str:
 
 
 _PICK = [
-    re.compile(r"(?:answer|答案|正确答案|最佳答案|选择|选)\s*(?:is|为|是|应为|应选)?\s*[:：]?\s*[(（]?\s*([A-H])(?![A-Za-z])", re.I),
+    # the keyword in any case, the letter upper case only: "the answer is a combination" names no option
+    re.compile(r"(?i:answer|答案|正确答案|最佳答案|选择|选)\s*(?i:is|为|是|应为|应选)?\s*[:：]?\s*[(（]?\s*([A-H])(?![A-Za-z])"),
     re.compile(r"^\s*[(（]?([A-H])[)）]?\s*(?:[.:：、．)]|$)"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 from diabetica_jax.configuration import FieldError, field, require_positive
@@ -56,6 +57,16 @@ class EvalConfig:
     def __post_init__(self):
         if not self.tasks:
             raise FieldError("tasks", "empty: nothing to evaluate")
+        names = [t.task for t in self.tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # each task writes report_<task>.json: a second section would overwrite the first
+            raise FieldError("tasks", f"task {', '.join(twice)} named in two sections: list all its files in one")
+        for section in self.tasks:
+            bases = [Path(f).name for f in section.files]
+            same = sorted({b for b in bases if bases.count(b) > 1})
+            if same:  # per_file is keyed by Path(file).name
+                raise FieldError("tasks", f"{section.task}: two files named {', '.join(same)}; the report keys "
+                                 "files by name, so rename one")
         if len(set(self.modes)) != len(self.modes):
             raise FieldError("modes", f"{self.modes}: a mode named twice")
         if "faithful" in self.run_modes and not self.protocol:

@@ -41,7 +41,11 @@ def _label(value) -> str | None:
     return _text(value).strip() or None
 
 
-def load_items(path: str | Path, task: str) -> list[Item]:
+def load_items(path: str | Path, task: str, faithful: bool = False) -> list[Item]:
+    """The items of one benchmark file. MCQ items are parsed into options and a keyed letter; an item that
+    does not parse is an error, except with `faithful` (the paper's rule: the reply's first A-E letter
+    against the answer cell's first character), where it is keyed by the answer cell's first character
+    when that is A-E (options None)."""
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"{path}: benchmark file not found")
@@ -68,7 +72,9 @@ def load_items(path: str | Path, task: str) -> list[Item]:
                 _, options = parse_question(question)
                 letter = parse_answer(answer, options)
             except MCQParseError as e:
-                raise EvalDataError(f"{where}: {e}") from None
+                if not faithful or answer[:1] not in ("A", "B", "C", "D", "E"):
+                    raise EvalDataError(f"{where}: {e}") from None
+                letter, options = answer[0], None
             items.append(Item(item_id, question, letter, options))
         else:
             items.append(Item(item_id, question, answer, reference=row.get("response") or None,

@@ -11,9 +11,6 @@ from diabetica_jax.evaluation.metrics import parse_score, parse_score_original
 from diabetica_jax.evaluation.prompts import Prompts
 from diabetica_jax.llm import CachedChat, LLMError
 
-# The paper's rule under its earlier name (kept for callers of the old name).
-parse_score_first_digit = parse_score_original
-
 
 def judge_answer(judge: CachedChat, prompts: Prompts, question: str, rules: str, answer: str) -> dict:
     """{'score', 'score_own', 'score_original': float | None, 'judge_reply': str | None,

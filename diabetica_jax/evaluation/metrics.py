@@ -4,16 +4,17 @@
 - ROUGE-1/2/L F1 over characters. `keep_whitespace=True` is the paper's computation (faithful mode): the raw
   characters of both strings, whitespace included, no normalisation. The project's own mode drops
   whitespace characters (`keep_whitespace=False`). Empty output (either string has no characters to
-  compare, or, for ROUGE-2, fewer than two): F1 0.0. The paper's `rouge` package raises on an empty
-  hypothesis instead; a faithful run scores such an item 0.0 rather than aborting;
+  compare, or, for ROUGE-2, fewer than two): F1 0.0 in both modes. The paper used its own character
+  functions, not a package: its rouge_n returns 0 on empty output, its rouge_l divides by zero (the script
+  fails); a faithful run scores such an item 0.0 for ROUGE-L too rather than aborting;
 - BLEU, two of them, named by their tokens:
   `bleu_word` is the paper's: nltk `sentence_bleu` over `nltk.word_tokenize(text.lower())` tokens with
-  `SmoothingFunction().method4`. `word_tokenize` needs nltk's punkt data for its sentence splitter; where punkt
-  is not installed (no network here) the same tokenizer runs with `preserve_line=True`, which skips the
-  sentence splitting. The only difference: a period that ends a sentence *other than the last* stays attached
-  to its word ("resistance. it" -> 'resistance.', 'it' instead of 'resistance', '.', 'it'); the last
-  sentence's period is split off either way. An unspaced Chinese answer is one token, so this BLEU is close
-  to exact match on Chinese (1.0 when identical, 0.0 otherwise). `BLEU_WORD_TOKENIZER` says which was used.
+  `SmoothingFunction().method4`. `word_tokenize` needs nltk's punkt data (`punkt_tab` since nltk 3.8.2) for
+  its sentence splitter; where punkt_tab is not installed (no network here) the same tokenizer runs with
+  `preserve_line=True`, which skips the sentence splitting. The only difference: a period that ends a
+  sentence *other than the last* stays attached to its word ("resistance. it" -> 'resistance.', 'it'
+  instead of 'resistance', '.', 'it'); the last sentence's period is split off either way. An unspaced Chinese answer is one token, so this BLEU is close
+  to exact match on Chinese (1.0 when identical, 0.0 otherwise). `bleu_word_tokenizer()` says which was used.
   `bleu_char` is the project's own: the same sentence_bleu and smoothing over non-whitespace characters
   (not the paper's computation). Both give 0.0 for an empty candidate or reference;
 - judge scores: `parse_score` (the project's own, robust) and `parse_score_original` (the paper's rule).
@@ -84,37 +85,38 @@ def bleu_char(candidate: str, reference: str) -> float:
 
 
 def _punkt_available() -> bool:
+    """nltk's sentence splitter data is installed: `punkt_tab`, which word_tokenize loads since nltk 3.8.2
+    (the old pickled `punkt` alone does not serve it)."""
     import nltk
 
-    for resource in ("tokenizers/punkt_tab", "tokenizers/punkt"):
-        try:
-            nltk.data.find(resource)
-            return True
-        except LookupError:
-            pass
-    return False
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+        return True
+    except LookupError:
+        return False
 
 
 def word_tokens(text: str) -> list[str]:
-    """nltk `word_tokenize(text.lower())`, with `preserve_line=True` when punkt is not installed."""
+    """nltk `word_tokenize(text.lower())`, with `preserve_line=True` when punkt_tab is not installed (or
+    cannot be loaded)."""
     from nltk import word_tokenize
 
-    return word_tokenize(text.lower(), preserve_line=not _punkt_available())
+    if _punkt_available():
+        try:
+            return word_tokenize(text.lower())
+        except LookupError:  # e.g. punkt_tab present without the language's data
+            pass
+    return word_tokenize(text.lower(), preserve_line=True)
 
 
 def bleu_word_tokenizer() -> str:
-    return ("nltk word_tokenize (punkt)" if _punkt_available()
-            else "nltk word_tokenize(preserve_line=True): punkt not installed, sentence splitting skipped")
+    return ("nltk word_tokenize (punkt_tab)" if _punkt_available()
+            else "nltk word_tokenize(preserve_line=True): punkt_tab not installed, sentence splitting skipped")
 
 
 def bleu_word(candidate: str, reference: str) -> float:
     """The paper's BLEU: sentence_bleu over nltk word_tokenize(text.lower()) tokens, smoothing method 4."""
     return _sentence_bleu(word_tokens(candidate), word_tokens(reference))
-
-
-def bleu(candidate: str, reference: str) -> float:
-    """Deprecated name of `bleu_char` (character BLEU, the project's own; not the paper's)."""
-    return bleu_char(candidate, reference)
 
 
 _SCORE_PATTERNS = [

@@ -89,7 +89,11 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     modes = cfg.run_modes
     prompts = {mode: mode_prompts(cfg, mode) for mode in modes}
     published = from_protocol(cfg.protocol).published if cfg.protocol else {}
-    items = {(t.task, f): load_items(resolve(f, cfg.data_dir), t.task)[: t.limit] for t in cfg.tasks for f in t.files}
+    # faithful mode keys an MCQ item it cannot parse by the answer cell's first letter, as the paper's script
+    # did; own mode (also when it runs beside faithful) needs every item parsed
+    tolerant = "own" not in modes
+    items = {(t.task, f): load_items(resolve(f, cfg.data_dir), t.task, faithful=tolerant)[: t.limit]
+             for t in cfg.tasks for f in t.files}
     # data problems are reported above, before any model is loaded
     if cfg.remote:
         from diabetica_jax.evaluation.remote import RemoteModel
@@ -172,7 +176,8 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
                     r["seed"] = seed
                 per_file[Path(f).name] = summary
                 all_results += results
-            pooled = task_lib.mcq_metrics(all_results) if section.task == "mcq" else _pool(per_file)
+            pooled = (task_lib.mcq_metrics(all_results) if section.task == "mcq"
+                      else _pool(per_file, all_results))
             by_seed[seed][section.task] = (all_results, per_file, pooled)
 
     summaries = {}
@@ -211,20 +216,69 @@ def seed_stats(per_seed: list[dict], keys) -> dict:
     return stats
 
 
-def _pool(per_file: dict) -> dict:
-    if len(per_file) == 1:
-        return dict(next(iter(per_file.values())))
-    n = sum(s["n_items"] for s in per_file.values())
-    pooled = {"n_items": n}
-    for key in next(iter(per_file.values())):
-        values = [s.get(key) for s in per_file.values()]
-        if key == "n_items" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            continue
-        if key.startswith("n_") or key == "unanswered":  # counts add up; rates are weighted by items
-            pooled[key] = sum(values)
-        else:
-            pooled[key] = sum(v * s["n_items"] for v, s in zip(values, per_file.values())) / n
+# The count each mean of a file is taken over, so pooled means weigh each file by it.
+DIALOG_WEIGHTS = {"mean_score": "n_scored", "mean_score_own": "n_scored_own",
+                  "mean_score_original": "n_scored_original"}
+
+
+def _pool(per_file: dict, results: list[dict] | None = None) -> dict:
+    """One summary over several files of a task (MCQ pools its items with mcq_metrics instead): counts add
+    up; each mean is weighted by the count it was taken over (dialogue: n_scored / n_scored_own /
+    n_scored_original; cloze: n_items - n_failed) over the files where it is a number; by_class and by_type
+    recomputed from `results` (all files' items); other keys (bleu_kind, score_rule, judge, ...) are the
+    first file's."""
+    summaries = list(per_file.values())
+    if len(summaries) == 1:
+        return dict(summaries[0])
+    pooled = dict(summaries[0])
+    for key in summaries[0]:
+        values = [s.get(key) for s in summaries]
+        if key.startswith("n_") or key == "unanswered":
+            pooled[key] = sum(v for v in values if _number(v))
+        elif key in ("by_class", "by_type"):
+            pooled[key] = _merge_groups(summaries, key, results)
+        elif any(_number(v) for v in values) and all(_number(v) or v is None for v in values):
+            weights = [_weight(s, key) for s in summaries]
+            pairs = [(v, w) for v, w in zip(values, weights) if _number(v) and not np.isnan(v) and w > 0]
+            total = sum(w for _, w in pairs)
+            if total:
+                pooled[key] = sum(v * w for v, w in pairs) / total
+            else:
+                pooled[key] = None if key in DIALOG_WEIGHTS else float("nan")
     return pooled
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _weight(summary: dict, key: str) -> int:
+    if key in DIALOG_WEIGHTS:
+        return summary.get(DIALOG_WEIGHTS[key]) or 0
+    return summary.get("n_items", 0) - (summary.get("n_failed") or 0)
+
+
+def _merge_groups(summaries: list[dict], key: str, results: list[dict] | None) -> dict:
+    """by_class / by_type over all files: from the items when given, else merged from the files' groups."""
+    column = {"by_class": "class", "by_type": "type"}[key]
+    if results is not None:
+        groups: dict = {}
+        for r in results:
+            if r.get(column) is not None:
+                groups.setdefault(r[column], []).append(r)
+        return {label: {"n_items": len(rows), **task_lib._score_stats(rows, "score")}
+                for label, rows in sorted(groups.items())}
+    merged: dict = {}
+    for s in summaries:
+        for label, g in (s.get(key) or {}).items():
+            m = merged.setdefault(label, {"n_items": 0, "n_scored": 0, "total": 0.0})
+            m["n_items"] += g["n_items"]
+            if g.get("mean_score") is not None:
+                m["n_scored"] += g["n_scored"]
+                m["total"] += g["mean_score"] * g["n_scored"]
+    return {label: {"n_items": m["n_items"],
+                    "mean_score": m["total"] / m["n_scored"] if m["n_scored"] else None,
+                    "n_scored": m["n_scored"]} for label, m in sorted(merged.items())}
 
 
 def _pct(value) -> str:

@@ -19,6 +19,7 @@ items are recorded as failed and left out of the task's metrics (counted in `n_f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import defaultdict
@@ -43,6 +44,8 @@ LETTERS = "ABCDEFGH"
 NOT_AVAILABLE = "not available (the model gives no letter log-probabilities)"
 # transformers' GenerationConfig defaults, for keys a sampling generation_config.json leaves out
 HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+# a null top_k / top_p in generation_config.json: transformers leaves that filter out
+FILTER_OFF = {"top_k": 0, "top_p": 1.0}
 
 
 def read_generation_config(path: str | Path | None) -> dict:
@@ -61,7 +64,11 @@ def read_generation_config(path: str | Path | None) -> dict:
     data = json.loads(file.read_text(encoding="utf-8"))
     do_sample = bool(data.get("do_sample", False))
     keys = HF_SAMPLING_DEFAULTS if do_sample else {"repetition_penalty": 1.0}
-    return {"do_sample": do_sample, **{k: data.get(k, default) for k, default in keys.items()}, "source": str(file)}
+    values = {k: data.get(k, default) for k, default in keys.items()}
+    # transformers reads null as "this filter off" (top_k 0 / top_p 1.0 here); a null temperature or
+    # repetition_penalty as its default
+    values = {k: (FILTER_OFF.get(k, keys[k]) if v is None else v) for k, v in values.items()}
+    return {"do_sample": do_sample, **values, "source": str(file)}
 
 
 def task_sampling(prompts: Prompts, task: str, faithful: bool, decoding: dict | None,
@@ -78,8 +85,12 @@ def task_sampling(prompts: Prompts, task: str, faithful: bool, decoding: dict | 
     penalty = float(overrides.get("repetition_penalty", decoding.get("repetition_penalty", 1.0)))
     if not decoding.get("do_sample"):
         return SamplingParams(repetition_penalty=penalty, seed=seed)
-    return SamplingParams(temperature=float(decoding["temperature"]), top_k=int(decoding["top_k"]),
-                          top_p=float(decoding["top_p"]), repetition_penalty=penalty, seed=seed)
+    def value(key):
+        v = decoding.get(key)
+        return (FILTER_OFF.get(key, HF_SAMPLING_DEFAULTS[key])) if v is None else v
+
+    return SamplingParams(temperature=float(value("temperature")), top_k=int(value("top_k")),
+                          top_p=float(value("top_p")), repetition_penalty=penalty, seed=seed)
 
 
 def describe_sampling(sampling: SamplingParams | None, max_new_tokens: int) -> dict:
@@ -121,7 +132,7 @@ class ModelUnderTest:
         for start in tqdm(range(0, len(prompt_ids), self.batch_size), desc="generating", unit="batch",
                           disable=not self.progress):
             chunk = prompt_ids[start : start + self.batch_size]
-            for ids in self.engine.generate(chunk, max_new_tokens, params):
+            for ids in self.engine.generate(chunk, max_new_tokens, batch_sampling(params, start)):
                 outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return outputs
 
@@ -138,6 +149,15 @@ class ModelUnderTest:
         return np.concatenate(rows) if rows else np.zeros((0, len(letters)))
 
 
+def batch_sampling(params: SamplingParams, start: int) -> SamplingParams:
+    """The sampling of the batch that starts at item `start`: its own seed, derived deterministically from
+    (seed, start), so that items i, i + batch_size, ... do not share the same sampling noise. Greedy
+    decoding draws no noise and is returned unchanged."""
+    if params.greedy:
+        return params
+    return dataclasses.replace(params, seed=(params.seed * 1_000_003 + start) % 2**31)
+
+
 @functools.cache
 def _last_logprobs(graphdef):
     @jax.jit
@@ -151,9 +171,10 @@ def _last_logprobs(graphdef):
     return run
 
 
-def extract_letter(reply: str, options: dict[str, str], rule: str) -> str | None:
+def extract_letter(reply: str, options: dict[str, str] | None, rule: str) -> str | None:
     if rule == "first_letter":  # the protocol's rule: the first A-E character anywhere in the reply
         return next((ch for ch in reply if ch in "ABCDE"), None)
+    options = options or {}
     picked = picked_option(reply)
     if picked in options:
         return picked
@@ -185,34 +206,47 @@ def run_mcq(model, items: list[Item], prompts: Prompts, sampling: SamplingParams
                "prediction": prediction, "correct": prediction == item.answer}
         if i in failed:
             row.update(prediction=None, correct=None, status=f"failed: {failed[i]}")
-        if scores is None:
-            row.update(loglik_prediction=None, loglik_correct=None)
-        else:
-            allowed = [j for j, letter in enumerate(LETTERS) if letter in item.options]
-            score = np.asarray(scores[i], dtype=float)
-            if np.isnan(score[allowed]).all():
-                row.update(loglik_prediction=None, loglik_correct=False)
+        row.update(loglik_prediction=None, loglik_correct=None)
+        if scores is not None:
+            best = _loglik_letter(np.asarray(scores[i], dtype=float), item.options)
+            if best is None:  # no usable score over the allowed letters: left out of loglik_accuracy
+                row["loglik_status"] = "unavailable"
             else:
-                best = LETTERS[allowed[int(np.nanargmax(score[allowed]))]]
                 row.update(loglik_prediction=best, loglik_correct=best == item.answer)
         results.append(row)
     return results, mcq_metrics(results)
 
 
+def _loglik_letter(score: np.ndarray, options: dict[str, str] | None) -> str | None:
+    """The most likely allowed letter, or None where the row says nothing: the item's options unknown, or
+    every allowed letter's score NaN (a failed log-probability request) or -inf (no allowed letter among
+    the endpoint's top log-probabilities)."""
+    if not options:
+        return None
+    allowed = [j for j, letter in enumerate(LETTERS) if letter in options]
+    values = score[allowed]
+    if not allowed or not np.isfinite(values[~np.isnan(values)]).any():
+        return None
+    return LETTERS[allowed[int(np.nanargmax(values))]]
+
+
 def mcq_metrics(results: list[dict]) -> dict:
-    """accuracy over the items that did not fail; loglik_accuracy 'not available' without letter scores."""
+    """accuracy over the items that did not fail; loglik_accuracy over the items with a log-likelihood
+    prediction (`loglik_unavailable`: the items without one), 'not available' when no item has one."""
     scored = [r for r in results if r.get("correct") is not None]
     n = len(scored)
     correct = sum(bool(r["correct"]) for r in scored)
     summary = {"n_items": len(results), "accuracy": correct / n if n else float("nan"),
                "accuracy_ci95": metrics.wilson_interval(correct, n)}
-    if results and all(r.get("loglik_correct") is None for r in results):
+    by_loglik = [r for r in results if r.get("loglik_correct") is not None]
+    if results and not by_loglik:
         summary.update(loglik_accuracy=NOT_AVAILABLE, loglik_accuracy_ci95=None)
     else:
-        by_likelihood = sum(bool(r.get("loglik_correct")) for r in results)
-        total = len(results)
+        by_likelihood = sum(bool(r["loglik_correct"]) for r in by_loglik)
+        total = len(by_loglik)
         summary.update(loglik_accuracy=by_likelihood / total if total else float("nan"),
                        loglik_accuracy_ci95=metrics.wilson_interval(by_likelihood, total))
+    summary["loglik_unavailable"] = len(results) - len(by_loglik)
     summary["unanswered"] = sum(r["prediction"] is None and r.get("correct") is not None for r in results)
     summary["n_failed"] = len(results) - n
     return summary
@@ -252,14 +286,37 @@ def run_cloze(model, items: list[Item], prompts: Prompts, bertscore_model: str |
     return results, summary
 
 
+MBERT_LAYERS = 9  # bert_score's layer for bert-base-multilingual-cased (the paper's BERTScore model)
+NEEDS_MBERT = "not computed (bertscore_model must be a local bert-base-multilingual-cased directory)"
+
+
+def _is_mbert(model_dir: str) -> bool:
+    """The directory's config.json is bert-base-multilingual-cased's: a BERT of 12 layers, vocabulary 119547."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("model_type") == "bert"
+            and config.get("num_hidden_layers") == 12 and config.get("vocab_size") == 119547)
+
+
 def _bertscore(candidates, references, model_dir: str | None):
+    """BERTScore F1 mean, or a "not computed (...)" string: it runs after all generation, so no error of
+    bert_score ends the run. The layer (9) is bert_score's for bert-base-multilingual-cased and is passed
+    only for that model; for another directory bert_score picks its own default where it knows the model."""
     if not model_dir:
         return "not computed (no local BERT model given: eval bertscore_model)"
     try:
         from bert_score import score
     except ImportError:
         return "not computed (bert-score is not installed: pip install 'diabetica-jax[bertscore]')"
-    _, _, f1 = score(candidates, references, model_type=model_dir, num_layers=9, lang="zh")
+    layers = {"num_layers": MBERT_LAYERS} if _is_mbert(model_dir) else {}
+    try:
+        _, _, f1 = score(candidates, references, model_type=model_dir, lang="zh", **layers)
+    except Exception as e:  # noqa: BLE001 - a metric must not end a finished evaluation
+        if isinstance(e, KeyError) and not layers:  # bert_score knows no default layer for this path
+            return NEEDS_MBERT
+        return f"not computed ({type(e).__name__}: {e})"
     return float(f1.mean())
 
 

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from diabetica_jax.hf.safetensors_io import PlannedTensor, parse_size, plan_shards, write_safetensors
-from diabetica_jax.hf.tokenizer import load_tokenizer
+from diabetica_jax.hf.tokenizer import QWEN_MODEL_TYPES, load_tokenizer
 from diabetica_jax.hf.weight_map import hf_names
 from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.lora import merge_lora
@@ -28,7 +28,6 @@ from diabetica_jax.model.qwen import Qwen
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
                  "float16": np.dtype(np.float16)}
 log = logging.getLogger(__name__)
-QWEN_FAMILIES = ("qwen2", "qwen3")  # the families whose tokenizer is the embedded default
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -117,7 +116,7 @@ def save(
             (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (path / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
         (path / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
-        if tokenizer is None and config.family not in QWEN_FAMILIES:
+        if tokenizer is None and config.family not in QWEN_MODEL_TYPES:
             # the embedded default is Qwen2's: it does not fit another family's vocabulary
             log.warning("no tokenizer given for a %s model: %s gets no tokenizer files; copy the source "
                         "checkpoint's tokenizer there", config.family, path)
@@ -128,7 +127,7 @@ def save(
 
 def _generation_config(config: QwenConfig) -> dict:
     out = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
-    if config.family in QWEN_FAMILIES:  # Qwen's <|endoftext|>; other families name no pad token
+    if config.family in QWEN_MODEL_TYPES:  # Qwen's <|endoftext|>; other families name no pad token
         out["pad_token_id"] = 151643
     out["do_sample"] = False
     return out

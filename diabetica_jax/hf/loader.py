@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from diabetica_jax.hf.errors import HFCheckpointError
 from diabetica_jax.hf.safetensors_io import SafetensorsFile
 from diabetica_jax.hf.weight_map import TIED_DUPLICATE, WeightEntry, hf_names
-from diabetica_jax.model.config import ConfigError, QwenConfig
+from diabetica_jax.model.config import DEFAULT_RUNTIME, ConfigError, QwenConfig
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.model.qwen import Qwen
 from diabetica_jax.parallel.rules import variable_spec
@@ -164,10 +164,10 @@ def _variable_at(state, path):
 def load(
     path: str | Path,
     mesh: Mesh | None = None,
-    dtype: str = "float32",
-    param_dtype: str = "float32",
-    attention: str = "auto",
-    remat: str = "none",
+    dtype: str = DEFAULT_RUNTIME["dtype"],
+    param_dtype: str = DEFAULT_RUNTIME["param_dtype"],
+    attention: str = DEFAULT_RUNTIME["attention"],
+    remat: str = DEFAULT_RUNTIME["remat"],
     allow_pickle: bool = False,
     progress: bool = True,
 ) -> tuple[Qwen, QwenConfig]:

@@ -48,14 +48,15 @@ def devices_needed(sizes: Mapping[str, int]) -> int | None:
 
 
 def emulate_cpu_devices(count: int) -> None:
-    """Make JAX (not yet imported anywhere) see `count` CPU devices, so a program can be compiled for a
-    mesh bigger than this machine (`diabetica-jax plan`)."""
+    """Make JAX see `count` CPU devices (and only those, also on a GPU or TPU host), so a program can be
+    compiled for a mesh bigger than this machine (`diabetica-jax plan`). Must run before the first
+    computation starts JAX's backends."""
     import os
-    import sys
 
-    if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None and _backend_started():
+    if _backend_started():
         raise RuntimeError("emulate_cpu_devices must run before JAX starts its backends")
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    # the config option, not the JAX_PLATFORMS variable: jax has been imported, and reads that only at import
+    jax.config.update("jax_platforms", "cpu")
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 

@@ -157,16 +157,13 @@ def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: b
 
 
 def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:
-    from diabetica_jax import hf
-    from diabetica_jax.train.run_dir import load_run_config, trained_model
+    from diabetica_jax.train.run_dir import export_run
 
-    model, model_cfg, step = trained_model(train_dir)
-    tokenizer = hf.load_tokenizer(load_run_config(train_dir).model.hf_path)
-    hf.save(model, model_cfg, out, max_shard_size=cfg.export.max_shard_size, dtype=cfg.export.dtype,
-            tokenizer=tokenizer, progress=False)
-    summary = {"step": step, "dtype": cfg.export.dtype or model_cfg.source_dtype}
+    exported = export_run(train_dir, out, dtype=cfg.export.dtype, max_shard_size=cfg.export.max_shard_size,
+                          progress=False)
+    summary = {"step": exported.step, "dtype": cfg.export.dtype or exported.model_config.source_dtype}
     if cfg.export.verify:
-        summary["verify"] = verify_export(out, tokenizer, cfg.export.verify_prompts, cfg.export.verify_tokens)
+        summary["verify"] = verify_export(out, exported.tokenizer, cfg.export.verify_prompts, cfg.export.verify_tokens)
         (out / "verify.json").write_text(json.dumps(summary["verify"], indent=2, ensure_ascii=False) + "\n")
         if not summary["verify"]["identical"]:
             raise RuntimeError(f"{out}: transformers' greedy tokens differ from the JAX engine's (see verify.json)")

@@ -7,9 +7,16 @@ import json
 import logging
 from pathlib import Path
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from diabetica_jax.configuration import ConfigFileError
 from diabetica_jax.data.batch import Batch
+from diabetica_jax.data.chat import UnsupportedTemplate
+from diabetica_jax.data.loader import TokenStore, packed_batches, process_shard, read_records
 from diabetica_jax.data.synthetic import SyntheticSource
+from diabetica_jax.hf.tokenizer import load_tokenizer
 from diabetica_jax.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -31,19 +38,18 @@ class SyntheticFeed:
 
 def _token_store(cfg: TrainConfig):
     """The curated records, tokenized as the config asks."""
-    from diabetica_jax.data.loader import TokenStore, read_records
-    from diabetica_jax.hf.tokenizer import load_tokenizer
-
-    return TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
-                      cfg.data.overlong)
+    try:
+        return TokenStore(read_records(cfg.data.path), load_tokenizer(cfg.model.hf_path), cfg.data.seq_len,
+                          cfg.data.overlong)
+    except UnsupportedTemplate as e:
+        raise ConfigFileError(f"data.path={cfg.data.path} with the tokenizer of "
+                              f"{cfg.model.hf_path or 'the embedded Qwen2'}: {e}") from None
 
 
 class CuratedFeed:
     """Packed batches of curated records through Grain; its iterator state is checkpointed."""
 
     def __init__(self, cfg: TrainConfig, rows: range, vocab: int, run_dir: Path | None):
-        from diabetica_jax.data.loader import packed_batches, process_shard
-
         store = _token_store(cfg)
         self.stats = store.stats
         if store.tokens.size and int(store.tokens.max()) >= vocab:
@@ -61,12 +67,6 @@ class CuratedFeed:
 
 def count_steps(cfg: TrainConfig, rows: range) -> int:
     """Optimizer steps that data.epochs of the curated data fill (the smallest count over processes)."""
-    import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    from diabetica_jax.data.loader import packed_batches, process_shard
-
     counting = dataclasses.replace(cfg.data, workers=0)  # a pass over lengths needs no worker processes
     count = sum(1 for _ in packed_batches(_token_store(cfg), counting, len(rows), *process_shard()))
     if jax.process_count() > 1:

@@ -1,13 +1,17 @@
-"""Reading a training run directory (finished or partial): its config and the model of a checkpoint."""
+"""A training run directory (finished or partial): its config, the model of a checkpoint, and its export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import nnx
 
+from diabetica_jax import hf
 from diabetica_jax.configuration import build
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints
@@ -36,3 +40,28 @@ def trained_model(run_dir: str | Path, step: int | None = None):
         state, _ = checkpoints.restore(step, setup.restore_target(), setup.meta)
         checkpoints.close()
     return nnx.merge(setup.graphdef, state.params, setup.frozen), setup.model_cfg, step
+
+
+@dataclasses.dataclass
+class Export:
+    path: Path
+    step: int
+    model_config: Any  # QwenConfig of the exported (merged) model
+    tokenizer: Any
+
+
+def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dtype: str | None = None,
+               max_shard_size: str = "5GB", progress: bool = True) -> Export:
+    """A run's checkpoint as a Hugging Face directory that transformers loads: LoRA adapters merged, weights in
+    the source checkpoint's dtype unless `dtype` says otherwise, the run's own tokenizer (its source
+    checkpoint's; the embedded Qwen2 one for presets), and the source's generation_config.json, so the
+    export keeps the decoding defaults that faithful evaluation reads."""
+    cfg = load_run_config(run_dir)
+    model, model_cfg, step = trained_model(run_dir, step)
+    tokenizer = hf.load_tokenizer(cfg.model.hf_path)
+    path = hf.save(model, model_cfg, out, max_shard_size=max_shard_size, dtype=dtype, tokenizer=tokenizer,
+                   progress=progress)
+    source = Path(cfg.model.hf_path) / "generation_config.json" if cfg.model.hf_path else None
+    if source is not None and source.is_file() and jax.process_index() == 0:
+        shutil.copyfile(source, path / "generation_config.json")
+    return Export(path, step, model_cfg.without_lora(), tokenizer)
