@@ -100,6 +100,8 @@ def train(args) -> int:
 
 
 def _config_kind(path: str, given: str | None) -> str:
+    if not Path(path).is_file():
+        raise ConfigFileError(f"{path}: config file not found")
     if given:
         return given
     kind = _KIND_OF_FOLDER.get(Path(path).resolve().parent.name)

@@ -42,6 +42,7 @@ from diabetica_jax.generate.chat import chat_prompt, engine_for
 
 LETTERS = "ABCDEFGH"
 NOT_AVAILABLE = "not available (the model gives no letter log-probabilities)"
+NO_USABLE_SCORE = "not available (no item has a usable letter log-probability: NaN or -inf over its options)"
 # transformers' GenerationConfig defaults, for keys a sampling generation_config.json leaves out
 HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
 # a null top_k / top_p in generation_config.json: transformers leaves that filter out
@@ -240,7 +241,8 @@ def mcq_metrics(results: list[dict]) -> dict:
                "accuracy_ci95": metrics.wilson_interval(correct, n)}
     by_loglik = [r for r in results if r.get("loglik_correct") is not None]
     if results and not by_loglik:
-        summary.update(loglik_accuracy=NOT_AVAILABLE, loglik_accuracy_ci95=None)
+        unusable = any(r.get("loglik_status") == "unavailable" for r in results)
+        summary.update(loglik_accuracy=NO_USABLE_SCORE if unusable else NOT_AVAILABLE, loglik_accuracy_ci95=None)
     else:
         by_likelihood = sum(bool(r["loglik_correct"]) for r in by_loglik)
         total = len(by_loglik)
