@@ -26,6 +26,8 @@ def test_empty_mask_is_an_error_and_passages_train_on_everything(tokenizer):
 
 def _store(lengths, seq_len=16, overlong="truncate"):
     class Direct:  # a tokenizer stand-in: record text is the token count
+        unk_token_id = eos_token_id = None
+
         def convert_tokens_to_ids(self, token):
             return 0
 
