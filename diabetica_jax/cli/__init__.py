@@ -7,6 +7,7 @@ import logging
 import sys
 
 from diabetica_jax.cli import commands
+from diabetica_jax.evaluation.config import TASKS
 from diabetica_jax.model.config import ATTENTION_BACKENDS, COMPUTE_DTYPES, DEFAULT_RUNTIME
 
 
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="base URL of the endpoint for --model openai:NAME (default: endpoint.base_url)")
     p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key")
     p.add_argument("--seeds", type=int, help="faithful mode: sampled runs with seeds 42, 43, ... (mean and spread)")
-    p.add_argument("--task", choices=["mcq", "cloze", "dialog"], help="one task on one --data file, no suite")
+    p.add_argument("--task", choices=TASKS, help="one task on one --data file, no suite")
     p.add_argument("--data", help="benchmark file for --task")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")

@@ -10,10 +10,12 @@ from diabetica_jax.configuration import FieldError, field, require_positive
 from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
 
+TASKS = ("mcq", "cloze", "dialog")  # the Diabetica tasks
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
-    task: Literal["mcq", "cloze", "dialog"] = field("mcq", "which Diabetica task")
+    task: Literal[TASKS] = field("mcq", "which Diabetica task")
     files: list[str] = field([], "benchmark files (relative to data_dir; 'embedded:NAME' for the mini benchmarks)")
     limit: int | None = field(None, "evaluate only the first N items of each file")
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from diabetica_jax.evaluation import tasks as task_lib
+from diabetica_jax.evaluation.compare import comparison_plot, comparison_table
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import load_items
 from diabetica_jax.evaluation.prompts import OWN, Prompts, from_protocol
@@ -349,69 +350,10 @@ def summary_markdown(runs: list[dict]) -> str:
 
 
 def compare_plot(runs: list[dict], path: Path) -> bool:
-    """MCQ accuracy (with 95% CIs) and dialog judge means of several runs, beside published reference rows.
-
-    Callers draw the plot after the reports are written, and a plot is a convenience: a failure
-    to draw it is logged and reported as False, never raised into a finished evaluation."""
-    try:
-        _draw_comparison(runs, path)
-    except Exception:
-        log.exception("could not draw the comparison plot %s; the reports are complete without it", path)
-        return False
-    return True
-
-
-def _draw_comparison(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    published = next((r["published"] for r in runs if r.get("published")), {})
-    several_modes = len({r.get("mode") for r in runs}) > 1
-
-    def label(run):
-        return f"{run['model']} ({run['mode']})" if several_modes else run["model"]
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    names, values, errors, colors = [], [], [], []
-    for run in runs:
-        mcq = run["tasks"].get("mcq")
-        if mcq:
-            names.append(label(run))
-            values.append(100 * mcq["accuracy"])
-            low, high = mcq["accuracy_ci95"]
-            errors.append((100 * (mcq["accuracy"] - low), 100 * (high - mcq["accuracy"])))
-            colors.append("tab:blue")
-    for model, acc in sorted(published.get("mcq_pooled_accuracy_pct", {}).items(), key=lambda kv: kv[1]):
-        names.append(f"{model} (published)")
-        values.append(acc)
-        errors.append((0, 0))
-        colors.append("lightgray")
-    ax = axes[0]
-    # matplotlib refuses negative error bars; an interval that misses its point estimate (a bad
-    # report, or rounding) shows as no bar on that side rather than failing the plot
-    xerr = np.clip(np.array(errors, dtype=float).T, 0.0, None) if errors else None
-    ax.barh(names, values, xerr=xerr, color=colors)
-    ax.set_xlabel("MCQ accuracy (%)")
-    ax.set_title("multiple choice")
-    names, values, colors = [], [], []
-    for run in runs:
-        dialog = run["tasks"].get("dialog")
-        if dialog and dialog.get("mean_score") is not None:
-            names.append(label(run))
-            values.append(dialog["mean_score"])
-            colors.append("tab:orange")
-    for model, score in sorted(published.get("dialog_gpt4_judge_mean", {}).items(), key=lambda kv: kv[1]):
-        names.append(f"{model} (published)")
-        values.append(score)
-        colors.append("lightgray")
-    axes[1].barh(names or ["(no judged dialogue)"], values or [0], color=colors or ["white"])
-    axes[1].set_xlabel("judge score (1-10)")
-    axes[1].set_title("open dialogue")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """MCQ accuracy (95% interval, or spread over seeds) and dialogue judge means of several runs, beside the
+    published reference rows they carry: the comparison report's plot (evaluation/compare.py). A failure to
+    draw is logged and reported as False, never raised into a finished evaluation."""
+    return comparison_plot(comparison_table(runs), path)
 
 
 
