@@ -106,15 +106,12 @@ def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
 
 @pytest.mark.slow
 def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
+    from train_helpers import curated_training
+
     from diabetica_jax.train.loop import train
 
-    curate(load_curate_config(None), tmp_path / "curated", progress=False)
-    settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
-                f"data.path={tmp_path / 'curated'}", "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=128",
-                "loop.steps=5", "loop.checkpoint_every=2", "loop.tensorboard=false", "mesh.fsdp=2",
-                "optim.lr=3e-3", "loop.async_checkpoint=false"]
+    settings = curated_training(tmp_path, "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=128",
+                                "loop.steps=5", "loop.checkpoint_every=2", "optim.lr=3e-3")
     cfg = load_config(TrainConfig, None, settings)
     whole = train(cfg, tmp_path / "whole", progress=False)
     first = train(cfg, tmp_path / "split", progress=False, stop_after=2)

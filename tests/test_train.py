@@ -105,16 +105,13 @@ def test_plan_reports_per_device_memory_from_the_shardings():
 
 @pytest.mark.slow
 def test_data_running_out_ends_the_run_with_a_checkpoint(tmp_path):
+    from train_helpers import curated_training
+
     from diabetica_jax.configuration import load_config
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
     from diabetica_jax.train.config import TrainConfig
 
-    curate(load_curate_config(None), tmp_path / "curated", progress=False)
-    settings = ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
-                f"data.path={tmp_path / 'curated'}", "data.seq_len=512", "data.global_batch=8", "loop.loss_chunk=256",
-                "loop.checkpoint_every=1000", "loop.tensorboard=false", "mesh.fsdp=2", "optim.warmup_steps=1",
-                "loop.async_checkpoint=false"]
+    settings = curated_training(tmp_path, "data.seq_len=512", "data.global_batch=8", "loop.loss_chunk=256",
+                                "loop.checkpoint_every=1000", "optim.warmup_steps=1")
     # loop.steps=-1: as many steps as the data fills, saved at the last one
     counted = train(load_config(TrainConfig, None, settings + ["loop.steps=-1"]), tmp_path / "counted", progress=False)
     steps = counted.final_step

@@ -97,3 +97,15 @@ def finish_processes(procs: list[subprocess.Popen], timeout: int = 300) -> list[
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def curated_training(tmp_path: Path, *overrides: str) -> list[str]:
+    """Curate the embedded demo corpus under tmp_path and return train overrides for the tiny preset on it
+    (two fsdp devices, synchronous checkpoints, no TensorBoard); `overrides` come last and win."""
+    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.data.curate.pipeline import curate
+
+    curate(load_curate_config(None), tmp_path / "curated", progress=False)
+    return ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
+            f"data.path={tmp_path / 'curated'}", "mesh.fsdp=2", "loop.tensorboard=false",
+            "loop.async_checkpoint=false", *overrides]
