@@ -20,7 +20,7 @@ LAYERS = [
     {"llm"},  # chat backends (OpenAI-compatible, local engine) behind a cache
     {"data"},  # records, tables, curation, loss masks, the Grain loader
     {"train", "evaluation"},  # training; benchmarks
-    {"pipeline"},  # the whole chain
+    {"pipeline", "serve"},  # the whole chain; the OpenAI-compatible server and web page
     {"cli"},  # the command line
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -18,7 +18,7 @@ def make_backend(section: BackendSection, cache_dir: str | Path) -> CachedChat:
     elif section.backend == "local":
         from diabetica_jax.llm.local import LocalModel  # loads JAX models: only when asked for
 
-        backend = LocalModel(section.model)
+        backend = LocalModel(section.model, slots=section.concurrency)
     else:
         raise ValueError(f"no LLM backend configured (backend: {section.backend!r})")
     return CachedChat(backend, cache_dir, retries=section.retries)

@@ -32,13 +32,24 @@ class KVCache(NamedTuple):
 
 class LayerCache(NamedTuple):
     """One layer's view of the cache for one step: its keys and values [batch, max_len, kv_heads, head_dim],
-    the slot this step's first token is written to, and which slots hold real tokens [batch, max_len]
+    the slot this step's first token is written to (a scalar, or [batch] when rows are at different lengths),
+    and which slots hold real tokens [batch, max_len]
     (left padding stays False)."""
 
     k: jax.Array
     v: jax.Array
     write_index: jax.Array | int
     key_valid: jax.Array
+
+
+def _write(buffer: jax.Array, new: jax.Array, write_index) -> jax.Array:
+    """`new` [b, t, ...] written into `buffer` [b, max_len, ...] at slot write_index: one slot for every row
+    (a scalar), or one per row ([b], continuous batching, where each row is at its own length)."""
+    new = new.astype(buffer.dtype)
+    if jnp.ndim(write_index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new, write_index, axis=1)
+    return jax.vmap(lambda row, value, at: jax.lax.dynamic_update_slice_in_dim(row, value, at, axis=0))(
+        buffer, new, write_index)
 
 
 def _key(rng: jax.Array | None, index: int) -> jax.Array | None:
@@ -89,13 +100,11 @@ class Attention(nnx.Module):
         if cache is None:
             out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
         else:
-            def write(buffer, new):
-                return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), cache.write_index, axis=1)
-
-            cache = cache._replace(k=write(cache.k, k), v=write(cache.v, v))
-            query_slots = cache.write_index + jnp.arange(x.shape[1])
-            visible = jnp.arange(cache.k.shape[1])[None, :] <= query_slots[:, None]  # [t, max_len]
-            mask = visible[None, None] & cache.key_valid[:, None, None, :]
+            cache = cache._replace(k=_write(cache.k, k, cache.write_index), v=_write(cache.v, v, cache.write_index))
+            # [b or 1, t]: the slot each query sits in (rows differ under continuous batching)
+            query_slots = jnp.reshape(cache.write_index, (-1, 1)) + jnp.arange(x.shape[1])
+            visible = jnp.arange(cache.k.shape[1]) <= query_slots[:, :, None]  # [b or 1, t, max_len]
+            mask = visible[:, None] & cache.key_valid[:, None, None, :]
             out = xla_attention(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=mask)
         return self.o_proj(out, _key(dropout_rng, 3)), cache
 
@@ -227,6 +236,7 @@ class Qwen(nnx.Module):
 
         tokens/positions [b, t]; cache = KVCache (or a (k, v) pair), each [layers, b, max_len, kv_heads, head_dim];
         key_valid [b, max_len] marks cache slots holding real tokens (left padding stays False).
+        write_index: the slot the first token goes to, shared (a scalar) or per row ([b]).
         Returns the float32 logits of the last position [b, vocab] and the updated KVCache.
         """
         chex.assert_rank(key_valid, 2)

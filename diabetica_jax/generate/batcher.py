@@ -1,0 +1,439 @@
+"""Continuous batching: many requests share one running decode batch, joining and leaving at step boundaries.
+
+The batch has a fixed number of slots, each with its own rows in one KV cache of fixed length, so the decode
+step is one compiled program whatever the mix of requests. A request waits in a queue until a slot is free;
+its prompt is then prefilled into that slot (left-padded to a power-of-two bucket, so prompt lengths share a
+handful of compiled programs) while the other slots keep their caches, and from the next step on it decodes
+with the rest. Each slot has its own write position, rope position, sampling settings and PRNG key, so a
+request computes what it would alone and a seeded request samples the same tokens whatever runs beside it.
+A request leaves its slot when it produces a stop token, reaches its token limit, or is cancelled (a client
+that went away); the slot is free for the next request at the next step.
+
+One scheduler thread owns the device state; callers talk to it through `Ticket`s, which are thread-safe.
+Between two decode steps it admits at most `prefills_per_step` waiting requests (all of them when nothing
+is decoding), so new prompts interleave with decoding instead of stalling it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diabetica_jax.generate.padding import MIN_BUCKET, bucket, left_pad
+from diabetica_jax.generate.sampling import RowSampling, SamplingParams, choose_rows
+from diabetica_jax.model.qwen import KVCache, Qwen
+
+log = logging.getLogger(__name__)
+
+TOP_LOGPROBS = 20  # alternatives reported per token to requests that ask for logprobs (OpenAI's maximum)
+
+
+class BatcherError(RuntimeError):
+    """A request the batcher cannot take (prompt too long, token limit too high, queue full, shut down)."""
+
+
+class Slots(NamedTuple):
+    """The device state of every slot; rows are slots."""
+
+    cache: KVCache  # [layers, slots, max_len, kv_heads, head_dim] each
+    key_valid: jax.Array  # [slots, max_len] cache positions holding real tokens
+    write_index: jax.Array  # [slots] cache position the next token goes to
+    position: jax.Array  # [slots] rope position of the next token
+    token: jax.Array  # [slots] the last chosen token, not yet run through the model
+    seen: jax.Array  # [slots, vocab] bool: prompt and generated tokens (repetition penalty)
+    counts: jax.Array  # [slots, vocab] int32: generated tokens (frequency / presence penalties)
+    sampling: RowSampling  # [slots] each
+    keys: jax.Array  # [slots, 2] per-slot PRNG keys
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """The last event of a ticket. reason: 'stop' (a stop token), 'length' (max_new_tokens), 'cancelled',
+    or 'error' (with `error` saying what went wrong)."""
+
+    reason: str
+    error: str | None = None
+
+
+class Ticket:
+    """One request's handle: its tokens arrive as they are chosen, then a `Finished`.
+
+    `deliver` (optional) is called from the scheduler thread with each event (an int token id or a
+    Finished); without it events queue up for `events()`. `cancel()` frees the slot at the next step.
+    Log-probabilities are the model's own (before penalties, temperature and filters), as OpenAI reports them.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: bool = False,
+                 deliver: Callable[[int | Finished], None] | None = None):
+        self.id = next(self._ids)
+        # with `logprobs`, each token's entry is stored here before the token is delivered:
+        # (its log-probability, [(alternative id, log-probability)] best first)
+        self.want_logprobs = logprobs
+        self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
+        self.prompt, self.max_new_tokens, self.sampling = prompt, max_new_tokens, sampling
+        self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
+        self.tokens: list[int] = []
+        self.finished: Finished | None = None
+        self._cancelled = threading.Event()
+        self._queue: queue.SimpleQueue | None = None if deliver else queue.SimpleQueue()
+        self._deliver = deliver or self._queue.put
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[int | Finished]:
+        """Token ids as they come, then the Finished event (only for tickets made without `deliver`)."""
+        if self._queue is None:
+            raise RuntimeError("this ticket delivers its events through its callback")
+        while True:
+            event = self._queue.get(timeout=timeout)
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    def result(self, timeout: float | None = None) -> tuple[list[int], Finished]:
+        """Block until done: (generated token ids without the stop token, how it finished)."""
+        for event in self.events(timeout):
+            if isinstance(event, Finished):
+                return self.tokens, event
+        raise AssertionError("unreachable")
+
+    def _emit(self, event: int | Finished) -> None:
+        if isinstance(event, Finished):
+            self.finished = event
+        else:
+            self.tokens.append(event)
+        try:
+            self._deliver(event)
+        except Exception as e:  # a listener that fails (its event loop closed) must not stop the scheduler
+            log.warning("ticket %d: delivering an event failed (%s: %s); cancelling it", self.id, type(e).__name__, e)
+            self.cancel()
+
+
+class Batcher:
+    """A continuously batched generation server over one model, run by a background thread.
+
+    slots: requests decoded together; max_prompt_tokens: the longest prompt taken (rounded up to its
+    bucket); max_new_tokens: the most tokens one request may ask for. The cache holds
+    bucket(max_prompt_tokens) + max_new_tokens positions per slot. max_waiting: requests queued for a
+    slot before `submit` refuses more (None: unbounded).
+    """
+
+    def __init__(self, model: Qwen, stop_ids: list[int], pad_id: int, *, slots: int = 8,
+                 max_prompt_tokens: int = 1024, max_new_tokens: int = 512, max_waiting: int | None = 256,
+                 prefills_per_step: int = 4, cache_dtype=None, mesh=None):
+        if slots < 1 or max_prompt_tokens < 1 or max_new_tokens < 1 or prefills_per_step < 1:
+            raise ValueError("slots, max_prompt_tokens, max_new_tokens and prefills_per_step must be positive")
+        self.graphdef, self.params = nnx.split(model)
+        self.config = model.config
+        self.stop_ids = frozenset(int(t) for t in stop_ids)
+        self.pad_id = pad_id
+        self.num_slots = slots
+        self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
+        self.max_len = bucket(max_prompt_tokens) + max_new_tokens
+        self.max_waiting, self.prefills_per_step = max_waiting, prefills_per_step
+        self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
+        self.mesh = mesh
+        self.compilations = 0  # programs traced (one decode step, one prefill per prompt bucket)
+        self.steps = 0  # decode steps run
+        self.peak_active = 0  # most slots decoding at once
+        self.admitted = 0  # requests prefilled into a slot
+        self.finished = collections.Counter()  # requests ended, by Finished.reason
+        self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)
+        self._step = self._build_step()
+        self._waiting: collections.deque[Ticket] = collections.deque()
+        self._active: list[Ticket | None] = [None] * slots
+        self._wake = threading.Condition()
+        self._closed = False
+        with self._mesh():
+            self._slots = self._empty_slots()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    # ---- the callers' side -------------------------------------------------------------------------
+
+    def submit(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
+               *, frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: bool = False,
+               deliver: Callable[[int | Finished], None] | None = None) -> Ticket:
+        """Queue a request; raises BatcherError when it cannot be taken (nothing is queued then)."""
+        if not prompt:
+            raise BatcherError("the prompt has no tokens")
+        if len(prompt) > self.max_prompt_tokens:
+            raise BatcherError(f"the prompt has {len(prompt)} tokens; this server takes at most "
+                               f"{self.max_prompt_tokens}")
+        if not 1 <= max_new_tokens <= self.max_new_tokens:
+            raise BatcherError(f"max_new_tokens must be between 1 and {self.max_new_tokens}, not {max_new_tokens}")
+        ticket = Ticket(list(prompt), max_new_tokens, sampling, frequency_penalty, presence_penalty, logprobs, deliver)
+        with self._wake:
+            if self._closed:
+                raise BatcherError("the batcher is shut down")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise BatcherError(f"{len(self._waiting)} requests already wait for a slot; try again later")
+            self._waiting.append(ticket)
+            self._wake.notify()
+        return ticket
+
+    def generate(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
+                 ) -> list[int]:
+        """Blocking convenience: the generated tokens (without the stop token)."""
+        tokens, finished = self.submit(prompt, max_new_tokens, sampling).result()
+        if finished.reason == "error":
+            raise BatcherError(finished.error)
+        return tokens
+
+    def warmup(self) -> None:
+        """Compile the decode step and every prompt bucket now, so no request waits on a compilation."""
+        width = MIN_BUCKET
+        while True:
+            self.submit([self.pad_id] * min(width, self.max_prompt_tokens), 1).result()
+            if width >= self.max_prompt_tokens:
+                break
+            width *= 2
+        self.submit([self.pad_id], 2).result()
+
+    @property
+    def load(self) -> dict:
+        """Requests decoding now and waiting for a slot, and counts since start: requests admitted to a slot,
+        requests ended by reason, decode steps."""
+        with self._wake:
+            return {"active": sum(t is not None for t in self._active), "waiting": len(self._waiting),
+                    "slots": self.num_slots, "admitted": self.admitted, "finished": dict(self.finished),
+                    "steps": self.steps}
+
+    def close(self) -> None:
+        """Stop the scheduler; requests still queued or decoding finish as cancelled."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=60)
+
+    # ---- the scheduler thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with self._mesh():
+            while True:
+                with self._wake:
+                    while not self._closed and not self._waiting and not any(self._active):
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                    busy = any(self._active)
+                    admit = []
+                    while self._waiting and len(admit) < (self.prefills_per_step if busy else self.num_slots):
+                        ticket = self._waiting.popleft()
+                        if ticket.cancelled:
+                            self._finish(ticket, Finished("cancelled"))
+                        else:
+                            admit.append(ticket)
+                self._drop_cancelled()
+                leftover = self._admit(admit)
+                if leftover:
+                    with self._wake:
+                        self._waiting.extendleft(reversed(leftover))
+                if any(self._active):
+                    self._decode()
+            for ticket in [t for t in self._active if t is not None] + list(self._waiting):
+                self._finish(ticket, Finished("cancelled"))
+
+    def _admit(self, tickets: list[Ticket]) -> list[Ticket]:
+        """Prefill tickets into free slots; returns those that found no free slot."""
+        for n, ticket in enumerate(tickets):
+            free = [i for i, t in enumerate(self._active) if t is None]
+            if not free:
+                return tickets[n:]
+            slot = free[0]
+            try:
+                first = self._prefill_slot(slot, ticket)
+            except Exception as e:  # a failed prefill fails its request, not the server
+                log.exception("prefill failed")
+                self._finish(ticket, Finished("error", f"{type(e).__name__}: {e}"))
+                if self._slots.cache.k.is_deleted():  # the state was donated to the failed call
+                    self._reset(e)
+                continue
+            self._active[slot] = ticket
+            self.admitted += 1
+            self._accept(slot, *first)
+        return []
+
+    def _prefill_slot(self, slot: int, ticket: Ticket):
+        padded = left_pad([ticket.prompt], self.pad_id, bucketed=True)
+        run = self._prefill(padded.tokens.shape[1])
+        rows = RowSampling.of(ticket.sampling, ticket.frequency_penalty, ticket.presence_penalty)
+        self._slots, (token, chosen, top_ids, top) = run(self.params, self._slots, padded, jnp.int32(slot), rows,
+                                                         jax.random.PRNGKey(ticket.sampling.seed))
+        if not ticket.want_logprobs:
+            return int(token), None
+        return int(token), _logprob_entry(chosen, top_ids, top)
+
+    def _decode(self) -> None:
+        active = np.array([t is not None for t in self._active])
+        self.peak_active = max(self.peak_active, int(active.sum()))
+        try:
+            report = any(t is not None and t.want_logprobs for t in self._active)
+            self._slots, (tokens, chosen, top_ids, top) = self._step(self.params, self._slots, jnp.asarray(active),
+                                                                     jnp.asarray(report))
+            tokens = np.asarray(tokens)
+            if report:
+                chosen, top_ids, top = np.asarray(chosen), np.asarray(top_ids), np.asarray(top)
+        except Exception as e:  # fail the requests in flight, keep serving
+            log.exception("decode step failed")
+            self._reset(e)
+            return
+        self.steps += 1
+        for slot, ticket in enumerate(self._active):
+            if ticket is not None:
+                entry = _logprob_entry(chosen[slot], top_ids[slot], top[slot]) if ticket.want_logprobs else None
+                self._accept(slot, int(tokens[slot]), entry)
+
+    def _accept(self, slot: int, token: int, logprobs=None) -> None:
+        """A slot's newly chosen token: deliver it, or finish the request."""
+        ticket = self._active[slot]
+        if ticket.cancelled:
+            finished = Finished("cancelled")
+        elif token in self.stop_ids:
+            finished = Finished("stop")
+        else:
+            if logprobs is not None:
+                ticket.logprobs.append(logprobs)
+            ticket._emit(token)
+            finished = Finished("length") if len(ticket.tokens) >= ticket.max_new_tokens else None
+        if finished is not None:
+            self._finish(ticket, finished)
+            self._active[slot] = None
+
+    def _finish(self, ticket: Ticket, finished: Finished) -> None:
+        self.finished[finished.reason] += 1
+        ticket._emit(finished)
+
+    def _reset(self, error: Exception) -> None:
+        """Fail every request in a slot and start from empty slots (after a device call failed)."""
+        for slot, ticket in enumerate(self._active):
+            if ticket is not None:
+                self._finish(ticket, Finished("error", f"{type(error).__name__}: {error}"))
+                self._active[slot] = None
+        self._slots = self._empty_slots()
+
+    def _drop_cancelled(self) -> None:
+        for slot, ticket in enumerate(self._active):
+            if ticket is not None and ticket.cancelled:
+                self._finish(ticket, Finished("cancelled"))
+                self._active[slot] = None
+
+    # ---- the device programs -----------------------------------------------------------------------
+
+    def _mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _empty_slots(self) -> Slots:
+        cfg, n = self.config, self.num_slots
+        shape = (cfg.num_layers, n, self.max_len, cfg.num_kv_heads, cfg.head_dim)
+        def zeros():  # a buffer of its own for every field: donation consumes each once
+            return jnp.zeros((n,), jnp.int32)
+
+        return Slots(
+            cache=KVCache(jnp.zeros(shape, self.cache_dtype), jnp.zeros(shape, self.cache_dtype)),
+            key_valid=jnp.zeros((n, self.max_len), bool), write_index=zeros(), position=zeros(), token=zeros(),
+            seen=jnp.zeros((n, cfg.vocab_size), bool), counts=jnp.zeros((n, cfg.vocab_size), jnp.int32),
+            sampling=RowSampling.neutral(n), keys=jnp.zeros((n, 2), jnp.uint32),
+        )
+
+    def _build_prefill(self, width: int):
+        graphdef = self.graphdef
+
+        @functools.partial(jax.jit, donate_argnums=(1,))
+        def prefill(params, s: Slots, padded, slot, rows: RowSampling, key):
+            self.compilations += 1  # runs at trace time only
+            model = nnx.merge(graphdef, params)
+
+            def row(x, axis=0):  # this slot's rows of a slots-major array, keeping the axis
+                return jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=axis)
+
+            def put(x, value, axis=0):
+                return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), slot, axis=axis)
+
+            key_valid = jnp.zeros((1, self.max_len), bool).at[:, :width].set(padded.valid)
+            cache = KVCache(row(s.cache.k, 1), row(s.cache.v, 1))
+            logits, cache = model.decode_step(padded.tokens, padded.positions, cache, 0, key_valid)
+            seen = jnp.zeros((1, self.config.vocab_size), bool).at[0, padded.tokens[0]].max(padded.valid[0])
+            counts = jnp.zeros((1, self.config.vocab_size), jnp.int32)
+            rows1 = jax.tree.map(lambda a: a[None], rows)
+            key, sub = jax.random.split(key)
+            token = choose_rows(logits, seen, counts, rows1, sub[None])
+            reported = _logprobs(logits, token, jnp.bool_(True))  # one row, once
+            s = Slots(
+                cache=KVCache(put(s.cache.k, cache.k, 1), put(s.cache.v, cache.v, 1)),
+                key_valid=put(s.key_valid, key_valid), write_index=put(s.write_index, jnp.full((1,), width)),
+                position=put(s.position, padded.positions[:, -1] + 1), token=put(s.token, token),
+                seen=put(s.seen, seen.at[0, token[0]].set(True)), counts=put(s.counts, counts.at[0, token[0]].add(1)),
+                sampling=jax.tree.map(lambda all_rows, one: put(all_rows, one), s.sampling, rows1),
+                keys=put(s.keys, key[None]),
+            )
+            return s, jax.tree.map(lambda a: a[0], reported)
+
+        return prefill
+
+    def _build_step(self):
+        graphdef, last = self.graphdef, self.max_len - 1
+
+        @functools.partial(jax.jit, donate_argnums=(1,))
+        def step(params, s: Slots, active, report):
+            self.compilations += 1
+            model = nnx.merge(graphdef, params)
+            slots = jnp.arange(self.num_slots)
+            # idle slots compute on stale state and are ignored; their write index stays put (never past the cache)
+            write = s.write_index
+            key_valid = s.key_valid.at[slots, write].set(active | s.key_valid[slots, write])
+            logits, cache = model.decode_step(s.token[:, None], s.position[:, None], s.cache, write, key_valid)
+            split = jax.vmap(jax.random.split)(s.keys)
+            token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1])
+            reported = _logprobs(logits, token, report)
+            grow = active.astype(jnp.int32)
+            s = s._replace(
+                cache=cache, key_valid=key_valid, write_index=jnp.minimum(s.write_index + grow, last),
+                position=s.position + grow, token=token, seen=s.seen.at[slots, token].max(active),
+                counts=s.counts.at[slots, token].add(grow), keys=split[:, 0],
+            )
+            return s, reported
+
+        return step
+
+
+def _logprobs(logits: jax.Array, token: jax.Array, report: jax.Array):
+    """(token [b], its log-probability [b], the top alternatives' ids [b, k] and log-probabilities [b, k]);
+    zeros unless `report` (a traced bool, so both cases share one program and only one runs)."""
+    b = logits.shape[0]
+
+    def compute(logits):
+        logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        top, top_ids = jax.lax.top_k(logprobs, TOP_LOGPROBS)
+        return jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0], top_ids.astype(jnp.int32), top
+
+    def skip(logits):
+        return (jnp.zeros((b,), jnp.float32), jnp.zeros((b, TOP_LOGPROBS), jnp.int32),
+                jnp.zeros((b, TOP_LOGPROBS), jnp.float32))
+
+    return (token, *jax.lax.cond(report, compute, skip, logits))
+
+
+def _logprob_entry(chosen, top_ids, top) -> tuple[float, list[tuple[int, float]]]:
+    return float(chosen), [(int(i), float(v)) for i, v in zip(np.asarray(top_ids), np.asarray(top))]

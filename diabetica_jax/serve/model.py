@@ -1,0 +1,100 @@
+"""The model a server answers with: weights, tokenizer, chat formatting, default decoding and the batcher."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from pathlib import Path
+
+from diabetica_jax import hf
+from diabetica_jax.evaluation.tasks import read_generation_config
+from diabetica_jax.generate import SamplingParams
+from diabetica_jax.generate.batcher import Batcher
+from diabetica_jax.generate.chat import chat_prompt, engine_for
+from diabetica_jax.model import QwenConfig, create_model
+from diabetica_jax.train.run_dir import load_run_config, trained_model
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits:
+    """What one server takes: slots decoding together, the longest prompt, the most new tokens a request may ask
+    for, and how many requests may wait for a slot (more are refused with 429)."""
+
+    slots: int = 8
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 512
+    max_waiting: int = 64
+    prefills_per_step: int = 4
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, int) or value < (0 if name == "max_waiting" else 1):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "train_config.json").is_file()
+
+
+class ServedModel:
+    """One model behind the API: `name` is what /v1/models lists and requests must name.
+
+    `defaults` is the decoding a request gets for the sampling fields it leaves out: the checkpoint's
+    generation_config.json when it has one (as `transformers.generate` would decode), else greedy.
+    """
+
+    def __init__(self, model, tokenizer, name: str, limits: ServeLimits = ServeLimits(),
+                 generation_config: str | Path | None = None, warmup: bool = False):
+        self.name, self.tokenizer, self.limits = name, tokenizer, limits
+        self.defaults = read_generation_config(generation_config)
+        stops = engine_for(model, tokenizer)  # the tokenizer's stop tokens and pad id, chosen in one place
+        self.batcher = Batcher(model, stops.stop_ids.tolist(), stops.pad_id, slots=limits.slots,
+                               max_prompt_tokens=limits.max_prompt_tokens, max_new_tokens=limits.max_new_tokens,
+                               max_waiting=limits.max_waiting, prefills_per_step=limits.prefills_per_step)
+        if warmup:
+            self.batcher.warmup()
+
+    @classmethod
+    def load(cls, source: str, *, preset: str = "tiny", seed: int = 0, dtype: str | None = None,
+             name: str | None = None, limits: ServeLimits = ServeLimits(), warmup: bool = False) -> ServedModel:
+        """A Hugging Face checkpoint directory, a training run directory (its latest checkpoint), or, with
+        `source` empty, a preset with random weights (a smoke test of the serving path, not a model)."""
+        runtime = {} if dtype is None else {"dtype": dtype}
+        generation_config = None
+        if not source:
+            model = create_model(QwenConfig.preset(preset, **runtime), seed=seed)
+            tokenizer, name = hf.load_tokenizer(None), name or f"{preset}-random"
+        elif is_run_dir(source):
+            model, _, step = trained_model(source)
+            hf_path = load_run_config(source).model.hf_path
+            tokenizer, generation_config = hf.load_tokenizer(hf_path), hf_path
+            name = name or f"{Path(source).resolve().name}-step{step}"
+        elif Path(source).is_dir():
+            model, _ = hf.load(source, progress=False, **runtime)
+            tokenizer, generation_config = hf.load_tokenizer(source), source
+            name = name or Path(source).resolve().name
+        else:
+            raise FileNotFoundError(f"{source}: not a checkpoint directory (config.json + safetensors) or run directory")
+        return cls(model, tokenizer, name, limits, generation_config, warmup)
+
+    def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None,
+                 repetition_penalty: float | None, seed: int | None) -> SamplingParams:
+        """A request's sampling: its own fields, the model's defaults for the ones it leaves out."""
+        d = self.defaults
+        sampled = d["do_sample"]
+        return SamplingParams(
+            temperature=temperature if temperature is not None else (d.get("temperature", 1.0) if sampled else 0.0),
+            top_p=top_p if top_p is not None else (d.get("top_p", 1.0) if sampled else 1.0),
+            top_k=top_k if top_k is not None else (d.get("top_k", 0) if sampled else 0),
+            repetition_penalty=repetition_penalty if repetition_penalty is not None else d["repetition_penalty"],
+            seed=seed if seed is not None else secrets.randbits(31),  # unseeded requests differ, as OpenAI's do
+        )
+
+    def chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        return chat_prompt(self.tokenizer, messages)
+
+    def text_tokens(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def close(self) -> None:
+        self.batcher.close()
