@@ -89,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible API (continuous batching) and the clinic web page")
+    p.add_argument("--model", help="Hugging Face checkpoint directory or training run directory "
+                                   "(default: --preset with random weights, a smoke test)")
+    p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
+    p.add_argument("--name", help="model name clients ask for (default: the directory's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype (default: float32)")
+    group = p.add_argument_group("limits")
+    group.add_argument("--slots", type=int, default=8, help="requests decoded together")
+    group.add_argument("--max-prompt-tokens", type=int, default=1024)
+    group.add_argument("--max-tokens", type=int, default=512, help="most new tokens one request may ask for")
+    group.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
+    p.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")
+
     p = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True)

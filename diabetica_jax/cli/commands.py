@@ -23,6 +23,9 @@ from diabetica_jax.parallel.distributed import initialize
 from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
 from diabetica_jax.pipeline.config import load_run_config
 from diabetica_jax.pipeline.run import run as run_pipeline
+from diabetica_jax.serve import ServedModel, ServeLimits
+from diabetica_jax.serve import app as serve_app
+from diabetica_jax.serve import server as serve_server
 from diabetica_jax.train.checkpoint import CheckpointError
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.loop import train as run_training
@@ -188,4 +191,26 @@ def run(args) -> int:
         seconds = result["seconds"].get(stage)
         print(f"  {stage:8s} {status}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
     print(f"summary: {Path(result['run_dir']) / 'summary.md'}")
+    return 0
+
+
+def serve(args) -> int:
+    try:
+        limits = ServeLimits(slots=args.slots, max_prompt_tokens=args.max_prompt_tokens,
+                             max_new_tokens=args.max_tokens, max_waiting=args.max_waiting)
+    except ValueError as e:
+        raise ConfigFileError(f"serve: {e}") from None
+    served = ServedModel.load(args.model or "", preset=args.preset, dtype=args.dtype, name=args.name, limits=limits,
+                              warmup=not args.no_warmup)
+    try:
+        app = serve_app.create_app(served, api_key_env=args.api_key_env)
+    except ValueError as e:
+        raise ConfigFileError(f"--api-key-env: {e}") from None
+    print(f"# serving {served.name!r} on http://{args.host}:{args.port} (web page at /, API at /v1); "
+          f"{limits.slots} slots, prompts up to {limits.max_prompt_tokens} tokens, replies up to "
+          f"{limits.max_new_tokens}", flush=True)
+    try:
+        serve_server.run(app, args.host, args.port)
+    finally:
+        served.close()
     return 0
