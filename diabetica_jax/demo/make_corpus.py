@@ -15,6 +15,11 @@ from diabetica_jax.demo import BENCHMARK_DIR, CORPUS_DIR
 from diabetica_jax.demo.facts import BENCH_CLOZE, BENCH_DIALOG, BENCH_MCQ, FACTS
 
 NOTICE = "DEMO DATA written by the diabetica-jax team for pipeline tests. NOT FOR CLINICAL USE."
+# The clinical tasks' demo items are written by hand, not from facts.py: this script leaves them as they are
+# and keeps their notice in benchmarks/NOTICE.txt.
+CLINICAL_NOTICE = """mini_consult.jsonl, mini_educate.jsonl and mini_summarize.jsonl (the clinical tasks' demo items, every row marked
+in its `source` field) are synthetic, written by diabetica-jax, not for clinical use: invented questions, notes
+and reference texts, not taken from any patient or publication, and not reviewed by clinicians."""
 LETTERS = "ABCDE"
 
 
@@ -124,7 +129,7 @@ def main() -> None:
               [("demo", q, a) for q, a in BENCH_CLOZE], encoding="gbk")
     (BENCHMARK_DIR / "mini_dialog.jsonl").write_bytes(
         jsonl([{"id": i + 1, "question": q, "rules": r} for i, (q, r) in enumerate(BENCH_DIALOG)]))
-    (BENCHMARK_DIR / "NOTICE.txt").write_text(NOTICE + "\n")
+    (BENCHMARK_DIR / "NOTICE.txt").write_text(NOTICE + "\n" + CLINICAL_NOTICE + "\n")
 
 
 if __name__ == "__main__":

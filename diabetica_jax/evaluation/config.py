@@ -10,14 +10,21 @@ from diabetica_jax.configuration import FieldError, field, require_positive
 from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
 
-TASKS = ("mcq", "cloze", "dialog")  # the Diabetica tasks
+PAPER_TASKS = ("mcq", "cloze", "dialog")  # the Diabetica paper's benchmarks
+CLINICAL_TASKS = ("consult", "educate", "summarize")  # the paper's clinical roles, rated by the judge (clinical.py)
+TASKS = PAPER_TASKS + CLINICAL_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
-    task: Literal[TASKS] = field("mcq", "which Diabetica task")
+    task: Literal[TASKS] = field("mcq", "which task: a Diabetica benchmark (mcq, cloze, dialog) or a clinical "
+                                 "role rated by the judge (consult, educate, summarize)")
     files: list[str] = field([], "benchmark files (relative to data_dir; 'embedded:NAME' for the mini benchmarks)")
     limit: int | None = field(None, "evaluate only the first N items of each file")
+    rubric: str | None = field(None, "clinical tasks: the judge's rubric file (default: the package's "
+                               "evaluation/rubrics/TASK.txt)", path=True)
+    max_new_tokens: int | None = field(None, "longest reply in tokens (default: the mode's; own: mcq 16, cloze 32, "
+                                       "dialog 512, consult 512, educate 384, summarize 384)")
 
 
 # Without a tasks list, the embedded mini benchmarks (as eval/demo.yaml runs them).
@@ -48,8 +55,8 @@ class EvalConfig:
                                  path=True)
     data_dir: str | None = field(None, "directory that relative benchmark paths are read from", path=True)
     tasks: list[TaskSection] = field(MINI_SUITE, "tasks to run (default: the embedded mini benchmarks)")
-    judge: BackendSection = field(BackendSection(), "judge for the dialogue task (faithful mode with an openai "
-                                  "judge asks the protocol's judge model)")
+    judge: BackendSection = field(BackendSection(), "judge for the dialogue and clinical tasks (faithful mode "
+                                  "with an openai judge asks the protocol's judge model)")
     judge_max_tokens: int = field(1024, "own mode: the judge's max_tokens (faithful: the protocol's)")
     judge_temperature: float = field(0.0, "own mode: the judge's temperature (faithful: the protocol's)")
     batch_size: int = field(16, "prompts generated together")
@@ -64,6 +71,12 @@ class EvalConfig:
         if twice:  # each task writes report_<task>.json: a second section would overwrite the first
             raise FieldError("tasks", f"task {', '.join(twice)} named in two sections: list all its files in one")
         for section in self.tasks:
+            if section.rubric is not None and section.task not in CLINICAL_TASKS:
+                raise FieldError("tasks", f"{section.task}: a rubric is read by the clinical tasks only "
+                                 f"({', '.join(CLINICAL_TASKS)})")
+            if section.max_new_tokens is not None and section.max_new_tokens <= 0:
+                raise FieldError("tasks", f"{section.task}: max_new_tokens must be positive, not "
+                                 f"{section.max_new_tokens}")
             bases = [Path(f).name for f in section.files]
             same = sorted({b for b in bases if bases.count(b) > 1})
             if same:  # per_file is keyed by Path(file).name

@@ -36,8 +36,16 @@ report.json (stable keys; a comparison report reads them):
       metrics (mcq: accuracy, loglik_accuracy; cloze: rouge1, rouge2, rougeL, bleu, bleu_char, bleu_word,
       bertscore_f1; dialog: mean_score, mean_score_own, mean_score_original). The metrics outside per_seed
       and seed_stats are seed 42's run (the published seed), whatever `seeds` says.
+  tasks.consult / tasks.educate / tasks.summarize (clinical.py): n_items, n_failed, n_rejected (rows of the
+      files that could not be used: OUT/rejects_TASK.jsonl), judge, n_judged, n_unparsed, n_judge_failed,
+      rubric, scale, dimensions, ci_method, groups, ratings ({group: {dimension: {mean, ci95, n_scored,
+      n_unparsed}}}), overall ({group: mean of its dimension means}), overall_mean, plot (the PNG, when
+      drawn); consult and summarize: n_with_reference, difference ({dimension: {mean, ci95, n_pairs}}: model
+      - reference); educate: right_key, wrong_key, no_key, wrong_key_rate, wrong_key_rate_ci95, key_rule;
+      summarize: rouge ({rouge1|rouge2|rougeL: {mean, ci95, n}}), rouge1, rouge2, rougeL, rouge_tokens.
+      Their per_seed / seed_stats hold clinical.headline's numbers.
 report_TASK.json: the task's summary plus `items` (seed 42's) and, with several seeds, `items_by_seed`
-  ({seed: items}) for the others.
+  ({seed: items}) for the others; a clinical task's also `rejects` ([{file, row, field, reason}]).
 """
 
 from __future__ import annotations
@@ -49,11 +57,15 @@ from pathlib import Path
 
 import numpy as np
 
+from diabetica_jax.evaluation import clinical
 from diabetica_jax.evaluation import tasks as task_lib
+from diabetica_jax.evaluation.clinical_data import load_clinical_items
+from diabetica_jax.evaluation.clinical_report import clinical_markdown, clinical_plot
 from diabetica_jax.evaluation.compare import comparison_plot, comparison_table
-from diabetica_jax.evaluation.config import EvalConfig
-from diabetica_jax.evaluation.data import load_items
+from diabetica_jax.evaluation.config import CLINICAL_TASKS, PAPER_TASKS, EvalConfig
+from diabetica_jax.evaluation.data import EvalDataError, load_items
 from diabetica_jax.evaluation.prompts import OWN, Prompts, from_protocol
+from diabetica_jax.evaluation.rubric import RubricError, default_rubric_path, load_rubric
 from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
@@ -74,8 +86,43 @@ def resolve(path: str, data_dir: str | None) -> Path:
 
 def mode_prompts(cfg: EvalConfig, mode: str) -> Prompts:
     if mode == "faithful":
-        return from_protocol(cfg.protocol)
-    return dataclasses.replace(OWN, judge_max_tokens=cfg.judge_max_tokens, judge_temperature=cfg.judge_temperature)
+        prompts = from_protocol(cfg.protocol)
+    else:
+        prompts = dataclasses.replace(OWN, judge_max_tokens=cfg.judge_max_tokens,
+                                      judge_temperature=cfg.judge_temperature)
+    # the clinical tasks have no protocol of their own: their decoding settings are the project's in both modes
+    return dataclasses.replace(prompts, decoding={**clinical.DECODING, **prompts.decoding})
+
+
+def section_prompts(prompts: Prompts, max_new_tokens: int | None, task: str) -> Prompts:
+    """The prompts one task section runs with: its own max_new_tokens, when it sets one, over the mode's."""
+    if max_new_tokens is None:
+        return prompts
+    settings = {**prompts.decoding.get(task, {}), "max_new_tokens": max_new_tokens}
+    return dataclasses.replace(prompts, decoding={**prompts.decoding, task: settings})
+
+
+def load_suite(cfg: EvalConfig, tolerant: bool) -> tuple[dict, dict, dict]:
+    """(items, rejects, rubrics) of the suite, read before any model is loaded so that data problems stop the
+    run first: items {(task, file): items[:limit]}; rejects {task: [ClinicalReject]} (clinical tasks keep the
+    usable rows of a file and record the others; the paper's tasks stop at a bad row); rubrics {task: Rubric}."""
+    items, rejects, rubrics = {}, {}, {}
+    for t in cfg.tasks:
+        if t.task in CLINICAL_TASKS:
+            try:
+                rubrics[t.task] = load_rubric(t.rubric or default_rubric_path(t.task))
+            except RubricError as e:
+                raise EvalDataError(f"{t.task}: {e}") from None
+            rejects[t.task] = []
+        for f in t.files:
+            path = resolve(f, cfg.data_dir)
+            if t.task in CLINICAL_TASKS:
+                usable, bad = load_clinical_items(path, t.task)
+                rejects[t.task] += bad
+            else:
+                usable = load_items(path, t.task, faithful=tolerant)
+            items[(t.task, f)] = usable[: t.limit]
+    return items, rejects, rubrics
 
 
 def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict:
@@ -93,8 +140,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     # faithful mode keys an MCQ item it cannot parse by the answer cell's first letter, as the paper's script
     # did; own mode (also when it runs beside faithful) needs every item parsed
     tolerant = "own" not in modes
-    items = {(t.task, f): load_items(resolve(f, cfg.data_dir), t.task, faithful=tolerant)[: t.limit]
-             for t in cfg.tasks for f in t.files}
+    items, rejects, rubrics = load_suite(cfg, tolerant)
     # data problems are reported above, before any model is loaded
     if cfg.remote:
         from diabetica_jax.evaluation.remote import RemoteModel
@@ -124,7 +170,8 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     for mode in modes:
         mode_out = out / mode if len(modes) > 1 else out
         mode_out.mkdir(parents=True, exist_ok=True)
-        runs.append(_evaluate_mode(cfg, mode, prompts[mode], items, name, models, mode_out, published))
+        runs.append(_evaluate_mode(cfg, mode, prompts[mode], items, name, models, mode_out, published, rejects,
+                                   rubrics))
     if len(modes) == 1:
         return runs[0]
     (out / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
@@ -133,7 +180,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
 
 
 def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, name: str, models, out: Path,
-                   published: dict) -> dict:
+                   published: dict, rejects: dict | None = None, rubrics: dict | None = None) -> dict:
     faithful = mode == "faithful"
     seeds = [prompts.seed + k for k in range(cfg.seeds)] if faithful else [prompts.seed]
     if not faithful and cfg.seeds > 1:
@@ -145,10 +192,13 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
     first = models(out, mode, seeds[0])
     default = getattr(first, "decoding", None)
     task_decoding = {}
+    rejects, rubrics = rejects or {}, rubrics or {}
+    section_prompt = {s.task: section_prompts(prompts, s.max_new_tokens, s.task) for s in cfg.tasks}
     for section in cfg.tasks:
-        sampling = task_lib.task_sampling(prompts, section.task, faithful, default, seeds[0])
-        max_new = prompts.decoding.get(section.task, {}).get("max_new_tokens",
-                                                             {"mcq": 16, "cloze": 32}.get(section.task, 512))
+        task_prompts = section_prompt[section.task]
+        sampling = task_lib.task_sampling(task_prompts, section.task, faithful, default, seeds[0])
+        max_new = task_prompts.decoding.get(section.task, {}).get("max_new_tokens",
+                                                                  {"mcq": 16, "cloze": 32}.get(section.task, 512))
         task_decoding[section.task] = task_lib.describe_sampling(sampling, max_new)
     source = ("own mode: greedy" if not faithful
               else "endpoint defaults" if default is None else default.get("source"))
@@ -160,46 +210,80 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
         model = models(out, mode, seed)
         by_seed[seed] = {}
         for section in cfg.tasks:
-            sampling = task_lib.task_sampling(prompts, section.task, faithful, default, seed)
+            task_prompts = section_prompt[section.task]
+            sampling = task_lib.task_sampling(task_prompts, section.task, faithful, default, seed)
             all_results, per_file = [], {}
             for f in section.files:
                 subset = items[(section.task, f)]
                 if section.task == "mcq":
-                    results, summary = task_lib.run_mcq(model, subset, prompts, sampling, letter_scores)
+                    results, summary = task_lib.run_mcq(model, subset, task_prompts, sampling, letter_scores)
                 elif section.task == "cloze":
-                    results, summary = task_lib.run_cloze(model, subset, prompts, cfg.bertscore_model, sampling,
-                                                          faithful=faithful)
+                    results, summary = task_lib.run_cloze(model, subset, task_prompts, cfg.bertscore_model,
+                                                          sampling, faithful=faithful)
+                elif section.task == "dialog":
+                    results, summary = task_lib.run_dialog(model, subset, task_prompts, judge,
+                                                           cfg.judge.concurrency, sampling)
                 else:
-                    results, summary = task_lib.run_dialog(model, subset, prompts, judge, cfg.judge.concurrency,
-                                                           sampling)
+                    results, summary = clinical.run_clinical(section.task, model, subset, task_prompts,
+                                                             rubrics[section.task], judge, cfg.judge.concurrency,
+                                                             sampling)
                 for r in results:
                     r["file"] = Path(f).name
                     r["seed"] = seed
                 per_file[Path(f).name] = summary
                 all_results += results
-            pooled = (task_lib.mcq_metrics(all_results) if section.task == "mcq"
-                      else _pool(per_file, all_results))
+            if section.task == "mcq":
+                pooled = task_lib.mcq_metrics(all_results)
+            elif section.task in CLINICAL_TASKS:  # recomputed from the items: intervals do not pool by file
+                pooled = clinical.task_summary(section.task, all_results, rubrics[section.task],
+                                               getattr(judge, "name", None))
+            else:
+                pooled = _pool(per_file, all_results)
             by_seed[seed][section.task] = (all_results, per_file, pooled)
 
     summaries = {}
     for section in cfg.tasks:
         results, per_file, pooled = by_seed[seeds[0]][section.task]
-        per_seed = [{"seed": seed, **{k: by_seed[seed][section.task][2].get(k) for k in HEADLINE[section.task]}}
-                    for seed in seeds]
+        per_seed = [{"seed": seed, **_headline(section.task, by_seed[seed][section.task][2])} for seed in seeds]
         report = {"task": section.task, "model": name, "mode": mode, "files": section.files, **pooled,
                   "per_file": per_file, "decoding": task_decoding[section.task], "seeds": seeds,
-                  "per_seed": per_seed, "seed_stats": seed_stats(per_seed, HEADLINE[section.task]),
+                  "per_seed": per_seed, "seed_stats": seed_stats(per_seed, [k for k in per_seed[0] if k != "seed"]),
                   "items": results}
+        if section.task in CLINICAL_TASKS:
+            report.update(_clinical_extras(section.task, pooled, rejects.get(section.task, []), out,
+                                           f"{name} ({mode})"))
         if len(seeds) > 1:
             report["items_by_seed"] = {str(seed): by_seed[seed][section.task][0] for seed in seeds[1:]}
         (out / f"report_{section.task}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        summaries[section.task] = {k: v for k, v in report.items() if k not in ("items", "items_by_seed")}
+        summaries[section.task] = {k: v for k, v in report.items() if k not in ("items", "items_by_seed", "rejects")}
     combined = {"model": name, "mode": mode, "tasks": summaries, "published": published or prompts.published,
                 "decoding": decoding, "seeds": seeds}
     (out / "report.json").write_text(json.dumps(combined, indent=2, ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(summary_markdown([combined]), encoding="utf-8")
     compare_plot([combined], out / "comparison.png")
     return combined
+
+
+def _headline(task: str, summary: dict) -> dict:
+    """The numbers of a task's summary that are tracked per seed (per_seed, seed_stats)."""
+    if task in CLINICAL_TASKS:
+        return clinical.headline(task, summary)
+    return {k: summary.get(k) for k in HEADLINE[task]}
+
+
+def _clinical_extras(task: str, summary: dict, rejects: list, out: Path, title: str) -> dict:
+    """A clinical report's additions: its rejected rows (also written to OUT/rejects_TASK.jsonl, one JSON
+    object a line, so they can be fixed and rerun) and its plot."""
+    rows = [r.to_json() for r in rejects]
+    (out / f"rejects_{task}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                               encoding="utf-8")
+    if rows:
+        log.warning("%s: %d row(s) rejected, the rest evaluated; reasons in %s", task, len(rows),
+                    out / f"rejects_{task}.jsonl")
+    extras = {"n_rejected": len(rows), "rejects_file": f"rejects_{task}.jsonl", "rejects": rows}
+    plot = f"clinical_{task}.png"
+    extras["plot"] = plot if clinical_plot(task, {**summary, **extras}, out / plot, title) else None
+    return extras
 
 
 def seed_stats(per_seed: list[dict], keys) -> dict:
@@ -295,9 +379,12 @@ def _spread(task: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def summary_markdown(runs: list[dict]) -> str:
-    lines = ["# Evaluation summary", "", "| model | mode | MCQ acc. (95% CI) | MCQ log-lik acc. | cloze ROUGE-L | "
-             "cloze BLEU | dialog judge mean (scored/n) |", "|---|---|---|---|---|---|---|"]
-    for run in runs:
+    lines = ["# Evaluation summary"]
+    paper = [run for run in runs if any(task in run["tasks"] for task in PAPER_TASKS)]
+    if paper:  # the paper's benchmarks in one table; a suite of clinical tasks only has no row for it
+        lines += ["", "| model | mode | MCQ acc. (95% CI) | MCQ log-lik acc. | cloze ROUGE-L | cloze BLEU | "
+                  "dialog judge mean (scored/n) |", "|---|---|---|---|---|---|---|"]
+    for run in paper:
         t = run["tasks"]
         mcq = t.get("mcq", {})
         cloze = t.get("cloze", {})
@@ -338,6 +425,7 @@ def summary_markdown(runs: list[dict]) -> str:
             for label, g in groups.items():
                 mean = f"{g['mean_score']:.2f}" if g.get("mean_score") is not None else "-"
                 lines.append(f"| {label} | {mean} | {g['n_scored']}/{g['n_items']} |")
+    lines += clinical_markdown(runs)
     published = next((r["published"] for r in runs if r.get("published")), {})
     if published:
         lines += ["", "Published numbers (protocol file), for reference:", "",

@@ -9,7 +9,7 @@ from diabetica_jax.data.mcq import MCQParseError, parse_question, render
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.tables import detect_format, read_rows
 
-QUESTION_COLUMNS = ("question", "stem", "prompt", "instruction", "input")
+QUESTION_COLUMNS = ("question", "stem", "prompt", "instruction", "input", "note")  # note: summarize items
 
 
 def load_benchmark_items(path: str | Path) -> list[BenchmarkItem]:
