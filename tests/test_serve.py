@@ -197,6 +197,11 @@ def test_unknown_routes_and_methods_answer_json(server):
     assert wrong.status_code == 405 and "error" in wrong.json()
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["slots"] == 4
+    page = httpx.get(f"{server.url}/")
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"  # no framing by other sites
+    assert page.headers["x-content-type-options"] == "nosniff"
+    listed = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+    assert listed["limits"] == {"max_prompt_tokens": 256, "max_new_tokens": 512}  # the page starts within them
 
 
 @pytest.mark.parametrize("stream", [True, False])

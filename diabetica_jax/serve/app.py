@@ -19,6 +19,7 @@ import time
 from importlib import resources
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -33,6 +34,9 @@ from diabetica_jax.serve.text import TextStream
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
+# The page loads nothing from elsewhere and may not be framed by another site (clickjacking).
+PAGE_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
 def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette:
@@ -52,15 +56,16 @@ def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette
                            kind="authentication_error")
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": served.name, **served.batcher.load})
+    async def health(request: Request) -> Response:  # open, for load balancers and probes: no key needed
+        return JSONResponse({"status": "ok", **served.batcher.load})
 
     async def models(request: Request) -> Response:
         authorise(request)
+        limits = {"max_prompt_tokens": served.limits.max_prompt_tokens, "max_new_tokens": served.limits.max_new_tokens}
         return JSONResponse({"object": "list", "data": [
-            {"id": served.name, "object": "model", "created": 0, "owned_by": "diabetica-jax"}]})
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "diabetica-jax", "limits": limits}]})
 
     async def chat_completions(request: Request) -> Response:
         authorise(request)
@@ -99,7 +104,9 @@ async def _generate(served: ServedModel, request: Request, req: GenerationReques
         raise APIError(404, f"model {req.model!r} is not served here; this server has {served.name!r}", "model",
                        "model_not_found", kind="not_found_error")
     chat = req.messages is not None
-    prompt = served.chat_tokens(req.messages) if chat else served.text_tokens(req.prompt)
+    # tokenising a long prompt takes milliseconds: off the event loop, so other streams keep flowing
+    prompt = await run_in_threadpool(served.chat_tokens, req.messages) if chat else \
+        await run_in_threadpool(served.text_tokens, req.prompt)
     limits = served.limits
     if len(prompt) > limits.max_prompt_tokens:
         raise APIError(400, f"the prompt has {len(prompt)} tokens; this server takes at most "
