@@ -210,3 +210,16 @@ BENCH_DIALOG = [
     ("打胰岛素的时候手抖、出冷汗是怎么回事？", "1.回答需要指出可能是低血糖 2.回答需要给出立即补充糖分并复测血糖的建议"),
     ("I have type 2 diabetes and my feet feel numb. What should I do?", "1. The answer should mention diabetic peripheral neuropathy 2. It should advise daily foot checks and seeing a clinician"),
 ]
+
+# General-domain MCQs (no diabetes content): the `general` evaluation of multi-stage runs asks them before and
+# after every training stage, to see whether domain training costs general ability. Written for this project.
+BENCH_GENERAL_MCQ = [
+    ("水在标准大气压下的沸点是", ["50 °C", "80 °C", "100 °C", "120 °C", "150 °C"], "C"),
+    ("一年中白昼最长的一天（北半球）是", ["春分", "夏至", "秋分", "冬至", "清明"], "B"),
+    ("下列哪种动物是哺乳动物", ["鲨鱼", "海豚", "企鹅", "鳄鱼", "青蛙"], "B"),
+    ("光在真空中的传播速度约为", ["3×10^5 m/s", "3×10^6 m/s", "3×10^8 m/s", "3×10^10 m/s", "3×10^12 m/s"], "C"),
+    ("Which planet is closest to the Sun?", ["Venus", "Earth", "Mars", "Mercury", "Jupiter"], "D"),
+    ("How many sides does a hexagon have?", ["Four", "Five", "Six", "Seven", "Eight"], "C"),
+    ("Which gas do plants take in for photosynthesis?", ["Oxygen", "Nitrogen", "Carbon dioxide", "Helium", "Hydrogen"], "C"),
+    ("What is 12 multiplied by 12?", ["124", "132", "144", "154", "164"], "C"),
+]

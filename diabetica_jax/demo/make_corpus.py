@@ -12,7 +12,7 @@ import io
 import json
 
 from diabetica_jax.demo import BENCHMARK_DIR, CORPUS_DIR
-from diabetica_jax.demo.facts import BENCH_CLOZE, BENCH_DIALOG, BENCH_MCQ, FACTS
+from diabetica_jax.demo.facts import BENCH_CLOZE, BENCH_DIALOG, BENCH_GENERAL_MCQ, BENCH_MCQ, FACTS
 
 NOTICE = "DEMO DATA written by the diabetica-jax team for pipeline tests. NOT FOR CLINICAL USE."
 # The clinical tasks' demo items are written by hand, not from facts.py: this script leaves them as they are
@@ -125,6 +125,8 @@ def main() -> None:
 
     write_csv(BENCHMARK_DIR / "mini_mcq.csv", ["question", "answer"],
               [(diabetica_mcq_text(s, o), f"{k}：{o[LETTERS.index(k)]}") for s, o, k in BENCH_MCQ])
+    write_csv(BENCHMARK_DIR / "mini_general_mcq.csv", ["question", "answer"],
+              [(diabetica_mcq_text(s, o), f"{k}：{o[LETTERS.index(k)]}") for s, o, k in BENCH_GENERAL_MCQ])
     write_csv(BENCHMARK_DIR / "mini_cloze.csv", ["resource", "question", "answer"],
               [("demo", q, a) for q, a in BENCH_CLOZE], encoding="gbk")
     (BENCHMARK_DIR / "mini_dialog.jsonl").write_bytes(

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from diabetica_jax.configuration import to_dict
-from diabetica_jax.pipeline.config import RunConfig
+from diabetica_jax.pipeline.config import RunConfig, stage_train_config
 
 log = logging.getLogger(__name__)
 STAGES = ("curate", "train", "eval", "export")
@@ -85,11 +85,12 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
 
     inputs = [Path(i.path) for i in cfg.curate.inputs] + ([Path(s.path) for s in demo_inputs()] if cfg.curate.demo else [])
     curate_stage = Stage(run_dir, "data", _digest([to_dict(cfg.curate), _files_digest(inputs)]))
-    train_cfg = dataclasses.replace(cfg.train, data=dataclasses.replace(cfg.train.data, source="curated",
-                                                                        path=str(curate_stage.dir)))
-    train_stage = Stage(run_dir, "train", _digest([to_dict(train_cfg), curate_stage.digest]))
-    eval_stage = Stage(run_dir, "eval", _digest([to_dict(cfg.eval), cfg.eval_base, train_stage.digest]))
-    export_stage = Stage(run_dir, "hf", _digest([to_dict(cfg.export), train_stage.digest]))
+    trainings = training_stages(cfg, run_dir, curate_stage)
+    final = trainings[-1]
+    eval_stage = Stage(run_dir, "eval", _digest([to_dict(cfg.eval), to_dict(cfg.general), cfg.eval_base,
+                                                 [t.stage.digest for t in trainings],
+                                                 [t.evaluated for t in trainings]]))
+    export_stage = Stage(run_dir, "hf", _digest([to_dict(cfg.export), final.stage.digest]))
 
     def do(stage: Stage, label: str, work):
         if stage.done():
@@ -104,14 +105,50 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
         timings[label] = time.perf_counter() - start
 
     do(curate_stage, "curate", lambda out: _card_summary(curate(cfg.curate, out, progress=progress)))
-    do(train_stage, "train", lambda out: _train(train_cfg, out, progress))
-    do(eval_stage, "eval", lambda out: _evaluate(cfg, train_cfg, out, train_stage.dir, progress))
-    do(export_stage, "export", lambda out: _export(cfg, out, train_stage.dir))
-    result = {"run_dir": str(run_dir), "stages": statuses, "seconds": timings}
+    for t in trainings:
+        do(t.stage, t.label, lambda out, t=t: _train(t.config, out, progress))
+    do(eval_stage, "eval", lambda out: _evaluate(cfg, trainings, out, progress))
+    do(export_stage, "export", lambda out: _export(cfg, out, final.stage.dir))
+    result = {"run_dir": str(run_dir), "stages": statuses, "seconds": timings,
+              "training": [{"name": t.name, "dir": t.stage.dir.name} for t in trainings]}
     from diabetica_jax.pipeline.summary import write_summary
 
     write_summary(run_dir, result)
     return result
+
+
+@dataclasses.dataclass
+class Training:
+    """One training stage of the run: its name, its config and its folder."""
+
+    name: str
+    config: object  # TrainConfig
+    stage: Stage
+    evaluated: bool  # evaluated after it (asked for, or the last)
+
+    @property
+    def label(self) -> str:
+        return "train" if self.name == "train" else f"train {self.name}"
+
+
+def training_stages(cfg: RunConfig, run_dir: Path, data: Stage) -> list[Training]:
+    """The run's training stages, each reading the curated data and (after the first) the previous stage's
+    checkpoint, and hashed with what it reads: a changed stage reruns it and every stage after it."""
+    def reading_curated(train_cfg):
+        return dataclasses.replace(train_cfg, data=dataclasses.replace(train_cfg.data, source="curated",
+                                                                       path=str(data.dir)))
+
+    if not cfg.stages:  # one stage: the train section as it is, in RUN_DIR/train
+        train_cfg = reading_curated(cfg.train)
+        return [Training("train", train_cfg, Stage(run_dir, "train", _digest([to_dict(train_cfg), data.digest])),
+                         True)]
+    out, previous = [], None
+    for i, section in enumerate(cfg.stages):
+        train_cfg = reading_curated(stage_train_config(cfg, i, None if previous is None else str(previous.dir)))
+        digest = _digest([to_dict(train_cfg), data.digest, previous.digest if previous else None])
+        previous = Stage(run_dir, f"train-{section.name}", digest)
+        out.append(Training(section.name, train_cfg, previous, section.eval or i == len(cfg.stages) - 1))
+    return out
 
 
 def _card_summary(card: dict) -> dict:
@@ -127,33 +164,68 @@ def _train(train_cfg, out: Path, progress: bool) -> dict:
     return {"final_step": result.final_step, "data_exhausted": result.data_exhausted}
 
 
-def _evaluate(cfg: RunConfig, train_cfg, out: Path, train_dir: Path, progress: bool) -> dict:
+def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bool) -> dict:
+    """The base model (eval_base) and each stage asked for: the eval tasks into OUT/base, OUT/<stage>; the
+    general tasks (cfg.general) before training and after every stage into OUT/general/<point>."""
     from diabetica_jax import hf
     from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
     from diabetica_jax.parallel import make_mesh
     from diabetica_jax.train.run_dir import trained_model
     from diabetica_jax.train.setup import build_model
 
-    tokenizer = hf.load_tokenizer(train_cfg.model.hf_path)
+    first = trainings[0].config
+    tokenizer = hf.load_tokenizer(first.model.hf_path)
     # faithful mode decodes with the base checkpoint's generation_config.json, before and after training
-    eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or train_cfg.model.hf_path)
-    runs = []
-    if cfg.eval_base:
+    eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or first.model.hf_path)
+    general_cfg = dataclasses.replace(eval_cfg, tasks=list(cfg.general), modes=[], mode="own") if cfg.general else None
+    runs, general = [], []
+
+    def measure(model, name: str, folder: str, domain: bool):
+        if domain:
+            result = evaluate(dataclasses.replace(eval_cfg, name=name), out / folder, model=model,
+                              tokenizer=tokenizer, progress=progress)
+            runs.extend(result.get("runs", [result]))  # one report per mode
+        if general_cfg is not None:
+            result = evaluate(dataclasses.replace(general_cfg, name=name), out / "general" / folder, model=model,
+                              tokenizer=tokenizer, progress=progress)
+            general.append({"point": folder, "name": name, "report": result})
+
+    if cfg.eval_base or general_cfg is not None:
         mesh = make_mesh({"fsdp": -1})
         with jax.set_mesh(mesh):
-            base, _, _ = build_model(train_cfg, mesh)
-        name = Path(train_cfg.model.hf_path).name if train_cfg.model.hf_path else f"{train_cfg.model.preset} (base)"
-        result = evaluate(dataclasses.replace(eval_cfg, name=f"{name} before training"), out / "base",
-                          model=base, tokenizer=tokenizer, progress=progress)
-        runs += result.get("runs", [result])  # one report per mode
+            base, _, _ = build_model(first, mesh)
+        name = Path(first.model.hf_path).name if first.model.hf_path else f"{first.model.preset} (base)"
+        measure(base, f"{name} before training", "base", cfg.eval_base)
         del base
-    model, _, step = trained_model(train_dir)
-    result = evaluate(dataclasses.replace(eval_cfg, name=f"trained (step {step})"), out / "trained",
-                      model=model, tokenizer=tokenizer, progress=progress)
-    runs += result.get("runs", [result])
+    single = len(trainings) == 1
+    for t in trainings:
+        if not (t.evaluated or general_cfg is not None):
+            continue
+        model, _, step = trained_model(t.stage.dir)
+        label = f"trained (step {step})" if single else f"after {t.name} (step {step})"
+        measure(model, label, "trained" if single else t.name, t.evaluated)
+        del model
     (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
     compare_plot(runs[::-1], out / "comparison.png")
-    return {"runs": [r["model"] for r in runs]}
+    if general:
+        (out / "forgetting.json").write_text(json.dumps(forgetting_table(runs, general), indent=2) + "\n")
+    return {"runs": [r["model"] for r in runs], "general": [g["name"] for g in general]}
+
+
+def forgetting_table(runs: list[dict], general: list[dict]) -> list[dict]:
+    """Per evaluation point: the domain MCQ accuracy (when the eval tasks ran there) and each general task's
+    headline metric, so domain gain and general loss sit side by side."""
+    domain = {r["model"]: r for r in runs}
+    rows = []
+    for g in general:
+        row = {"point": g["point"], "name": g["name"]}
+        run = domain.get(g["name"])
+        if run is not None and isinstance(run.get("tasks", {}).get("mcq"), dict):
+            row["domain_mcq_accuracy"] = run["tasks"]["mcq"].get("accuracy")
+        for task, report in (g["report"].get("tasks") or {}).items():
+            row[f"general_{task}"] = report.get("accuracy", report.get("rougeL"))
+        rows.append(row)
+    return rows
 
 
 def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 
-def loss_plot(metrics_file: Path, out: Path) -> bool:
-    if not metrics_file.is_file():
-        return False
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    if not records:
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def loss_plot(stages: list[tuple[str, list[dict]]], out: Path) -> bool:
+    """Every stage's loss curve on one axis of cumulative steps, a colour and a boundary line per stage."""
+    stages = [(name, records) for name, records in stages if records]
+    if not stages:
         return False
     import matplotlib
 
@@ -18,10 +22,46 @@ def loss_plot(metrics_file: Path, out: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="tab:blue")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title("training loss")
+    offset = 0
+    for i, (name, records) in enumerate(stages):
+        steps = [offset + r["step"] for r in records]
+        ax.plot(steps, [r["loss"] for r in records], color=f"C{i}", label=name)
+        if i:
+            ax.axvline(offset, color="grey", lw=0.8, ls="--")
+        offset = steps[-1]
+    ax.set_xlabel("step (cumulative over stages)" if len(stages) > 1 else "step")
+    ax.set_ylabel("loss (loss-masked tokens)")
+    ax.set_title("training loss" + (" per stage" if len(stages) > 1 else ""))
+    if len(stages) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def forgetting_plot(rows: list[dict], out: Path) -> bool:
+    """Domain MCQ accuracy and each general task's metric at every evaluation point."""
+    keys = sorted({k for r in rows for k in r if k.startswith("general_") or k == "domain_mcq_accuracy"})
+    if not rows or not keys:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    points = [r["point"] for r in rows]
+    for i, key in enumerate(keys):
+        values = [r.get(key) for r in rows]
+        xs = [x for x, v in enumerate(values) if isinstance(v, (int, float))]
+        ax.plot(xs, [values[x] for x in xs], marker="o", color=f"C{i}",
+                label=key.replace("general_", "general ").replace("domain_mcq_accuracy", "domain MCQ"))
+    ax.set_xticks(range(len(points)), points)
+    ax.set_ylabel("accuracy / score")
+    ax.set_title("domain gain and general ability per stage")
+    ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -40,15 +80,30 @@ def write_summary(run_dir: Path, result: dict) -> None:
         lines += ["", "## Data", "", f"{c['collected']} records collected, {c['generated']} generated, {c['kept']} kept, "
                   f"{c['rejected']} rejected (`data/data_card.md`, `data/rejects.jsonl`).", "",
                   "![data card](data/data_card.png)"]
-    if loss_plot(run_dir / "train" / "metrics.jsonl", run_dir / "loss.png"):
-        records = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        lines += ["", "## Training", "", f"{len(records)} steps logged; loss {records[0]['loss']:.3f} at step "
-                  f"{records[0]['step']} -> {records[-1]['loss']:.3f} at step {records[-1]['step']}.", "",
-                  "![loss](loss.png)"]
+    stages = [(t["name"], _metrics(run_dir / t["dir"])) for t in result.get("training", [{"name": "train",
+                                                                                        "dir": "train"}])]
+    if loss_plot(stages, run_dir / "loss.png"):
+        lines += ["", "## Training", ""]
+        for name, records in stages:
+            if records:
+                lines.append(f"- {name}: {len(records)} steps logged; loss {records[0]['loss']:.3f} at step "
+                             f"{records[0]['step']} -> {records[-1]['loss']:.3f} at step {records[-1]['step']}.")
+        lines += ["", "![loss](loss.png)"]
     evaluation = run_dir / "eval" / "summary.md"
     if evaluation.is_file():
         lines += ["", "## Evaluation", "", evaluation.read_text().split("\n", 2)[2].strip(), "",
                   "![evaluation](eval/comparison.png)"]
+    forgetting = run_dir / "eval" / "forgetting.json"
+    if forgetting.is_file():
+        rows = json.loads(forgetting.read_text())
+        keys = sorted({k for r in rows for k in r if k.startswith("general_") or k == "domain_mcq_accuracy"})
+        lines += ["", "## Domain gain and general ability", "", "| point | " + " | ".join(keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        for r in rows:
+            cells = [f"{r[k]:.3f}" if isinstance(r.get(k), (int, float)) else "-" for k in keys]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+        if forgetting_plot(rows, run_dir / "forgetting.png"):
+            lines += ["", "![forgetting](forgetting.png)"]
     verify = run_dir / "hf" / "verify.json"
     if verify.is_file():
         v = json.loads(verify.read_text())

@@ -27,6 +27,11 @@ class ModelSection:
     attention: Literal[ATTENTION_BACKENDS] = field(DEFAULT_RUNTIME["attention"], "attention backend")
     remat: Literal[REMAT_POLICIES] = field(DEFAULT_RUNTIME["remat"], "activation rematerialisation policy")
     seed: int = field(0, "seed of the random initialisation (preset) and of new LoRA adapters")
+    init_from: str | None = field(None, "training run directory to start from: its latest checkpoint's weights "
+                                  "(multi-stage training; preset/hf_path must name the same architecture)", path=True)
+    init_lora: Literal["merged", "unmerged"] = field(
+        "merged", "with init_from a LoRA run: fold its adapters into the weights (this run may add new ones), or "
+        "keep training them (unmerged: this run's lora rank, alpha and targets must be the same)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,9 @@ class TrainConfig:
     loop: LoopSection = field(LoopSection(), "steps, logging and checkpoints")
 
     def __post_init__(self):
+        if self.model.init_from and self.model.init_lora == "unmerged" and not self.lora.rank:
+            raise FieldError("model.init_lora", "unmerged continues the previous run's adapters: set lora.rank "
+                             "(and alpha, targets) to the previous run's, or use merged")
         if self.loop.steps == -1 and self.data.source != "curated":
             raise FieldError("loop.steps", "-1 (from the data) needs data.source: curated")
         if self.loop.steps != -1 and self.optim.warmup_steps > self.loop.steps:

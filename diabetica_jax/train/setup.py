@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
 from diabetica_jax import hf
-from diabetica_jax.configuration import to_dict
+from diabetica_jax.configuration import ConfigFileError, build, to_dict
 from diabetica_jax.model import QwenConfig, create_model
-from diabetica_jax.model.lora import add_lora
-from diabetica_jax.train.checkpoint import param_shapes
+from diabetica_jax.model.factory import abstract_model
+from diabetica_jax.model.lora import add_lora, merge_lora
+from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints, param_shapes
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.optimizer import build_optimizer
 from diabetica_jax.train.state import (
@@ -41,10 +45,68 @@ def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
     return model_cfg, source
 
 
+def run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was trained with (RUN_DIR/train_config.json, written when training starts)."""
+    path = Path(run_dir) / "train_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; is {run_dir} a training run directory?")
+    return build(TrainConfig, json.loads(path.read_text()), str(path))
+
+
+def restored_model(run_dir: str | Path, mesh, step: int | None = None):
+    """(model, model config, step): a run's checkpoint (latest by default) on `mesh`; call under jax.set_mesh."""
+    cfg = run_config(run_dir)
+    setup = prepare(cfg, mesh)
+    checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.loop.keep_checkpoints, async_save=False)
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{checkpoints.directory}: no checkpoint to load")
+    state, _ = checkpoints.restore(step, setup.restore_target(), setup.meta)
+    checkpoints.close()
+    return nnx.merge(setup.graphdef, state.params, setup.frozen), setup.model_cfg, step
+
+
+def _continued_model(cfg: TrainConfig, model_cfg: QwenConfig, mesh):
+    """The model a stage starts from when it continues another run (model.init_from): that run's weights in this
+    run's runtime settings, its adapters folded in (merged) or kept training (unmerged), and where they came from."""
+    previous, previous_cfg, step = restored_model(cfg.model.init_from, mesh)
+    source = {"init_from": str(Path(cfg.model.init_from).absolute()), "step": step, "lora": None}
+    where = f"model.init_from {cfg.model.init_from}"
+    if previous_cfg.to_hf_dict() != model_cfg.to_hf_dict():
+        raise ConfigFileError(f"{where}: that run trained a different architecture than model.preset/hf_path names")
+    keep_adapters = previous_cfg.lora_rank and cfg.model.init_lora == "unmerged"
+    if keep_adapters:
+        same = (previous_cfg.lora_rank, previous_cfg.lora_alpha, tuple(previous_cfg.lora_targets)) == \
+            (model_cfg.lora_rank, model_cfg.lora_alpha, tuple(model_cfg.lora_targets))
+        if not same:
+            raise ConfigFileError(
+                f"{where}: init_lora unmerged continues its adapters (rank {previous_cfg.lora_rank}, alpha "
+                f"{previous_cfg.lora_alpha}, targets {list(previous_cfg.lora_targets)}); set the same lora section")
+        source["lora"] = "unmerged"
+        weights, target_cfg = previous, model_cfg
+    else:
+        if previous_cfg.lora_rank:
+            source["lora"] = "merged"
+        weights, target_cfg = merge_lora(previous), model_cfg.without_lora()
+    # this run's runtime (dtype, attention, remat) on the previous run's values
+    graphdef, _ = nnx.split(abstract_model(target_cfg))
+    dtype = jnp.dtype(target_cfg.param_dtype)
+    state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                         nnx.state(weights))
+    model = nnx.merge(graphdef, state)
+    if cfg.lora.rank and not keep_adapters:
+        model = add_lora(model, model_cfg, mesh=mesh, seed=cfg.model.seed)
+    return model, source
+
+
 def build_model(cfg: TrainConfig, mesh):
-    """The model to train: an HF checkpoint or a seeded random preset, plus LoRA adapters if asked."""
+    """The model to train: an HF checkpoint, a seeded random preset or another run's checkpoint (model.init_from),
+    plus LoRA adapters if asked."""
     model_cfg, source = model_config(cfg)
     base_cfg = model_cfg.without_lora()
+    if cfg.model.init_from:
+        model, source = _continued_model(cfg, model_cfg, mesh)
+        return model, model_cfg, source
     if cfg.model.hf_path:
         model, _ = hf.load(cfg.model.hf_path, mesh=mesh, dtype=base_cfg.dtype, param_dtype=base_cfg.param_dtype,
                            attention=base_cfg.attention, remat=base_cfg.remat)
@@ -81,5 +143,7 @@ def prepare(cfg: TrainConfig, mesh) -> Setup:
     optimizer, schedule = build_optimizer(cfg.optim, cfg.loop.steps)
     meta = {"model": model_cfg.to_hf_dict(), "lora": to_dict(cfg.lora) if cfg.lora.rank else None,
             "frozen_source": source if cfg.lora.rank else None, "trainable": param_shapes(params)}
+    if cfg.model.init_from and not cfg.lora.rank:  # full fine-tuning continues a run: say from where
+        meta["init"] = source
     return Setup(model_cfg, graphdef, params, frozen, frozen_sharding, optimizer, schedule,
                  state_shardings(optimizer, params, params_sharding, mesh), meta)

@@ -1,0 +1,124 @@
+"""Multi-stage training: a run continuing another run's weights (full, LoRA merged, LoRA unmerged), stage configs,
+and the pipeline running stages in order with the general-ability evaluation between them."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from train_helpers import REPO
+
+from diabetica_jax.configuration import ConfigFileError, load_config
+from diabetica_jax.model.factory import forward
+from diabetica_jax.model.lora import merge_lora
+from diabetica_jax.parallel import make_mesh
+from diabetica_jax.pipeline.config import load_run_config
+from diabetica_jax.pipeline.run import run
+from diabetica_jax.train.config import TrainConfig
+from diabetica_jax.train.loop import train
+from diabetica_jax.train.run_dir import trained_model
+from diabetica_jax.train.setup import build_model
+
+DEMO = str(REPO / "configs" / "recipes" / "demo.yaml")
+TOKENS = np.random.default_rng(0).integers(0, 1000, (2, 12)).astype(np.int32)
+
+
+def _config(*overrides):
+    base = ["model.preset=tiny", "data.source=synthetic", "data.seq_len=32", "data.global_batch=4",
+            "optim.lr=1e-2", "optim.warmup_steps=0", "loop.steps=3", "loop.checkpoint_every=3", "loop.loss_chunk=16",
+            "loop.tensorboard=false", "loop.async_checkpoint=false", "mesh.fsdp=1"]
+    return load_config(TrainConfig, None, base + list(overrides))
+
+
+def _start(cfg):
+    mesh = make_mesh(cfg.mesh.sizes())
+    with jax.set_mesh(mesh):
+        model, _, source = build_model(cfg, mesh)
+    return model, source
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("stage1")
+    train(_config("lora.rank=4", "lora.alpha=8"), run_dir, progress=False)
+    model, _, _ = trained_model(run_dir)
+    assert np.abs(np.asarray(model.layers.self_attn.q_proj.lora_b[...])).max() > 0  # the adapters trained
+    return run_dir, model
+
+
+def test_a_stage_continues_a_lora_run_merged_or_unmerged(lora_run, tmp_path):
+    run_dir, previous = lora_run
+    expected = np.asarray(forward(previous, TOKENS))
+
+    merged, source = _start(_config(f"model.init_from={run_dir}", "lora.rank=2", "model.seed=5"))
+    assert source == {"init_from": str(run_dir), "step": 3, "lora": "merged"}
+    # the previous adapters are folded into the kernels; the new ones start as the identity change
+    np.testing.assert_allclose(np.asarray(forward(merged, TOKENS)), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(merged.layers.self_attn.q_proj.kernel[...]),
+                               np.asarray(merge_lora(previous).layers.self_attn.q_proj.kernel[...]), atol=1e-6)
+    assert merged.config.lora_rank == 2
+
+    unmerged, source = _start(_config(f"model.init_from={run_dir}", "model.init_lora=unmerged", "lora.rank=4",
+                                      "lora.alpha=8"))
+    assert source["lora"] == "unmerged"
+    for a, b in zip(jax.tree.leaves(nnx.state(unmerged, nnx.LoRAParam)), jax.tree.leaves(nnx.state(previous, nnx.LoRAParam))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same adapters, to keep training
+    np.testing.assert_allclose(np.asarray(forward(unmerged, TOKENS)), expected, atol=1e-5)
+
+    with pytest.raises(ConfigFileError, match="rank 4, alpha 8.0"):
+        _start(_config(f"model.init_from={run_dir}", "model.init_lora=unmerged", "lora.rank=2"))
+    with pytest.raises(ConfigFileError, match="unmerged continues"):
+        _config(f"model.init_from={run_dir}", "model.init_lora=unmerged")
+
+
+def test_a_continued_stage_trains_checkpoints_and_restores(lora_run, tmp_path):
+    run_dir, previous = lora_run
+    for name, extra in (("full", []), ("unmerged", ["model.init_lora=unmerged", "lora.rank=4", "lora.alpha=8"])):
+        out = tmp_path / name
+        result = train(_config(f"model.init_from={run_dir}", "loop.steps=2", "loop.checkpoint_every=2", *extra), out,
+                       progress=False)
+        assert result.final_step == 2
+        model, cfg, step = trained_model(out)  # rebuilt on top of the first run's weights
+        assert step == 2 and cfg.lora_rank == (4 if name == "unmerged" else 0)
+        moved = np.abs(np.asarray(forward(model, TOKENS)) - np.asarray(forward(previous, TOKENS))).max()
+        assert moved > 0  # it trained on from there
+
+
+def test_stage_configs_fail_before_any_work(tmp_path):
+    with pytest.raises(ConfigFileError, match=r"stages\[1\]\.train\.optim: unknown key 'optim\.lrr'|stages\[1\]"):
+        load_run_config(DEMO, ["stages=[{name: a}, {name: b, train: {optim: {lrr: 1}}}]"])
+    with pytest.raises(ConfigFileError, match="two stages named"):
+        load_run_config(DEMO, ["stages=[{name: a}, {name: a}]"])
+    with pytest.raises(ConfigFileError, match="name"):
+        load_run_config(DEMO, ["stages=[{name: 'a b'}]"])
+    with pytest.raises(ConfigFileError, match="unmerged continues"):
+        load_run_config(DEMO, ["stages=[{name: a, train: {lora: {rank: 2}}}, {name: b, lora_from_previous: unmerged}]"])
+
+
+SMALL = ["train.loop.steps=2", "train.loop.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
+         "train.loop.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=0",
+         "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}]", "export.verify=false",
+         "general=[{task: mcq, files: ['embedded:mini_general_mcq.csv'], limit: 3}]"]
+STAGES = "stages=[{name: first, train: {lora: {rank: 4}}}, {name: second, eval: true, train: {optim: {lr: 0.003}}}]"
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_stages_in_order_and_reruns_only_what_changed(tmp_path):
+    result = run(load_run_config(DEMO, SMALL + [STAGES]), tmp_path, progress=False)
+    assert result["stages"] == {"curate": "done", "train first": "done", "train second": "done", "eval": "done",
+                                "export": "done"}
+    second = json.loads((tmp_path / "train-second" / "train_config.json").read_text())
+    assert second["model"]["init_from"] == str(tmp_path / "train-first") and second["lora"]["rank"] == 0
+    assert second["optim"]["lr"] == 0.003
+    rows = json.loads((tmp_path / "eval" / "forgetting.json").read_text())
+    assert [r["point"] for r in rows] == ["base", "first", "second"]
+    assert all(isinstance(r["general_mcq"], float) for r in rows)
+    assert "domain_mcq_accuracy" in rows[0] and "domain_mcq_accuracy" in rows[2]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "- first: 2 steps logged" in summary and "- second: 2 steps logged" in summary
+    assert "## Domain gain and general ability" in summary and (tmp_path / "forgetting.png").is_file()
+
+    changed = run(load_run_config(DEMO, SMALL + [STAGES.replace("0.003", "0.004")]), tmp_path, progress=False)
+    assert changed["stages"] == {"curate": "skipped (up to date)", "train first": "skipped (up to date)",
+                                 "train second": "done", "eval": "done", "export": "done"}
