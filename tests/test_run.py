@@ -22,19 +22,23 @@ SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     result = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
-    assert result["stages"] == {"curate": "done", "train": "done", "eval": "done", "export": "done"}
+    assert result["stages"] == {"curate": "done", "train adapt": "done", "train instruct": "done", "eval": "done",
+                                "export": "done"}
     card = json.loads((tmp_path / "data" / "data_card.json").read_text())
     assert (card["collected"], card["kept"]) == (194, 159) and list((tmp_path / "data" / "shards").iterdir())
-    metrics = (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]
-    for run_name in ("base", "trained"):
+    for stage in ("train-adapt", "train-instruct"):  # the demo's two stages, the second from the first
+        metrics = (tmp_path / stage / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]
+    adapt = json.loads((tmp_path / "train-adapt" / "train_config.json").read_text())
+    assert adapt["data"]["kinds"] == ["passage"] and adapt["data"]["loss_on"] == "all"
+    for run_name in ("base", "instruct"):
         report = json.loads((tmp_path / "eval" / run_name / "report.json").read_text())
         assert report["tasks"]["mcq"]["n_items"] == 3 and report["tasks"]["cloze"]["n_items"] == 2
     verify = json.loads((tmp_path / "hf" / "verify.json").read_text())
     assert verify["identical"] and verify["prompts"] == 2
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.json").is_file()
     summary = (tmp_path / "summary.md").read_text()
-    for heading in ("## Data", "## Training", "## Evaluation", "## Export"):
+    for heading in ("## Data", "## Training", "## Evaluation", "## Domain gain and general ability", "## Export"):
         assert heading in summary
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
 
@@ -42,18 +46,19 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     assert set(again["stages"].values()) == {"skipped (up to date)"}
     # an evaluation setting changes: only evaluation reruns
     changed = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2"]), tmp_path, progress=False)
-    assert changed["stages"] == {"curate": "skipped (up to date)", "train": "skipped (up to date)", "eval": "done",
+    assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
+                                 "train instruct": "skipped (up to date)", "eval": "done",
                                  "export": "skipped (up to date)"}
 
 
 @pytest.mark.slow
-def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
+def test_a_run_killed_during_a_middle_stage_resumes_when_rerun(tmp_path):
     args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
-            "train.loop.steps=60", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",
+            "train.loop.steps=30", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",
             "train.data.global_batch=4", "train.loop.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
             "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false"]
     proc = subprocess.Popen(args, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "train" / "metrics.jsonl"
+    metrics = tmp_path / "train-adapt" / "metrics.jsonl"  # killed in the first of the two stages
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
         time.sleep(0.2)
@@ -61,10 +66,12 @@ def test_a_run_killed_during_training_resumes_when_rerun(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "rerun the same command to resume" in err
     stopped = len(metrics.read_text().splitlines())
-    assert 2 <= stopped < 60 and not (tmp_path / "train" / ".stage.json").exists()
+    assert 2 <= stopped < 30 and not (tmp_path / "train-adapt" / ".stage.json").exists()
     # the same command (same hash) continues from its checkpoint to the end
     proc = subprocess.run(args, env=cli_env(1), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert steps == list(range(1, 61))  # no step trained twice, none skipped
-    assert "curate   skipped (up to date)" in proc.stdout and "train    done" in proc.stdout
+    assert steps == list(range(1, 31))  # no step trained twice, none skipped
+    later = [json.loads(line)["step"] for line in (tmp_path / "train-instruct" / "metrics.jsonl").read_text().splitlines()]
+    assert later == list(range(1, 31))  # and the next stage ran from it
+    assert "curate           skipped (up to date)" in proc.stdout and "train adapt      done" in proc.stdout

@@ -189,7 +189,7 @@ def run(args) -> int:
     result = run_pipeline(load_run_config(args.config, args.overrides), args.run_dir, progress=not args.no_progress)
     for stage, status in result["stages"].items():
         seconds = result["seconds"].get(stage)
-        print(f"  {stage:8s} {status}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+        print(f"  {stage:16s} {status}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
     print(f"summary: {Path(result['run_dir']) / 'summary.md'}")
     return 0
 

@@ -75,6 +75,37 @@ class DedupSection:
             raise FieldError("num_perm", f"{self.num_perm} does not divide into bands={self.bands}")
 
 
+def _names_a_directory(section: dict) -> bool:
+    """semantic_dedup.model is a checkpoint directory (a path to resolve) unless it names a model preset."""
+    from pathlib import Path
+
+    model = section.get("model")
+    presets = Path(__file__).resolve().parents[2] / "presets"
+    return isinstance(model, str) and not (presets / f"{model}.yaml").is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class SemanticDedupSection:
+    enabled: bool = field(False, "drop records whose embedding is a near neighbour of an earlier kept one (SemDeDup)")
+    model: str = field("tiny", "embedding model: a Hugging Face checkpoint directory, or a preset with random weights "
+                               "(tiny: a weak embedder, for tests; use a real checkpoint)", path=_names_a_directory)
+    threshold: float = field(0.95, "cosine similarity at or above which a record is a semantic duplicate")
+    max_tokens: int = field(128, "tokens of each record embedded (the rest is cut off)")
+    batch_size: int = field(32, "records per embedding batch (on CPU 16-32 run fastest; more on an accelerator)")
+    clusters: int | None = field(None, "k-means clusters searched separately (default: about sqrt(records))")
+    iterations: int = field(10, "k-means Lloyd iterations")
+    seed: int = field(0, "k-means initialisation (and a preset's random weights)")
+
+    def __post_init__(self):
+        require_positive(self, "max_tokens", "batch_size", "iterations")
+        if self.clusters is not None:
+            require_positive(self, "clusters")
+        if not 0.0 < self.threshold <= 1.0:
+            raise FieldError("threshold", f"must be in (0, 1], got {self.threshold}")
+        if not self.model:
+            raise FieldError("model", "missing: a checkpoint directory or a preset name")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecontaminationSection:
     benchmarks: list[str] = field([], "evaluation files or directories whose items must not leak into training "
@@ -100,8 +131,27 @@ class WriterSection(BackendSection):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentSection(WriterSection):
-    qa_per_passage: int = field(3, "question-answer pairs to write per passage")
+    qa_per_passage: int = field(3, "question-answer pairs to write per passage (0: none)")
     min_grounding: float = field(0.5, "share of a generated answer's words that must appear in its passage")
+    explain_mcqs: bool = field(True, "replace each MCQ's answer with the teacher's explanation of the keyed option")
+    dialogue_turns: int = field(0, "patient-doctor dialogue per passage with this many user+assistant pairs (0: none)")
+    dialogue_min_support: float = field(0.6, "share of each doctor turn's content words that must occur in the "
+                                             "passage (every number must)")
+    mcq_rationales: bool = field(False, "add, per MCQ, a fluent answer reasoning to the keyed option (a new record)")
+    rationale_reveal_key: bool = field(True, "tell the teacher the keyed option when asking for a rationale (false: "
+                                             "it answers on its own, kept only when it agrees with the key)")
+    cloze_per_passage: int = field(0, "fill-in-the-blank items to write per passage (0: none)")
+    cloze_min_similarity: float = field(0.8, "share of a filled-in cloze sentence that must line up with one "
+                                             "passage sentence")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("qa_per_passage", "dialogue_turns", "cloze_per_passage"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, f"must be 0 (off) or positive, got {getattr(self, name)}")
+        for name in ("min_grounding", "dialogue_min_support", "cloze_min_similarity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise FieldError(name, f"must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +176,8 @@ class CurateConfig:
     relevance: RelevanceSection = field(RelevanceSection(), "diabetes relevance filter")
     quality: QualitySection = field(QualitySection(), "quality filter")
     dedup: DedupSection = field(DedupSection(), "exact and near duplicate removal")
+    semantic_dedup: SemanticDedupSection = field(SemanticDedupSection(), "embedding-based duplicate removal (off "
+                                                                         "by default)")
     decontamination: DecontaminationSection = field(DecontaminationSection(), "benchmark decontamination")
     augment: AugmentSection = field(AugmentSection(), "teacher augmentation")
     refine: RefineSection = field(RefineSection(), "self-distillation by the base model")

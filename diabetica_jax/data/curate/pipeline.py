@@ -80,6 +80,11 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     run("quality", filters.quality, cfg.quality)
     run("exact_dedup", filters.exact_dedup)
     run("near_dedup", filters.near_dedup, cfg.dedup)
+    semdedup_stats: dict = {"enabled": cfg.semantic_dedup.enabled}
+    if cfg.semantic_dedup.enabled:
+        from diabetica_jax.data.curate.semdedup import semantic_dedup
+
+        run("semantic_dedup", semantic_dedup, cfg.semantic_dedup, semdedup_stats)
     benchmark_items = _benchmark_items(cfg)
     run("decontaminate", filters.decontaminate, benchmark_items, cfg.decontamination)
 
@@ -100,14 +105,15 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
                              failures=teacher.failures, explained_mcqs=result.explained,
                              generated=len(result.generated) + len(result.generated_rejects),
                              generated_kept=len(clean),
-                             generated_rejected=len(result.generated_rejects) + len(leaked))
+                             generated_rejected=len(result.generated_rejects) + len(leaked),
+                             kinds=result.kind_report(leaked))
         records = records + generated
 
     refine_stats: dict = {"enabled": cfg.refine.backend != "none"}
     if cfg.refine.backend != "none":
         model = make_backend(cfg.refine, out / "cache" / "refine")
-        records, counts = refine(records, model, cfg.refine)
-        refine_stats.update(model=model.name, **dict(counts))
+        records, counts, by_kind = refine(records, model, cfg.refine)
+        refine_stats.update(model=model.name, **dict(counts), by_kind=by_kind)
 
     total_in = collected + augment_stats.get("generated", 0)
     if len(records) + len(all_rejects) != total_in:
@@ -115,7 +121,8 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
 
     from diabetica_jax.data.curate.write import write_outputs
 
-    return write_outputs(out, cfg, records, all_rejects, stages, collected, augment_stats, refine_stats, progress)
+    return write_outputs(out, cfg, records, all_rejects, stages, collected, augment_stats, refine_stats, progress,
+                         semdedup_stats=semdedup_stats)
 
 
 def _benchmark_items(cfg: CurateConfig):

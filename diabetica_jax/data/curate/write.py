@@ -112,7 +112,8 @@ def record_from_row(row: dict[str, Any]) -> Record:
 
 
 def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], stages, collected: int,
-                  augment_stats: dict, refine_stats: dict, progress: bool = True) -> dict:
+                  augment_stats: dict, refine_stats: dict, progress: bool = True, *,
+                  semdedup_stats: dict | None = None) -> dict:
     from diabetica_jax.data.chat import encode_record
     from diabetica_jax.hf.tokenizer import load_tokenizer
 
@@ -138,6 +139,7 @@ def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], 
         "kept_by_language": dict(Counter(r.language for r in records)),
         "augment": augment_stats,
         "refine": refine_stats,
+        "semantic_dedup": semdedup_stats or {"enabled": False},
         "tokens": {"total": int(sum(lengths)), "mean": float(np.mean(lengths)) if lengths else 0.0,
                    "p50": float(np.percentile(lengths, 50)) if lengths else 0.0,
                    "p95": float(np.percentile(lengths, 95)) if lengths else 0.0, "max": int(max(lengths, default=0))},
@@ -179,13 +181,44 @@ def _markdown(card: dict) -> str:
     if card["augment"].get("enabled"):
         a = card["augment"]
         lines.append(f"Augmentation ({a['teacher']}): {a['explained_mcqs']} MCQs explained, {a['generated_kept']} of "
-                     f"{a['generated']} generated QA pairs kept; {a['calls']} calls, {a['cache_hits']} cache hits, "
+                     f"{a['generated']} generated records kept; {a['calls']} calls, {a['cache_hits']} cache hits, "
                      f"{a['failures']} failures.")
+        lines += _augment_kind_lines(a.get("kinds", {}))
+    if card["semantic_dedup"].get("enabled"):
+        s = card["semantic_dedup"]
+        lines.append(f"Semantic dedup ({s['model']}, cosine >= {s['threshold']}): {s['dropped']} of {s['records']} "
+                     f"records dropped; {s['clusters']} clusters (largest {s['largest_cluster']}); embedding "
+                     f"{s['embed_seconds']} s, search {s['search_seconds']} s.")
     if card["refine"].get("enabled"):
-        r = {k: v for k, v in card["refine"].items() if k not in ("enabled", "model")}
+        r = {k: v for k, v in card["refine"].items() if k not in ("enabled", "model", "by_kind")}
         lines.append(f"Refinement ({card['refine']['model']}): " + ", ".join(f"{k}: {v}" for k, v in r.items()) + ".")
+        lines += _refine_kind_lines(card["refine"].get("by_kind", {}))
     lines += ["", "![records per stage](data_card.png)", ""]
     return "\n".join(lines)
+
+
+def _augment_kind_lines(kinds: dict) -> list[str]:
+    """The teacher's tasks: requests, outputs kept, what was rejected and why."""
+    if not kinds:
+        return []
+    lines = ["", "| augment task | asked | generated | rejected | reasons |", "|---|---|---|---|---|"]
+    for task, k in kinds.items():
+        reasons = ", ".join(f"{name} ({n})" for name, n in k["rejected_by_reason"].items())
+        lines.append(f"| {task} | {k['asked']} | {k['generated']} | {k['rejected']} | {reasons} |")
+    return lines + [""]
+
+
+def _refine_kind_lines(by_kind: dict) -> list[str]:
+    """Per kind: references replaced by the rewrite, and the unigram F1 between reference and rewrite."""
+    if not by_kind:
+        return []
+    lines = ["", "| refine kind | records | replaced | kept original | F1 mean | p10 | p50 | p90 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind, k in by_kind.items():
+        o = k["overlap"]
+        stats = " | ".join(f"{o[q]:.2f}" if q in o else "–" for q in ("mean", "p10", "p50", "p90"))
+        lines.append(f"| {kind} | {k['records']} | {k['replaced']} | {k['kept_original']} | {stats} |")
+    return lines + [""]
 
 
 def _plot(path: Path, card: dict, lengths: list[int]) -> None:
