@@ -11,7 +11,11 @@ derived (empty, content altered by the template, content not on token boundaries
 a silent zero-loss example. Templates other than ChatML (Llama 3's `<|start_header_id|>` turns, say)
 are refused with `UnsupportedTemplate` before any record is counted, since no record could be
 masked. Passages are plain text followed by `<|endoftext|>` (the tokenizer's EOS where the vocabulary
-has no such token), with loss on every token.
+has no such token), with loss on every token: pretraining text.
+
+`loss_on="all"` (data.loss_on) puts the loss on every token of every example instead: a chat record's
+whole rendered conversation (template headers, system and user turns included), as for continued
+pretraining; no assistant spans are looked for, so any chat template will do.
 """
 
 from __future__ import annotations
@@ -59,8 +63,18 @@ def assistant_spans(rendered: str, messages: list[dict[str, str]]) -> list[tuple
     return spans
 
 
-def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = "?") -> tuple[np.ndarray, np.ndarray]:
+def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = "?",
+                    loss_on: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss mask) of a conversation rendered by the chat template; the mask marks the assistant
+    turns (loss_on="assistant") or every token (loss_on="all")."""
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    if loss_on == "all":
+        ids = np.asarray(tokenizer(rendered, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        if not ids.size:
+            raise EmptyLossMask(f"record {record_id}: the rendered conversation has no tokens")
+        return ids, np.ones(len(ids), dtype=np.int32)
+    if loss_on != "assistant":
+        raise ValueError(f"loss_on must be 'assistant' or 'all', got {loss_on!r}")
     if IM_START not in rendered:  # every record would be rejected: say why once, before any work
         raise UnsupportedTemplate("the tokenizer's chat template does not write ChatML turns (<|im_start|>role ... "
                                   "<|im_end|>); loss masks are derived for ChatML templates (Qwen family) only")
@@ -93,10 +107,15 @@ def end_of_document(tokenizer) -> int:
     return token
 
 
-def encode_record(tokenizer, record: Record) -> tuple[np.ndarray, np.ndarray]:
-    """(token ids, loss mask) int32 arrays of equal length."""
+def encode_text(tokenizer, text: str) -> np.ndarray:
+    """Plain text as pretraining tokens: its ids followed by the end-of-document token."""
+    return np.asarray(tokenizer.encode(text, add_special_tokens=False) + [end_of_document(tokenizer)], dtype=np.int32)
+
+
+def encode_record(tokenizer, record: Record, loss_on: str = "assistant") -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss mask) int32 arrays of equal length. Text records (passages) carry loss on every token
+    whatever `loss_on` says; chat records on their assistant turns, or on everything with loss_on="all"."""
     if record.text is not None:
-        ids = np.asarray(tokenizer.encode(record.text, add_special_tokens=False) + [end_of_document(tokenizer)],
-                         dtype=np.int32)
+        ids = encode_text(tokenizer, record.text)
         return ids, np.ones(len(ids), dtype=np.int32)
-    return encode_messages(tokenizer, record.messages, record.id)
+    return encode_messages(tokenizer, record.messages, record.id, loss_on)

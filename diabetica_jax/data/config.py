@@ -1,4 +1,4 @@
-"""The `data:` section of a training config: where batches come from and how they are packed."""
+"""The `data:` section of a training config: where batches come from, which records, how they become rows."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import dataclasses
 from typing import Literal
 
 from diabetica_jax.configuration import FieldError, field, require_positive
+from diabetica_jax.data.records import KINDS
 
-PACKING = ("first_fit", "best_fit")
+PACKING = ("none", "first_fit", "best_fit")
 OVERLONG = ("truncate", "drop")
+LOSS_ON = ("assistant", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,17 +19,38 @@ class DataSection:
         "synthetic", "batch source: curated (the shards `diabetica-jax curate` wrote) or synthetic sequences")
     path: str | None = field(None, "curated output directory (data.source: curated)", path=True)
     epochs: int = field(1, "passes over the curated data (training stops when they are used up)")
-    pack: Literal[PACKING] = field("first_fit", "how examples are packed into rows")
+    kinds: list[str] = field([], "record kinds to train on (" + ", ".join(KINDS) + "); records of other kinds are "
+                             "skipped and counted (empty: all kinds)")
+    loss_on: Literal[LOSS_ON] = field(
+        "assistant", "tokens that carry loss: assistant (the assistant turns of chat records; passages: all their "
+        "tokens) or all (every token of every example, the whole rendered conversation of chat records)")
+    packing: Literal[PACKING] = field(
+        "first_fit", "how examples become rows: none (one example per row, padded to its length bucket; global_batch "
+        "counts examples) or first_fit / best_fit (packed into rows of seq_len tokens; global_batch counts rows)")
+    pack: Literal[PACKING] | None = field(None, "deprecated old name of packing (still read from older configs and "
+                                          "run directories)")
+    min_bucket: int = field(128, "packing none: shortest row; rows are padded to min_bucket, 2 x min_bucket, ... "
+                            "up to seq_len (one compiled train step per bucket)")
     overlong: Literal[OVERLONG] = field("truncate", "what happens to examples longer than seq_len")
     packing_bins: int = field(16, "rows filled at once while packing (more: less padding)")
     workers: int = field(0, "Grain worker processes (0: in the training process)")
-    seq_len: int = field(128, "tokens per sequence")
-    global_batch: int = field(8, "sequences per optimizer step, over all devices and accumulation steps")
+    seq_len: int = field(128, "tokens per sequence (packing none: the longest bucket)")
+    global_batch: int = field(8, "sequences per optimizer step, over all devices and accumulation steps (packing "
+                              "none: examples; packed: rows of seq_len tokens)")
     grad_accum: int = field(1, "micro-batches per optimizer step (global_batch must divide by it)")
     seed: int = field(0, "seed of the data order / synthetic data")
 
     def __post_init__(self):
-        require_positive(self, "seq_len", "global_batch", "grad_accum", "epochs", "packing_bins")
+        require_positive(self, "seq_len", "global_batch", "grad_accum", "epochs", "packing_bins", "min_bucket")
+        if self.pack is not None:  # the deprecated name: fold it into packing so the rest of the code sees one
+            if self.packing != "first_fit" and self.packing != self.pack:
+                raise FieldError("pack", f"{self.pack!r} contradicts packing={self.packing!r} (pack is the old name "
+                                         "of packing: set only packing)")
+            object.__setattr__(self, "packing", self.pack)
+            object.__setattr__(self, "pack", None)
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown:
+            raise FieldError("kinds", f"{unknown} are not record kinds; choose from {list(KINDS)}")
         if self.workers < 0:
             raise FieldError("workers", f"must be >= 0, got {self.workers}")
         if self.global_batch % self.grad_accum:
@@ -35,3 +58,11 @@ class DataSection:
                                              "micro-batches")
         if self.source == "curated" and not self.path:
             raise FieldError("path", "source: curated needs the curated output directory")
+
+    def buckets(self) -> list[int]:
+        """Row lengths with packing none: min_bucket doubling up to seq_len (seq_len always the last)."""
+        lengths, length = [], min(self.min_bucket, self.seq_len)
+        while length < self.seq_len:
+            lengths.append(length)
+            length *= 2
+        return lengths + [self.seq_len]

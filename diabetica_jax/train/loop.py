@@ -23,7 +23,7 @@ from diabetica_jax.train.checkpoint import CheckpointHooks, Checkpoints
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.feed import count_steps, make_feed
 from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_token
-from diabetica_jax.train.global_batch import local_rows, to_global
+from diabetica_jax.train.global_batch import BatchLayout, local_rows
 from diabetica_jax.train.metrics import MetricsLogger
 from diabetica_jax.train.preemption import Preemption
 from diabetica_jax.train.setup import prepare
@@ -40,6 +40,7 @@ class TrainResult:
     preempted: bool
     history: list[dict[str, Any]]
     data_exhausted: bool = False
+    batch_shapes: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # global shapes run (programs)
 
 
 @dataclasses.dataclass
@@ -100,10 +101,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
     run_dir = Path(run_dir)
     check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
-    # the batch layout is fixed for the run: worked out once, not per step
+    # the batch sharding and this process's rows are fixed for the run; the sequence length may change between
+    # steps with data.packing: none (one per length bucket), and each length's global shape is worked out once
     sharding = batch_sharding(mesh)
-    global_shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
-    rows = local_rows(sharding, global_shape)
+    rows = local_rows(sharding, (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len))
+    layout = BatchLayout(sharding, cfg.data.grad_accum, cfg.micro_batch, rows)
     if cfg.loop.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
         steps = count_steps(cfg, rows)
         log.info("data.epochs=%d of %s fill %d steps", cfg.data.epochs, cfg.data.path, steps)
@@ -142,7 +144,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
         )
         saver = CheckpointHooks(checkpoints, setup.meta, feed.iterator, saved=start)
 
-        trainer = Trainer(step_fn, setup.frozen, feed, lambda local: to_global(local, sharding, global_shape))
+        trainer = Trainer(step_fn, setup.frozen, feed, layout)
         trainer.add_hook(metrics.on_step)
         trainer.add_hook(saver.on_step, every=cfg.loop.checkpoint_every)
         trainer.add_end_hook(saver.on_end)  # first: the save is a collective every process must reach
@@ -151,6 +153,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
         end = cfg.loop.steps if stop_after is None else min(cfg.loop.steps, start + stop_after)
         with Preemption(mesh) as preemption:
             outcome = trainer.run(state, start, end, preemption)
+        if len(layout.shapes) > 1:
+            log.info("the train step ran on %d batch shapes (one program each): %s", len(layout.shapes),
+                     sorted(layout.shapes.values()))
         if outcome.data_exhausted:
             log.warning("the data ran out after step %d (data.epochs=%d)", outcome.step, cfg.data.epochs)
         if outcome.preempted:
@@ -158,4 +163,5 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
             log.warning("SIGTERM (to %s): checkpoint saved at step %d, stopping", who, outcome.step)
         checkpoints.wait()
         checkpoints.close()
-    return TrainResult(run_dir, outcome.step, outcome.preempted, metrics.history, outcome.data_exhausted)
+    return TrainResult(run_dir, outcome.step, outcome.preempted, metrics.history, outcome.data_exhausted,
+                       sorted(layout.shapes.values()))

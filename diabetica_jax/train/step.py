@@ -29,7 +29,13 @@ def make_train_step(
     """`step(state, frozen, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
 
     The loss is the sum of token losses over every micro-batch divided by the number of loss tokens
-    in the whole global batch, so accumulation equals one big batch exactly (not a mean of means).
+    in the whole global batch, so accumulation equals one big batch exactly (not a mean of means): a
+    token mean over the batch's loss-masked tokens, whether rows are packed or hold one example each
+    (data.packing: none), where it is the mean over all the batch's examples' loss tokens together,
+    so longer answers weigh more than short ones, as in one unpadded batch.
+
+    The batch shardings do not fix the sequence length: batches of another length (packing none's
+    buckets) compile one more program on first sight and reuse it after, one per length.
     """
 
     def micro_loss(params, frozen, micro: Batch, rng):
