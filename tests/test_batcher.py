@@ -12,7 +12,7 @@ import pytest
 from diabetica_jax import hf
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher, BatcherError, Finished
-from diabetica_jax.generate.chat import engine_for
+from diabetica_jax.generate.chat import engine_for, stop_and_pad
 from diabetica_jax.generate.sampling import RowSampling, choose, choose_rows
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.serve.text import TextStream
@@ -23,8 +23,8 @@ def tiny():
     tokenizer = hf.load_tokenizer(None)
     model = create_model(QwenConfig.preset("tiny"), seed=0)
     engine = engine_for(model, tokenizer)
-    batcher = Batcher(model, engine.stop_ids.tolist(), engine.pad_id, slots=3, max_prompt_tokens=64,
-                      max_new_tokens=40, max_waiting=8)
+    batcher = Batcher(model, *stop_and_pad(tokenizer), slots=3, max_prompt_tokens=64, max_new_tokens=40,
+                      max_waiting=8)
     yield model, tokenizer, engine, batcher
     batcher.close()
 
@@ -88,12 +88,10 @@ def test_cancel_frees_the_slot_and_bad_requests_are_refused(tiny):
         batcher.submit([], 4)
 
 
-def test_a_full_queue_refuses_instead_of_growing():
-    tokenizer = hf.load_tokenizer(None)
-    model = create_model(QwenConfig.preset("tiny"), seed=0)
-    engine = engine_for(model, tokenizer)
-    batcher = Batcher(model, engine.stop_ids.tolist(), engine.pad_id, slots=1, max_prompt_tokens=16,
-                      max_new_tokens=8, max_waiting=2)
+def test_a_full_queue_refuses_instead_of_growing(tiny):
+    model, tokenizer, _, _ = tiny
+    batcher = Batcher(model, *stop_and_pad(tokenizer), slots=1, max_prompt_tokens=16, max_new_tokens=8,
+                      max_waiting=2)
     gate = threading.Event()
     held = batcher.submit([1, 2, 3], 8, deliver=lambda event: gate.wait(30))  # blocks the scheduler
     deadline = time.monotonic() + 60

@@ -86,7 +86,7 @@ def test_a_continued_stage_trains_checkpoints_and_restores(lora_run, tmp_path):
 
 
 def test_stage_configs_fail_before_any_work(tmp_path):
-    with pytest.raises(ConfigFileError, match=r"stages\[1\]\.train\.optim: unknown key 'optim\.lrr'|stages\[1\]"):
+    with pytest.raises(ConfigFileError, match=r"unknown key 'stages\[1\]\.train\.optim\.lrr'"):
         load_run_config(DEMO, ["stages=[{name: a}, {name: b, train: {optim: {lrr: 1}}}]"])
     with pytest.raises(ConfigFileError, match="two stages named"):
         load_run_config(DEMO, ["stages=[{name: a}, {name: a}]"])

@@ -7,9 +7,10 @@ from diabetica_jax.generate.engine import Engine
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-def engine_for(model, tokenizer, mesh=None) -> Engine:
-    """Stops at Qwen's <|im_end|> / <|endoftext|>, Llama 3's <|eot_id|> (end of a chat turn) and the
-    tokenizer's own eos (Llama 2 </s>, Llama 3 <|end_of_text|>), whichever the vocabulary has."""
+def stop_and_pad(tokenizer) -> tuple[list[int], int]:
+    """The token ids generation stops at and the pad id: Qwen's <|im_end|> / <|endoftext|>, Llama 3's <|eot_id|>
+    (end of a chat turn) and the tokenizer's own eos (Llama 2 </s>, Llama 3 <|end_of_text|>), whichever the
+    vocabulary has; the pad id is the tokenizer's, else the first stop id."""
     candidates = [tokenizer.convert_tokens_to_ids(t) for t in (*STOP_TOKENS, "<|eot_id|>")]
     candidates.append(tokenizer.eos_token_id)
     stop: list[int] = []
@@ -19,6 +20,12 @@ def engine_for(model, tokenizer, mesh=None) -> Engine:
     if not stop:
         raise ValueError("the tokenizer has no end-of-sequence token to stop generation at")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    return stop, pad
+
+
+def engine_for(model, tokenizer, mesh=None) -> Engine:
+    """The batch engine for `model`, stopping where the tokenizer's stop tokens say (stop_and_pad)."""
+    stop, pad = stop_and_pad(tokenizer)
     return Engine(model, stop_ids=stop, pad_id=pad, mesh=mesh)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from diabetica_jax import hf
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher, BatcherError
-from diabetica_jax.generate.chat import chat_prompt, engine_for
+from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.llm.client import LLMError
 from diabetica_jax.model import QwenConfig, create_model
 
@@ -36,8 +36,8 @@ class LocalModel:
         else:
             loaded = create_model(QwenConfig.preset(model))
             self.tokenizer = hf.load_tokenizer(None)
-        stops = engine_for(loaded, self.tokenizer)
-        self.batcher = Batcher(loaded, stops.stop_ids.tolist(), stops.pad_id, slots=slots,
+        stop, pad = stop_and_pad(self.tokenizer)
+        self.batcher = Batcher(loaded, stop, pad, slots=slots,
                                max_prompt_tokens=MAX_PROMPT_TOKENS, max_new_tokens=MAX_NEW_TOKENS, max_waiting=None)
 
     def chat(self, messages, max_tokens: int, temperature: float) -> str:

@@ -6,6 +6,27 @@ import json
 from pathlib import Path
 
 
+def _axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4))
+
+
+def _save(fig, ax, out: Path, legend: bool) -> bool:
+    import matplotlib.pyplot as plt
+
+    if legend:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
@@ -16,12 +37,7 @@ def loss_plot(stages: list[tuple[str, list[dict]]], out: Path) -> bool:
     stages = [(name, records) for name, records in stages if records]
     if not stages:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     offset = 0
     for i, (name, records) in enumerate(stages):
         steps = [offset + r["step"] for r in records]
@@ -32,13 +48,7 @@ def loss_plot(stages: list[tuple[str, list[dict]]], out: Path) -> bool:
     ax.set_xlabel("step (cumulative over stages)" if len(stages) > 1 else "step")
     ax.set_ylabel("loss (loss-masked tokens)")
     ax.set_title("training loss" + (" per stage" if len(stages) > 1 else ""))
-    if len(stages) > 1:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, out, legend=len(stages) > 1)
 
 
 def forgetting_plot(rows: list[dict], out: Path) -> bool:
@@ -46,12 +56,7 @@ def forgetting_plot(rows: list[dict], out: Path) -> bool:
     keys = sorted({k for r in rows for k in r if k.startswith("general_") or k == "domain_mcq_accuracy"})
     if not rows or not keys:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _axes()
     points = [r["point"] for r in rows]
     for i, key in enumerate(keys):
         values = [r.get(key) for r in rows]
@@ -61,12 +66,7 @@ def forgetting_plot(rows: list[dict], out: Path) -> bool:
     ax.set_xticks(range(len(points)), points)
     ax.set_ylabel("accuracy / score")
     ax.set_title("domain gain and general ability per stage")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, out, legend=True)
 
 
 def write_summary(run_dir: Path, result: dict) -> None:

@@ -10,7 +10,7 @@ from diabetica_jax import hf
 from diabetica_jax.evaluation.tasks import read_generation_config
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher
-from diabetica_jax.generate.chat import chat_prompt, engine_for
+from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.train.run_dir import load_run_config, trained_model
 
@@ -47,8 +47,8 @@ class ServedModel:
                  generation_config: str | Path | None = None, warmup: bool = False):
         self.name, self.tokenizer, self.limits = name, tokenizer, limits
         self.defaults = read_generation_config(generation_config)
-        stops = engine_for(model, tokenizer)  # the tokenizer's stop tokens and pad id, chosen in one place
-        self.batcher = Batcher(model, stops.stop_ids.tolist(), stops.pad_id, slots=limits.slots,
+        stop, pad = stop_and_pad(tokenizer)
+        self.batcher = Batcher(model, stop, pad, slots=limits.slots,
                                max_prompt_tokens=limits.max_prompt_tokens, max_new_tokens=limits.max_new_tokens,
                                max_waiting=limits.max_waiting, prefills_per_step=limits.prefills_per_step)
         if warmup:
