@@ -156,7 +156,7 @@ def _expected_reasons(cases):
 def _shard_records(out):
     from array_record.python.array_record_module import ArrayRecordReader
 
-    from diabetica_jax.data.curate.write import shard_paths
+    from diabetica_jax.data.shards import shard_paths
 
     records = []
     for path in shard_paths(out):

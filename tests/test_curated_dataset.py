@@ -8,8 +8,8 @@ import pytest
 from diabetica_jax.configuration import load_config
 from diabetica_jax.data.curate.config import CurateConfig
 from diabetica_jax.data.curate.pipeline import curate
-from diabetica_jax.data.curate.write import record_from_row, shard_paths, write_hf_dataset
-from diabetica_jax.data.records import Record
+from diabetica_jax.data.curate.write import record_from_row, write_hf_dataset
+from diabetica_jax.data.shards import shard_paths
 
 
 def _shard_records(out):
@@ -42,7 +42,5 @@ def test_demo_curation_loads_with_datasets(tmp_path):
 def test_without_datasets_the_card_says_so(tmp_path, monkeypatch):
     (tmp_path / "hf_dataset").mkdir()  # left by an earlier run
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
-    record = Record("r1", "demo", "qa", "en", {"file": "x", "row": 0},
-                    messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
-    assert write_hf_dataset(tmp_path, [record]) == "not written: pip install datasets"
+    assert write_hf_dataset(tmp_path, 1) == "not written: pip install datasets"
     assert not (tmp_path / "hf_dataset").exists()

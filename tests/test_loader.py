@@ -1,11 +1,12 @@
-"""Empty loss masks, packing, and resumable Grain iteration (template loss masks: test_chat_templates.py)."""
+"""Empty loss masks, packing, and resumable Grain iteration (template loss masks: test_chat_templates.py; the
+token store and the packing plan: test_token_store.py)."""
 
 import numpy as np
 import pytest
 
 from diabetica_jax.configuration import load_config
 from diabetica_jax.data.chat import EmptyLossMask, encode_messages, encode_record
-from diabetica_jax.data.loader import TokenStore, packed_batches, read_records
+from diabetica_jax.data.loader import PackPlan, TokenStore, packed_batches, read_records, training_batches
 from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 from diabetica_jax.train.config import DataSection, TrainConfig
@@ -44,7 +45,7 @@ def test_packing_segments_positions_and_overlong_counts():
     store = _store([5, 9, 3, 20, 7, 4, 6])
     assert store.stats.truncated == 1 and store.stats.examples == 7
     assert _store([5, 20, 30], overlong="drop").stats.dropped_overlong == 2
-    batches = list(packed_batches(store, DataSection(seq_len=16, packing_bins=2), rows=2))
+    batches = list(packed_batches(store, DataSection(seq_len=16, packing_bins=2, global_batch=2), rows=range(2)))
     seen = []
     for batch in batches:
         assert batch.tokens.shape == (1, 2, 16)
@@ -56,7 +57,8 @@ def test_packing_segments_positions_and_overlong_counts():
                 assert (np.diff(tok[span][:-1]) == 1).all()  # a document's tokens stay together, in order
                 seen.append(len(span))
             assert (batch.loss_mask[0, row][seg == 0] == 0).all()  # padding has no loss
-    assert sorted(seen)[:3] == [3, 4, 5] and sum(seen) <= store.stats.tokens
+    assert sorted(seen) == sorted(store.lengths.tolist())  # every document once, the over-long one truncated
+    assert sorted(seen)[:3] == [3, 4, 5] and sum(seen) == store.stats.tokens
 
 
 def test_packed_loss_equals_unpacked_losses(hf_checkpoints, tokenizer):
@@ -86,12 +88,12 @@ def test_packed_loss_equals_unpacked_losses(hf_checkpoints, tokenizer):
 def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
     store = _store(list(range(3, 40)) * 3)
     data = DataSection(seq_len=32, grad_accum=2, epochs=2, seed=7)
-    reference = list(packed_batches(store, data, rows=2))
-    iterator = iter(packed_batches(store, data, rows=2))
+    reference = list(packed_batches(store, data, rows=range(2)))  # rows 0-1 of each micro-batch of 4 rows
+    iterator = iter(packed_batches(store, data, rows=range(2)))
     for _ in range(5):
         next(iterator)
     state = iterator.get_state()
-    fresh = iter(packed_batches(store, data, rows=2))
+    fresh = iter(packed_batches(store, data, rows=range(2)))
     fresh.set_state(state)
     rest = list(fresh)
     assert len(rest) == len(reference) - 5
@@ -99,9 +101,10 @@ def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
     unique = _store(list(range(3, 30)))  # every document distinct
-    shards = [{int(t) for b in packed_batches(unique, DataSection(seq_len=32), 1, i, 2)
+    shards = [{int(t) for b in packed_batches(unique, DataSection(seq_len=32, global_batch=2), range(i, i + 1))
                for t in b.tokens[b.segment_ids > 0].ravel()} - {0} for i in range(2)]
-    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    everything = {int(t) for k in range(len(unique)) for t in unique[k]["tokens"]} - {0}
+    assert shards[0] and shards[1] and not shards[0] & shards[1] and shards[0] | shards[1] == everything
 
 
 @pytest.mark.slow
@@ -149,6 +152,9 @@ def test_steps_from_the_data(tmp_path):
                                    "data.seq_len=256", "data.global_batch=4", "data.epochs=2"])
     steps = count_steps(cfg, range(4))
     store = TokenStore(read_records(tmp_path), embedded_tokenizer(), 256)
-    packed_rows = sum(1 for _ in packed_batches(store, DataSection(seq_len=256, epochs=2), rows=1))
-    assert steps == packed_rows // 4 and steps > 10
+    data = DataSection(seq_len=256, epochs=2, global_batch=4)
+    plan = PackPlan(store.lengths, data)
+    # every row of the two epochs in a batch, the last batch filled up with filler rows
+    assert steps == len(plan) == -(-plan.rows // 4) and steps > 10
+    assert sum(1 for _ in training_batches(store, data, range(4))) == steps
 

@@ -35,6 +35,13 @@ class Numbered:
         k, n = map(int, text.split(":"))
         return [k + 1] + [(13 * k + i) % 500 + 1 for i in range(n - 2)]
 
+    # chat records: the token store encodes every kind once (data.kinds selects later); no ChatML, no assistant mask
+    def apply_chat_template(self, messages, tokenize=False):
+        return " ".join(m["content"] for m in messages)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1] * len(text.split())}
+
 
 def _store(lengths, seq_len=64, partial_masks=False):
     records = [Record(id=str(k), source="s", kind="passage", language="en", provenance={}, text=f"{k}:{n}")

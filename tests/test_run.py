@@ -41,6 +41,15 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     for heading in ("## Data", "## Training", "## Evaluation", "## Domain gain and general ability", "## Export"):
         assert heading in summary
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
+    # stages: the second continues the first's checkpoint; forgetting measured before training and after each
+    instruct = json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())
+    assert instruct["model"]["init_from"] == str(tmp_path / "train-adapt")
+    rows = json.loads((tmp_path / "eval" / "forgetting.json").read_text())
+    assert [r["point"] for r in rows] == ["base", "adapt", "instruct"]
+    assert all(isinstance(r["general_mcq"], float) for r in rows)
+    assert "domain_mcq_accuracy" in rows[0] and "domain_mcq_accuracy" in rows[2]
+    assert "- adapt: 4 steps logged" in summary and "- instruct: 4 steps logged" in summary
+    assert (tmp_path / "forgetting.png").is_file()
 
     again = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
     assert set(again["stages"].values()) == {"skipped (up to date)"}
@@ -49,6 +58,13 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
                                  "train instruct": "skipped (up to date)", "eval": "done",
                                  "export": "skipped (up to date)"}
+    # a later stage's setting changes: it and what follows rerun, the stage before it does not
+    stages = ("stages=[{name: adapt, train: {data: {kinds: [passage], loss_on: all}}}, "
+              "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}, optim: {lr: 0.004}}}]")
+    later = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2", stages]), tmp_path, progress=False)
+    assert later["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
+                               "train instruct": "done", "eval": "done", "export": "done"}
+    assert json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())["optim"]["lr"] == 0.004
 
 
 @pytest.mark.slow

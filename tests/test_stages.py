@@ -1,7 +1,5 @@
-"""Multi-stage training: a run continuing another run's weights (full, LoRA merged, LoRA unmerged), stage configs,
-and the pipeline running stages in order with the general-ability evaluation between them."""
-
-import json
+"""Multi-stage training: a run continuing another run's weights (full, LoRA merged, LoRA unmerged) and stage
+configs (the pipeline running the stages in order is tested with the demo run, tests/test_run.py)."""
 
 import jax
 import numpy as np
@@ -14,7 +12,6 @@ from diabetica_jax.model.factory import forward
 from diabetica_jax.model.lora import merge_lora
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.pipeline.config import load_run_config
-from diabetica_jax.pipeline.run import run
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.loop import train
 from diabetica_jax.train.run_dir import trained_model
@@ -95,30 +92,3 @@ def test_stage_configs_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigFileError, match="unmerged continues"):
         load_run_config(DEMO, ["stages=[{name: a, train: {lora: {rank: 2}}}, {name: b, lora_from_previous: unmerged}]"])
 
-
-SMALL = ["train.loop.steps=2", "train.loop.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
-         "train.loop.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=0",
-         "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}]", "export.verify=false",
-         "general=[{task: mcq, files: ['embedded:mini_general_mcq.csv'], limit: 3}]"]
-STAGES = "stages=[{name: first, train: {lora: {rank: 4}}}, {name: second, eval: true, train: {optim: {lr: 0.003}}}]"
-
-
-@pytest.mark.slow
-def test_the_pipeline_runs_stages_in_order_and_reruns_only_what_changed(tmp_path):
-    result = run(load_run_config(DEMO, SMALL + [STAGES]), tmp_path, progress=False)
-    assert result["stages"] == {"curate": "done", "train first": "done", "train second": "done", "eval": "done",
-                                "export": "done"}
-    second = json.loads((tmp_path / "train-second" / "train_config.json").read_text())
-    assert second["model"]["init_from"] == str(tmp_path / "train-first") and second["lora"]["rank"] == 0
-    assert second["optim"]["lr"] == 0.003
-    rows = json.loads((tmp_path / "eval" / "forgetting.json").read_text())
-    assert [r["point"] for r in rows] == ["base", "first", "second"]
-    assert all(isinstance(r["general_mcq"], float) for r in rows)
-    assert "domain_mcq_accuracy" in rows[0] and "domain_mcq_accuracy" in rows[2]
-    summary = (tmp_path / "summary.md").read_text()
-    assert "- first: 2 steps logged" in summary and "- second: 2 steps logged" in summary
-    assert "## Domain gain and general ability" in summary and (tmp_path / "forgetting.png").is_file()
-
-    changed = run(load_run_config(DEMO, SMALL + [STAGES.replace("0.003", "0.004")]), tmp_path, progress=False)
-    assert changed["stages"] == {"curate": "skipped (up to date)", "train first": "skipped (up to date)",
-                                 "train second": "done", "eval": "done", "export": "done"}

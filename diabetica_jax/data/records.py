@@ -50,11 +50,15 @@ class Record:
         return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The fields that are set, sharing their values with the record (serialise it; do not mutate it)."""
+        return {f: v for f in _RECORD_FIELDS if (v := getattr(self, f)) is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Record":
         return cls(**data)
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 
 
 def record_id(source: str, file: str, row: Any, content: str) -> str:
@@ -74,6 +78,14 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def reason_class(reason: str) -> str:
+    """A reject reason without its particulars, for counting: 'near duplicate of x (Jaccard ~0.9)' -> 'near duplicate'."""
+    for cut in (":", " of ", " (", " <", " >"):
+        if cut in reason:
+            reason = reason.split(cut)[0]
+    return reason.strip()
 
 
 def dumps(obj: Any) -> str:

@@ -98,7 +98,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | Reject]]:
         encoding, error = decode(data)[1], None
     except UnicodeDecodeError as e:
         encoding, error = None, e
-    for i, raw in enumerate(data.splitlines()):
+    yield from jsonl_rows(path, data, encoding, error)
+
+
+def jsonl_rows(path: Path, data: bytes, encoding: str | None, error: UnicodeDecodeError | None,
+               first_row: int = 0) -> Iterator[tuple[int, dict | Reject]]:
+    """The rows of `data`, whole lines of a JSONL file starting at line `first_row`, given the file's
+    encoding verdict (`text.decode` of the whole file: "utf-8" or "gbk", or None with its error)."""
+    for i, raw in enumerate(data.splitlines(), start=first_row):
         where = {"file": str(path), "row": i}
         if not raw.strip():
             continue

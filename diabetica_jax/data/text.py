@@ -50,20 +50,38 @@ def undecodable(error: UnicodeDecodeError) -> str:
 
 
 _SPACE = re.compile(r"\s+")
+# everything but letters, digits and whitespace (str.isalnum / str.isspace, checked code point by code point)
+_NOT_WORD = re.compile(r"[^\w\s]|_")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
+_UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def _ascii_table(keep) -> bytes:
+    """A bytes.translate table mapping the ASCII characters `keep` refuses to a space."""
+    return bytes(c if keep(chr(c)) else 32 for c in range(128)) + bytes(range(128, 256))
+
+
+# ASCII text (most English records) takes byte-level fast paths, built from the same regular
+# expressions so that they cannot disagree with the general ones
+_WORD_OR_SPACE_ASCII = _ascii_table(lambda ch: not _NOT_WORD.match(ch))
+_LATIN_ASCII = bytes(c for c in range(128) if _LATIN.match(chr(c)))
 
 
 def normalize(text: str) -> str:
     """Canonical form for exact dedup and overlap: NFKC (full-width -> ASCII), lower case, no
     punctuation, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text)
-    return _SPACE.sub(" ", text).strip()
+    if text.isascii():  # NFKC leaves ASCII alone
+        return " ".join(text.lower().encode().translate(_WORD_OR_SPACE_ASCII).decode().split())
+    text = _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    return " ".join(text.split())  # whitespace runs (str.isspace, as regex \s) -> one space, none at the ends
 
 
 def language(text: str) -> str:
     """'zh' or 'en' by script: Chinese when CJK characters are at least a fifth of the letters."""
+    if text.isascii():
+        raw = text.encode()
+        return "en" if len(raw) - len(raw.translate(None, _LATIN_ASCII)) else "unknown"
     cjk = len(_CJK.findall(text))
     latin = len(_LATIN.findall(text))
     if cjk + latin == 0:
@@ -73,27 +91,22 @@ def language(text: str) -> str:
 
 def units(text: str) -> list[str]:
     """Comparison units: Chinese characters one by one, other words whole (after normalize)."""
-    out: list[str] = []
-    for token in normalize(text).split():
-        if _CJK.search(token):
-            word = ""
-            for ch in token:
-                if _CJK.match(ch):
-                    if word:
-                        out.append(word)
-                        word = ""
-                    out.append(ch)
-                else:
-                    word += ch
-            if word:
-                out.append(word)
-        else:
-            out.append(token)
-    return out
+    return normalized_units(normalize(text))
+
+
+def normalized_units(normalized: str) -> list[str]:
+    """`units` of text that is already `normalize`d (curation normalises each record once)."""
+    if not _CJK.search(normalized):
+        return normalized.split()
+    return _UNIT.findall(normalized)
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    u = units(text)
+    return unit_ngrams(units(text), n)
+
+
+def unit_ngrams(u: list[str], n: int) -> set[tuple[str, ...]]:
+    """The distinct runs of `n` units (all of them as one when there are fewer than n)."""
     if len(u) < n:
         return {tuple(u)} if u else set()
     return {tuple(u[i : i + n]) for i in range(len(u) - n + 1)}

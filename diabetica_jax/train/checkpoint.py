@@ -2,7 +2,8 @@
 
 A checkpoint step directory holds `state` (step, trainable params, optimizer state, RNG) and
 `meta` (JSON: the model architecture, LoRA settings, where the frozen weights came from, the
-trainable parameter shapes, and the data iterator state). Restoring checks `meta` against the
+trainable parameter shapes), and `data` (the Grain iterator state, one file per process; the same on every
+process, so it restores onto another process count too). Restoring checks `meta` against the
 current run first, so an incompatible checkpoint is refused with a clear message instead of
 failing deep inside Orbax; restoring targets the current shardings, so the device count and mesh
 may differ from the run that wrote it. Orbax writes each step to a temporary directory and commits
@@ -11,6 +12,7 @@ it by rename; old steps are deleted only after a newer one is committed.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -65,13 +67,37 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore_data(self, step: int, data_iterator) -> None:
-        """Put a Grain iterator back where it was when `step` was saved."""
-        import grain
-
+        """Put a Grain iterator back where it was when `step` was saved, also when another number of processes
+        saved it. Grain writes one state file per process (`data/process_I-of-N.json`); the plans of
+        data/loader.py make the state (the next global batch index) the same on every process, so this
+        process's own file is read when the process count is unchanged, and otherwise any of them, after
+        checking they all agree (states that differ cannot be moved to another process count)."""
+        directory = self.directory / str(step) / "data"
+        index, count = jax.process_index(), jax.process_count()
+        own = directory / f"process_{index}-of-{count}.json"
         try:
-            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            if own.is_file():
+                text = own.read_text()
+            else:
+                states = {p.name: p.read_text() for p in sorted(directory.glob("process_*-of-*.json"))}
+                if not states:
+                    raise CheckpointError(f"{directory}: no data iterator state (process_*-of-*.json) to restore")
+                if len(set(states.values())) > 1:
+                    raise CheckpointError(
+                        f"{directory}: the data iterator states of the {len(states)} processes that saved it "
+                        f"differ ({', '.join(states)}), so they cannot be restored onto {count} process(es); "
+                        "resume with the process count that saved it")
+                text = next(iter(states.values()))
+                log.info("data iterator state of %s restored onto %d process(es)", next(iter(states)), count)
+            data_iterator.set_state(json.loads(text))
+        except CheckpointError:
+            raise
         except Exception as e:
-            raise CheckpointError(f"{self.directory / str(step)}: cannot restore the data iterator ({e})") from e
+            raise CheckpointError(f"{directory}: cannot restore the data iterator ({type(e).__name__}: {e}); a "
+                                  "checkpoint from before the data plans of data/loader.py cannot resume its data "
+                                  "position") from e
+        if hasattr(data_iterator, "start_prefetch"):
+            data_iterator.start_prefetch()
 
     def read_meta(self, step: int) -> dict[str, Any]:
         try:

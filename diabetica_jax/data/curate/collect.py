@@ -22,7 +22,7 @@ from typing import Any
 from diabetica_jax.data.curate.config import InputSection
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
 from diabetica_jax.data.records import KINDS, Record, Reject, record_id
-from diabetica_jax.data.tables import detect_format, hub_rows, read_rows
+from diabetica_jax.data.tables import detect_format, hub_rows, jsonl_rows, read_rows
 from diabetica_jax.data.text import decode, language, undecodable
 
 _BLANK = re.compile(r"[(（]\s*[)）]")
@@ -41,6 +41,18 @@ def collect(spec: InputSection) -> Iterator[Record | Reject]:
         yield from _passages(path, source)
         return
     yield from _collect_rows(read_rows(path, fmt), spec, source, str(path))
+
+
+def collect_jsonl_range(spec: InputSection, start: int, end: int, first_row: int, encoding: str | None,
+                        error: UnicodeDecodeError | None) -> Iterator[Record | Reject]:
+    """`collect` of the whole lines in bytes [start, end) of a JSONL input, the first being line `first_row`,
+    given the encoding verdict taken over the whole file (scan.plan_units cuts large files so)."""
+    path = Path(spec.path)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    yield from _collect_rows(jsonl_rows(path, data, encoding, error, first_row), spec, spec.source or path.stem,
+                             str(path))
 
 
 def _collect_rows(rows, spec: InputSection, source: str, origin: str) -> Iterator[Record | Reject]:

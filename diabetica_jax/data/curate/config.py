@@ -162,11 +162,38 @@ class RefineSection(WriterSection):
 @dataclasses.dataclass(frozen=True)
 class OutputSection:
     shards: int = field(2, "ArrayRecord shard files to write")
-    tokenizer: str | None = field(None, "checkpoint directory whose tokenizer measures token lengths (default: Qwen2)",
-                                  path=True)
+    tokenizer: str | None = field(None, "checkpoint directory whose tokenizer measures token lengths and writes the "
+                                        "token store training reads (default: Qwen2)", path=True)
+    hf_dataset: bool = field(True, "also write the kept records as a Hugging Face `datasets` dataset (a second copy)")
 
     def __post_init__(self):
         require_positive(self, "shards")
+
+
+ENGINES = ("local", "datatrove")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSection:
+    name: Literal[ENGINES] = field(
+        "local", "what runs the per-record scan: local (a process pool on this machine) or datatrove (its local, "
+        "Slurm or Ray executor; pip install 'diabetica-jax[engine]')")
+    workers: int = field(0, "scan processes (0: one per CPU core; 1: in this process, no pool)")
+    unit_mb: int = field(16, "JSONL inputs larger than this are scanned in slices of about this many MB")
+    executor: Literal[("local", "slurm", "ray")] = field("local", "datatrove's executor (engine datatrove)")
+    executor_options: dict = field({}, "arguments of datatrove's Slurm or Ray executor (partition, time, ...)")
+    work_dir: str | None = field(None, "where units spill their records (default OUT/work; on a cluster: a path "
+                                       "every node shares)", path=True)
+
+    def __post_init__(self):
+        require_positive(self, "unit_mb")
+        if self.workers < 0:
+            raise FieldError("workers", f"must be >= 0, got {self.workers}")
+
+    def processes(self) -> int:
+        import os
+
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +209,7 @@ class CurateConfig:
     augment: AugmentSection = field(AugmentSection(), "teacher augmentation")
     refine: RefineSection = field(RefineSection(), "self-distillation by the base model")
     output: OutputSection = field(OutputSection(), "shards and data card")
+    engine: EngineSection = field(EngineSection(), "how the per-record work is spread over processes or a cluster")
 
     def __post_init__(self):
         if not self.inputs and not self.demo:

@@ -1,22 +1,39 @@
-"""`diabetica-jax curate`: collect -> filter -> augment -> refine -> write, with every drop recorded."""
+"""`diabetica-jax curate`: collect -> filter -> augment -> refine -> write, with every drop recorded.
+
+The filters stream: the inputs are cut into units (scan.plan_units), each unit's records are read,
+filtered by relevance and quality, hashed and signed in a worker process (scan.scan_unit, through
+engines.map_units: a local process pool, or datatrove's executors), and spilled to the work
+directory; the driver then decides duplicates and benchmark leaks over the compact arrays in input
+order (resolve.py) and streams the spill into shards and rejects.jsonl. No stage holds the records
+as Python objects unless a stage that needs them all at once is on (semantic dedup, the teacher's
+augmentation, refinement): those read the surviving records back from the spill.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import shutil
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-from diabetica_jax.data.curate import filters
+from diabetica_jax.data.curate import filters, resolve
 from diabetica_jax.data.curate.augment import augment
 from diabetica_jax.data.curate.benchmarks import load_benchmark_items
-from diabetica_jax.data.curate.collect import collect
 from diabetica_jax.data.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.curate.refine import refine
-from diabetica_jax.data.records import Record, Reject
+from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
+from diabetica_jax.data.records import Record, Reject, dumps, reason_class
 from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
+
+# a scan worker costs a second or two to start: inputs smaller than this are scanned in this process
+POOL_MIN_BYTES = 8 << 20
 
 
 @dataclasses.dataclass
@@ -31,19 +48,23 @@ class StageLog:
     by_language: dict[str, int]
 
 
-def _reason_class(reason: str) -> str:
-    """Group reasons for the card: 'near duplicate of x (Jaccard ~0.9)' -> 'near duplicate'."""
-    for cut in (":", " of ", " (", " <", " >"):
-        if cut in reason:
-            reason = reason.split(cut)[0]
-    return reason.strip()
-
-
 def _stage(name: str, entered: list, kept: list[Record], rejects: list[Reject]) -> StageLog:
     return StageLog(name, len(entered), len(kept), len(rejects),
-                    dict(Counter(_reason_class(r.reason) for r in rejects).most_common()),
+                    dict(Counter(reason_class(r.reason) for r in rejects).most_common()),
                     dict(Counter(r.source for r in kept)), dict(Counter(r.kind for r in kept)),
                     dict(Counter(r.language for r in kept)))
+
+
+def _stage_from_labels(name: str, entered: int, kept: Counter, reasons: Counter) -> StageLog:
+    """A StageLog from (source, kind, language) counts of the records kept after the stage."""
+    def by(position: int) -> dict[str, int]:
+        counts = Counter()
+        for label, n in kept.items():
+            counts[label[position]] += n
+        return dict(counts.most_common())
+
+    n_kept = sum(kept.values())
+    return StageLog(name, entered, n_kept, entered - n_kept, dict(reasons.most_common()), by(0), by(1), by(2))
 
 
 def demo_inputs() -> list[InputSection]:
@@ -56,37 +77,148 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     """Run every stage; write shards, rejects.jsonl and the data card under `out`; return the card."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages: list[StageLog] = []
-    all_rejects: list[Reject] = []
-
+    work = out / "work"
+    if cfg.engine.work_dir:  # a shared directory may serve several outputs: one folder each
+        work = Path(cfg.engine.work_dir) / f"{out.name}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
+    if work.exists():  # a killed earlier run's spill
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     inputs = list(cfg.inputs) + (demo_inputs() if cfg.demo else [])
-    records: list[Record] = []
-    collect_rejects: list[Reject] = []
-    for entry in inputs:
-        for item in collect(entry):
-            (records if isinstance(item, Record) else collect_rejects).append(item)
-    collected = len(records) + len(collect_rejects)
-    stages.append(_stage("collect", [None] * collected, records, collect_rejects))
-    all_rejects += collect_rejects
+    benchmark_items = _benchmark_items(cfg)
+    clock = time.perf_counter()
+    summaries = _scan(inputs, ScanContext(cfg, benchmark_items, str(work)), cfg, work, progress)
+    seconds = {"scan": time.perf_counter() - clock}
+    stages = _scan_stages(summaries)
+    collected = stages[0].entered
 
-    def run(name, fn, *args):
-        nonlocal records
-        entered = records
-        records, rejects = fn(records, *args)
-        stages.append(_stage(name, entered, records, rejects))
-        all_rejects.extend(rejects)
-
-    run("relevance", filters.relevance, cfg.relevance)
-    run("quality", filters.quality, cfg.quality)
-    run("exact_dedup", filters.exact_dedup)
-    run("near_dedup", filters.near_dedup, cfg.dedup)
+    decisions = resolve.exact_and_near(summaries, cfg.dedup)
+    for name in ("exact_dedup", "near_dedup"):
+        stages.append(_stage_from_labels(name, stages[-1].kept, _labels_after(decisions, name),
+                                         resolve.stage_reasons(decisions, name)))
     semdedup_stats: dict = {"enabled": cfg.semantic_dedup.enabled}
     if cfg.semantic_dedup.enabled:
-        from diabetica_jax.data.curate.semdedup import semantic_dedup
+        _semantic_dedup(summaries, decisions, cfg, semdedup_stats)
+        stages.append(_stage_from_labels("semantic_dedup", stages[-1].kept, _labels_after(decisions, "semantic_dedup"),
+                                         resolve.stage_reasons(decisions, "semantic_dedup")))
+    resolve.apply_leaks(decisions)
+    stages.append(_stage_from_labels("decontaminate", stages[-1].kept, _labels_after(decisions, "decontaminate"),
+                                     resolve.stage_reasons(decisions, "decontaminate")))
+    seconds["resolve"] = time.perf_counter() - clock - seconds["scan"]
 
-        run("semantic_dedup", semantic_dedup, cfg.semantic_dedup, semdedup_stats)
-    benchmark_items = _benchmark_items(cfg)
-    run("decontaminate", filters.decontaminate, benchmark_items, cfg.decontamination)
+    from diabetica_jax.data.curate.write import write_outputs
+
+    if cfg.augment.backend == "none" and cfg.refine.backend == "none":
+        card = write_outputs(out, cfg, _spilled_kept(summaries, decisions), stages[-1].kept,
+                             _spilled_rejects(summaries, decisions), _kept_labels(decisions), stages, collected,
+                             {"enabled": False}, {"enabled": False}, progress, semdedup_stats=semdedup_stats,
+                             seconds=seconds)
+    else:
+        card = _finish_with_teacher(out, cfg, summaries, decisions, stages, collected, benchmark_items, progress,
+                                    semdedup_stats, seconds)
+    shutil.rmtree(work, ignore_errors=True)
+    return card
+
+
+def _scan(inputs: list[InputSection], ctx: ScanContext, cfg: CurateConfig, work: Path, progress: bool):
+    """Every unit's summary, in unit order, from a process pool (or datatrove) when the input is large."""
+    from diabetica_jax.data.curate.engines import map_units
+
+    units = plan_units(inputs, cfg.engine.unit_mb << 20)
+    size = sum(Path(u.input.path).stat().st_size if u.end is None else u.end - u.start
+               for u in units if Path(u.input.path).is_file())
+    workers = cfg.engine.processes()
+    if cfg.engine.name == "local" and size < POOL_MIN_BYTES:
+        workers = 1
+    return map_units(_ScanCall(ctx), units, engine=cfg.engine.name, workers=workers, work_dir=work,
+                     progress=progress, desc="scan", executor=cfg.engine.executor,
+                     executor_options=dict(cfg.engine.executor_options))
+
+
+class _ScanCall:
+    """scan_unit with its context bound: picklable for the pool and datatrove's tasks."""
+
+    def __init__(self, ctx: ScanContext):
+        self.ctx = ctx
+
+    def __call__(self, unit) -> UnitSummary:
+        return scan_unit(unit, self.ctx)
+
+
+def _scan_stages(summaries: list[UnitSummary]) -> list[StageLog]:
+    """collect, relevance and quality, added up over the units."""
+    stages, entered = [], sum(s.items for s in summaries)
+    for name in ("collect", "relevance", "quality"):
+        kept, reasons = Counter(), Counter()
+        for s in summaries:
+            kept.update(s.kept_labels[name])
+            reasons.update(s.rejected[name])
+        stages.append(_stage_from_labels(name, entered, kept, reasons))
+        entered = stages[-1].kept
+    return stages
+
+
+_ORDER = ("exact_dedup", "near_dedup", "semantic_dedup", "decontaminate")
+
+
+def _labels_after(decisions: resolve.Decisions, stage: str) -> Counter:
+    return resolve.labels_kept_after(decisions, set(_ORDER[: _ORDER.index(stage) + 1]))
+
+
+def _kept_labels(decisions: resolve.Decisions) -> Counter:
+    return resolve.labels_kept_after(decisions, set(_ORDER))
+
+
+def _spill_lines(summaries: list[UnitSummary]) -> Iterator[tuple[int | None, str]]:
+    """(index among the records that reached dedup, or None for a reject, line body) over every spill file."""
+    index = 0
+    for summary in summaries:
+        with open(summary.spill, encoding="utf-8") as f:
+            for line in f:
+                tag, body = line[0], line[2:-1]
+                if tag == "R":
+                    yield index, body
+                    index += 1
+                else:
+                    yield None, body
+
+
+def _spilled_kept(summaries, decisions) -> Iterator[str]:
+    for index, body in _spill_lines(summaries):
+        if index is not None and decisions.stage[index] == resolve.KEPT:
+            yield body
+
+
+def _spilled_rejects(summaries, decisions) -> Iterator[str]:
+    for index, body in _spill_lines(summaries):
+        if index is None:
+            yield body
+        elif decisions.stage[index] != resolve.KEPT:
+            record = json.loads(body)
+            yield dumps(Reject(decisions.stage[index], decisions.reason[index], record["provenance"],
+                               record=record).to_json())
+
+
+def _spilled_records(summaries, decisions, stages: set[str]) -> Iterator[tuple[int, Record]]:
+    """(index, Record) of the records that reached dedup and whose stage is in `stages`."""
+    for index, body in _spill_lines(summaries):
+        if index is not None and decisions.stage[index] in stages:
+            yield index, Record.from_json(json.loads(body))
+
+
+def _semantic_dedup(summaries, decisions, cfg: CurateConfig, stats: dict) -> None:
+    from diabetica_jax.data.curate.semdedup import semantic_dedup
+
+    indexed = list(_spilled_records(summaries, decisions, {resolve.KEPT}))
+    _, rejects = semantic_dedup([r for _, r in indexed], cfg.semantic_dedup, stats)
+    index_of = {record.id: i for i, record in indexed}
+    resolve.drop(decisions, {index_of[r.record["id"]]: r.reason for r in rejects}, "semantic_dedup")
+
+
+def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, decisions, stages: list[StageLog], collected: int,
+                         benchmark_items, progress: bool, semdedup_stats: dict, seconds: dict) -> dict:
+    """Augmentation and refinement need the kept records at once: read them back from the spill."""
+    records = [r for _, r in _spilled_records(summaries, decisions, {resolve.KEPT})]
+    all_rejects = [Reject(**json.loads(line)) for line in _spilled_rejects(summaries, decisions)]
 
     generated: list[Record] = []
     augment_stats = {"enabled": cfg.augment.backend != "none"}
@@ -121,8 +253,10 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
 
     from diabetica_jax.data.curate.write import write_outputs
 
-    return write_outputs(out, cfg, records, all_rejects, stages, collected, augment_stats, refine_stats, progress,
-                         semdedup_stats=semdedup_stats)
+    labels = Counter((r.source, r.kind, r.language) for r in records)
+    return write_outputs(out, cfg, (dumps(r.to_json()) for r in records), len(records),
+                         (dumps(r.to_json()) for r in all_rejects), labels, stages, collected, augment_stats,
+                         refine_stats, progress, semdedup_stats=semdedup_stats, seconds=seconds)
 
 
 def _benchmark_items(cfg: CurateConfig):

@@ -23,51 +23,57 @@ import json
 import logging
 import math
 import shutil
+import tempfile
+import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diabetica_jax.configuration import to_dict
-from diabetica_jax.data.records import Record, Reject, dumps
+from diabetica_jax.data.records import Record, dumps
+from diabetica_jax.data.shards import SHARD_PATTERN, shard_paths
 
 log = logging.getLogger(__name__)
 
-SHARD_PATTERN = "curated-{index:05d}-of-{count:05d}.array_record"
 HF_DATASET_DIR = "hf_dataset"
 JSON_COLUMNS = ("options", "meta", "provenance")
 
 
-def shard_paths(directory: str | Path) -> list[Path]:
-    paths = sorted((Path(directory) / "shards").glob("curated-*.array_record"))
-    if not paths:
-        raise FileNotFoundError(f"{directory}: no curated shards (shards/curated-*.array_record); run curate first")
-    return paths
-
-
 def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
+    """The records as `count` ArrayRecord shards (fewer when there are fewer records)."""
+    return write_shard_lines(out, (dumps(r.to_json()) for r in records), len(records), count)
+
+
+def write_shard_lines(out: Path, lines: Iterable[str], total: int, count: int) -> list[Path]:
+    """`total` records, given as their JSON lines, streamed into `count` shards of equal size (the last smaller)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     directory = out / "shards"
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("curated-*.array_record"):
         old.unlink()
-    count = max(1, min(count, len(records) or 1))
-    paths = []
-    per_shard = math.ceil(len(records) / count) if records else 0
-    for index in range(count):
-        path = directory / SHARD_PATTERN.format(index=index, count=count)
-        writer = ArrayRecordWriter(str(path), "group_size:1")
-        for record in records[index * per_shard : (index + 1) * per_shard]:
-            writer.write(dumps(record.to_json()).encode("utf-8"))
-        writer.close()
-        paths.append(path)
+    count = max(1, min(count, total or 1))
+    per_shard = math.ceil(total / count) if total else 0
+    paths = [directory / SHARD_PATTERN.format(index=index, count=count) for index in range(count)]
+    writers = iter(paths)
+    writer, written = ArrayRecordWriter(str(next(writers)), "group_size:1"), 0
+    for line in lines:
+        if written == per_shard:
+            writer.close()
+            writer, written = ArrayRecordWriter(str(next(writers)), "group_size:1"), 0
+        writer.write(line.encode("utf-8"))
+        written += 1
+    writer.close()
+    for path in writers:  # nothing left for them (no records at all): still one file each, empty
+        ArrayRecordWriter(str(path), "group_size:1").close()
     return paths
 
 
-def write_hf_dataset(out: Path, records: list[Record], progress: bool = True) -> str:
-    """Save `records` under out/hf_dataset; returns what the data card says about it."""
+def write_hf_dataset(out: Path, count: int, progress: bool = True) -> str:
+    """Save the `count` records of out's shards under out/hf_dataset; returns what the data card says about it."""
     target = out / HF_DATASET_DIR
     if target.exists():  # a stale copy from an earlier run must not sit beside the new shards
         shutil.rmtree(target)
@@ -83,22 +89,44 @@ def write_hf_dataset(out: Path, records: list[Record], progress: bool = True) ->
         "messages": [{"role": string, "content": string}],
         "text": string, "answer": string, "options": string, "meta": string, "provenance": string,
     })
-    rows = [dataclasses.asdict(r) for r in records]
-    for row in rows:
-        for name in JSON_COLUMNS:
-            row[name] = None if row[name] is None else dumps(row[name])
-    # column-wise, so an empty curated set still gets every column
-    dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
     quiet = not progress and datasets.is_progress_bar_enabled()
     if quiet:
         datasets.disable_progress_bars()
     try:
-        # an empty set left to its default writes zero shards, which load_from_disk cannot read back
-        dataset.save_to_disk(str(target), num_shards=None if records else 1)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".hf-") as scratch:
+            if count:  # streamed: shards -> Parquet in batches (pyarrow) -> Arrow (datasets, in C++)
+                rows = Path(scratch) / "rows.parquet"
+                _write_parquet(out, rows, features.arrow_schema)
+                dataset = datasets.Dataset.from_parquet(str(rows), features=features, cache_dir=scratch)
+            else:  # column-wise, so an empty curated set still gets every column
+                dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+            # an empty set left to its default writes zero shards, which load_from_disk cannot read back
+            dataset.save_to_disk(str(target), num_shards=None if count else 1)
+            del dataset  # its cache files live in scratch
     finally:
         if quiet:
             datasets.enable_progress_bars()
     return HF_DATASET_DIR
+
+
+def _write_parquet(out: Path, path: Path, schema, batch: int = 16384) -> None:
+    """The records of out's shards as dataset rows (see the module docstring) in a Parquet file."""
+    import grain
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = grain.sources.ArrayRecordDataSource([str(p) for p in shard_paths(out)])
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for start in range(0, len(source), batch):
+            rows = []
+            for i in range(start, min(start + batch, len(source))):
+                record = json.loads(source[i])
+                record.setdefault("meta", {})
+                row = {name: record.get(name) for name in schema.names}
+                for name in JSON_COLUMNS:
+                    row[name] = None if row[name] is None else dumps(row[name])
+                rows.append(row)
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
 
 
 def record_from_row(row: dict[str, Any]) -> Record:
@@ -111,48 +139,83 @@ def record_from_row(row: dict[str, Any]) -> Record:
     return Record(**data)
 
 
-def write_outputs(out: Path, cfg, records: list[Record], rejects: list[Reject], stages, collected: int,
-                  augment_stats: dict, refine_stats: dict, progress: bool = True, *,
-                  semdedup_stats: dict | None = None) -> dict:
-    from diabetica_jax.data.chat import encode_record
-    from diabetica_jax.hf.tokenizer import load_tokenizer
+def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects: Iterable[str], kept_labels: Counter,
+                  stages, collected: int, augment_stats: dict, refine_stats: dict, progress: bool = True, *,
+                  semdedup_stats: dict | None = None, seconds: dict | None = None) -> dict:
+    """Write everything under `out` from the kept records' and the rejects' JSON lines (streamed: neither is
+    held whole); `kept_labels` counts the kept records by (source, kind, language); `seconds` the time
+    the earlier phases took (the card adds its own). Returns the card."""
+    seconds = dict(seconds or {})
+    clock = time.perf_counter()
+    samples: list[str] = []
 
-    shards = write_shards(out, records, cfg.output.shards)
+    def sampled(lines):
+        for line in lines:
+            if len(samples) < 20:
+                samples.append(line)
+            yield line
+
+    shards = write_shard_lines(out, sampled(kept), kept_count, cfg.output.shards)
+    by_stage = Counter()
     with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
-        for reject in rejects:
-            f.write(dumps(reject.to_json()) + "\n")
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for record in records[:20]:
-            f.write(dumps(record.to_json()) + "\n")
+        for line in rejects:
+            f.write(line + "\n")
+            by_stage[json.loads(line)["stage"]] += 1
+    (out / "samples.jsonl").write_text("".join(line + "\n" for line in samples), encoding="utf-8")
 
-    tokenizer = load_tokenizer(cfg.output.tokenizer)
-    lengths = [len(encode_record(tokenizer, r)[0]) for r in records]
+    seconds["write"] = time.perf_counter() - clock
+    lengths = _token_lengths(out, cfg.output.tokenizer, cfg.engine.processes(), progress)
+    if not cfg.output.hf_dataset:  # nor a stale copy of an earlier run's
+        shutil.rmtree(out / HF_DATASET_DIR, ignore_errors=True)
+    seconds["tokens"] = time.perf_counter() - clock - seconds["write"]
+
+    def by(position: int) -> dict[str, int]:
+        counts = Counter()
+        for label, n in kept_labels.items():
+            counts[label[position]] += n
+        return dict(counts.most_common())
+
     card = {
         "collected": collected,
         "generated": augment_stats.get("generated", 0),
-        "kept": len(records),
-        "rejected": len(rejects),
+        "kept": kept_count,
+        "rejected": sum(by_stage.values()),
         "stages": [dataclasses.asdict(s) for s in stages],
-        "rejected_by_stage": dict(Counter(r.stage for r in rejects)),
-        "kept_by_source": dict(Counter(r.source for r in records)),
-        "kept_by_kind": dict(Counter(r.kind for r in records)),
-        "kept_by_language": dict(Counter(r.language for r in records)),
+        "rejected_by_stage": dict(by_stage),
+        "kept_by_source": by(0),
+        "kept_by_kind": by(1),
+        "kept_by_language": by(2),
         "augment": augment_stats,
         "refine": refine_stats,
         "semantic_dedup": semdedup_stats or {"enabled": False},
-        "tokens": {"total": int(sum(lengths)), "mean": float(np.mean(lengths)) if lengths else 0.0,
-                   "p50": float(np.percentile(lengths, 50)) if lengths else 0.0,
-                   "p95": float(np.percentile(lengths, 95)) if lengths else 0.0, "max": int(max(lengths, default=0))},
+        "tokens": {"total": int(lengths.sum()), "mean": float(lengths.mean()) if len(lengths) else 0.0,
+                   "p50": float(np.percentile(lengths, 50)) if len(lengths) else 0.0,
+                   "p95": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
+                   "max": int(lengths.max(initial=0))},
         "shards": [str(p.relative_to(out)) for p in shards],
-        "hf_dataset": write_hf_dataset(out, records, progress),
+        "hf_dataset": (write_hf_dataset(out, kept_count, progress) if cfg.output.hf_dataset
+                       else "not written: output.hf_dataset is false"),
         "config": to_dict(cfg),
     }
+    seconds["hf_dataset"] = time.perf_counter() - clock - seconds["write"] - seconds["tokens"]
+    card["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
     if card["kept"] + card["rejected"] != card["collected"] + card["generated"]:
         raise AssertionError("data card does not add up: kept + rejected != collected + generated")
     (out / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "data_card.md").write_text(_markdown(card), encoding="utf-8")
-    _plot(out / "data_card.png", card, lengths)
+    _plot(out / "data_card.png", card, lengths.tolist())
     return card
+
+
+def _token_lengths(out: Path, tokenizer_path: str | None, workers: int, progress: bool) -> np.ndarray:
+    """Token lengths of the kept records (the chat template applied), in shard order. Tokenizing them writes
+    the token store training reads (data/token_store.py), so a train run on this directory with the same
+    tokenizer starts without tokenizing anything."""
+    from diabetica_jax.data.token_store import build_token_store
+    from diabetica_jax.hf.tokenizer import load_tokenizer
+
+    store = build_token_store(out, load_tokenizer(tokenizer_path), workers=workers, progress=progress)
+    return np.asarray(store.lengths, dtype=np.int64)
 
 
 def _markdown(card: dict) -> str:
