@@ -6,6 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from train_helpers import Numbered
 
 from diabetica_jax.configuration import ConfigFileError, load_config
 from diabetica_jax.data.chat import encode_record
@@ -21,26 +22,6 @@ from diabetica_jax.data.loader import (
 from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 from diabetica_jax.train.config import TrainConfig
-
-
-class Numbered:
-    """A tokenizer stand-in: passage "k:n" is n - 1 ids (below 512, the first k + 1) and then the end token 0."""
-
-    unk_token_id = eos_token_id = None
-
-    def convert_tokens_to_ids(self, token):
-        return 0
-
-    def encode(self, text, add_special_tokens=False):
-        k, n = map(int, text.split(":"))
-        return [k + 1] + [(13 * k + i) % 500 + 1 for i in range(n - 2)]
-
-    # chat records: the token store encodes every kind once (data.kinds selects later); no ChatML, no assistant mask
-    def apply_chat_template(self, messages, tokenize=False):
-        return " ".join(m["content"] for m in messages)
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [1] * len(text.split())}
 
 
 def _store(lengths, seq_len=64, partial_masks=False):

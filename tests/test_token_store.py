@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from train_helpers import Numbered
 
 from diabetica_jax.data.chat import EmptyLossMask, UnsupportedTemplate, encode_record
 from diabetica_jax.data.config import DataSection
@@ -203,20 +204,6 @@ def test_worker_processes_build_the_same_store(demo, tokenizer, tmp_path):
         np.testing.assert_array_equal(parallel.columns[name], column)
     assert {k: v for k, v in parallel.meta.items() if k != "built_seconds"} == \
         {k: v for k, v in single.meta.items() if k != "built_seconds"}
-
-
-class Numbered:
-    """A tokenizer stand-in: passage "k:n" is n tokens, the first k + 1 (so a row names its examples), then
-    ids below 500, the last the end token 0."""
-
-    unk_token_id = eos_token_id = None
-
-    def convert_tokens_to_ids(self, token):
-        return 0
-
-    def encode(self, text, add_special_tokens=False):
-        k, n = map(int, text.split(":"))
-        return [k + 1] + [(13 * k + i) % 500 + 1 for i in range(n - 2)]
 
 
 def _numbered(lengths, seq_len=64):

@@ -109,3 +109,23 @@ def curated_training(tmp_path: Path, *overrides: str) -> list[str]:
     return ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
             f"data.path={tmp_path / 'curated'}", "mesh.fsdp=2", "loop.tensorboard=false",
             "loop.async_checkpoint=false", *overrides]
+
+
+class Numbered:
+    """A tokenizer stand-in: passage "k:n" is n - 1 ids (below 512, the first k + 1) and then the end token 0."""
+
+    unk_token_id = eos_token_id = None
+
+    def convert_tokens_to_ids(self, token):
+        return 0
+
+    def encode(self, text, add_special_tokens=False):
+        k, n = map(int, text.split(":"))
+        return [k + 1] + [(13 * k + i) % 500 + 1 for i in range(n - 2)]
+
+    # chat records: the token store encodes every kind once (data.kinds selects later); no ChatML, no assistant mask
+    def apply_chat_template(self, messages, tokenize=False):
+        return " ".join(m["content"] for m in messages)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1] * len(text.split())}

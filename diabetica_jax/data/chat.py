@@ -81,20 +81,26 @@ def encode_messages(tokenizer, messages: list[dict[str, str]], record_id: str = 
     encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.int32)
     offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    return ids, assistant_mask(rendered, messages, offsets, record_id).astype(np.int32)
+
+
+def assistant_mask(rendered: str, messages: list[dict[str, str]], offsets: np.ndarray, record_id: str = "?") -> np.ndarray:
+    """The assistant turns' tokens (bool, one per token) of a rendered conversation, from the encoding's
+    character `offsets` ([tokens, 2]); LossMaskError / EmptyLossMask when they cannot be derived or are none."""
     first, last = offsets[:, 0], offsets[:, 1]
     try:
         spans = assistant_spans(rendered, messages)
     except LossMaskError as e:
         raise LossMaskError(f"record {record_id}: {e}") from None
-    mask = np.zeros(len(ids), dtype=np.int32)
+    mask = np.zeros(len(offsets), dtype=bool)
     for start, end in spans:
         # a token across a span edge would be dropped from the mask (or leak a prompt token into it)
         if np.any((first < start) & (last > start)) or np.any((first < end) & (last > end)):
             raise LossMaskError(f"record {record_id}: an assistant answer does not start or end on a token boundary")
-        mask |= ((first >= start) & (last <= end) & (last > first)).astype(np.int32)
+        mask |= (first >= start) & (last <= end) & (last > first)
     if not mask.any():
         raise EmptyLossMask(f"record {record_id}: no assistant tokens to train on")
-    return ids, mask
+    return mask
 
 
 def end_of_document(tokenizer) -> int:

@@ -47,9 +47,8 @@ import numpy as np
 from diabetica_jax.data.chat import (
     IM_START,
     EmptyLossMask,
-    LossMaskError,
     UnsupportedTemplate,
-    assistant_spans,
+    assistant_mask,
     encode_messages,
     encode_text,
 )
@@ -100,23 +99,6 @@ def encode_for_store(tokenizer, record: Record) -> tuple[np.ndarray, np.ndarray,
     return ids, np.zeros(len(ids), np.uint8), status, message
 
 
-def _assistant_mask(rendered: str, messages, ids: np.ndarray, offsets: np.ndarray, record_id: str) -> np.ndarray:
-    """encode_messages' loss_on: assistant mask from an encoding's character offsets (same checks, same errors)."""
-    first, last = offsets[:, 0], offsets[:, 1]
-    try:
-        spans = assistant_spans(rendered, messages)
-    except LossMaskError as e:
-        raise LossMaskError(f"record {record_id}: {e}") from None
-    mask = np.zeros(len(ids), dtype=np.uint8)
-    for start, end in spans:
-        if np.any((first < start) & (last > start)) or np.any((first < end) & (last > end)):
-            raise LossMaskError(f"record {record_id}: an assistant answer does not start or end on a token boundary")
-        mask |= ((first >= start) & (last <= end) & (last > first)).astype(np.uint8)
-    if not mask.any():
-        raise EmptyLossMask(f"record {record_id}: no assistant tokens to train on")
-    return mask
-
-
 def encode_many(tokenizer, records: list[Record]) -> list[tuple[np.ndarray, np.ndarray, int, str | None]]:
     """`encode_for_store` of each record, with the chat records' rendered conversations tokenized in one batched
     call of a fast tokenizer's backend (what `tokenizer(text)` runs one text at a time, without its per-call
@@ -140,7 +122,7 @@ def encode_many(tokenizer, records: list[Record]) -> list[tuple[np.ndarray, np.n
         ids = np.asarray(encoding.ids, dtype=np.int32)
         offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         try:
-            out.append((ids, _assistant_mask(rendered[k], record.messages, ids, offsets, record.id), OK, None))
+            out.append((ids, assistant_mask(rendered[k], record.messages, offsets, record.id).astype(np.uint8), OK, None))
         except EmptyLossMask as e:
             out.append((ids, np.zeros(len(ids), np.uint8), EMPTY_MASK, str(e)))
     return out
