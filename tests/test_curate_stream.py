@@ -181,11 +181,12 @@ def test_a_gbk_file_cut_into_units_reads_as_gbk(tmp_path):
 
 def test_band_grouping_survives_a_hash_collision():
     """Two different band keys made to share the 64-bit mix that sorts them still land in different groups."""
-    from diabetica_jax.data.curate.filters import _group_rows
+    from diabetica_jax.data.curate.filters import _MIX, _group_rows
 
-    k = np.uint64(0x9E3779B97F4A7C15)
-    a, b, a2 = np.uint64(5), np.uint64(7), np.uint64(9)
-    b2 = (a * k) ^ b ^ (a2 * k)  # ((a k) ^ b) k == ((a2 k) ^ b2) k
+    with np.errstate(over="ignore"):  # uint64 products wrap, as in the mix
+        a, b, a2 = np.uint64(5), np.uint64(7), np.uint64(9)
+        b2 = (a * _MIX) ^ b ^ (a2 * _MIX)
+        assert ((a * _MIX) ^ b) * _MIX == ((a2 * _MIX) ^ b2) * _MIX  # the two keys do collide
     rows = np.array([[a, b], [a2, b2], [a, b], [a2, b2], [a, b]], dtype=np.uint64)
     split = np.stack([rows[:, 0] >> np.uint64(32), rows[:, 0] & np.uint64(0xFFFFFFFF),
                       rows[:, 1] >> np.uint64(32), rows[:, 1] & np.uint64(0xFFFFFFFF)], axis=1).astype(np.uint32)

@@ -3,6 +3,7 @@ token store and the packing plan: test_token_store.py)."""
 
 import numpy as np
 import pytest
+from train_helpers import assert_resumes_with_the_next_batches
 
 from diabetica_jax.configuration import load_config
 from diabetica_jax.data.chat import EmptyLossMask, encode_messages, encode_record
@@ -88,18 +89,8 @@ def test_packed_loss_equals_unpacked_losses(hf_checkpoints, tokenizer):
 def test_iterator_state_resumes_exactly_and_processes_get_disjoint_data():
     store = _store(list(range(3, 40)) * 3)
     data = DataSection(seq_len=32, grad_accum=2, epochs=2, seed=7)
-    reference = list(packed_batches(store, data, rows=range(2)))  # rows 0-1 of each micro-batch of 4 rows
-    iterator = iter(packed_batches(store, data, rows=range(2)))
-    for _ in range(5):
-        next(iterator)
-    state = iterator.get_state()
-    fresh = iter(packed_batches(store, data, rows=range(2)))
-    fresh.set_state(state)
-    rest = list(fresh)
-    assert len(rest) == len(reference) - 5
-    for a, b in zip(rest, reference[5:]):
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x, y)
+    # rows 0-1 of each micro-batch of 4 rows
+    assert_resumes_with_the_next_batches(lambda: packed_batches(store, data, rows=range(2)))
     unique = _store(list(range(3, 30)))  # every document distinct
     shards = [{int(t) for b in packed_batches(unique, DataSection(seq_len=32, global_batch=2), range(i, i + 1))
                for t in b.tokens[b.segment_ids > 0].ravel()} - {0} for i in range(2)]

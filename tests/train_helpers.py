@@ -129,3 +129,26 @@ class Numbered:
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [1] * len(text.split())}
+
+
+def assert_resumes_with_the_next_batches(make_batches, skip: int = 5) -> None:
+    """An iterator over `make_batches()` saved after `skip` batches (through JSON, as the checkpoint stores its
+    state) and restored into a fresh one yields exactly the batches an uninterrupted iterator yields next."""
+    import json
+
+    import numpy as np
+
+    from diabetica_jax.data.loader import FrozenIteratorState
+
+    reference = list(make_batches())
+    iterator = iter(make_batches())
+    for _ in range(skip):
+        next(iterator)
+    saved = json.loads(FrozenIteratorState(iterator.get_state()).get_state())
+    fresh = iter(make_batches())
+    fresh.set_state(saved)
+    rest = list(fresh)
+    assert len(rest) == len(reference) - skip
+    for a, b in zip(rest, reference[skip:]):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

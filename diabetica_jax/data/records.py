@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from typing import Any
 
 KINDS = ("mcq", "qa", "dialogue", "passage", "cloze")
@@ -86,6 +87,14 @@ def reason_class(reason: str) -> str:
         if cut in reason:
             reason = reason.split(cut)[0]
     return reason.strip()
+
+
+def count_by(labels: "Counter[tuple[str, str, str]]", position: int) -> dict[str, int]:
+    """Counts of (source, kind, language) labels added up by one of them (0, 1 or 2), most common first."""
+    counts: Counter[str] = Counter()
+    for label, n in labels.items():
+        counts[label[position]] += n
+    return dict(counts.most_common())
 
 
 def dumps(obj: Any) -> str:

@@ -226,6 +226,9 @@ def near_duplicates(signatures: np.ndarray, cfg: DedupSection) -> dict[int, tupl
     return dropped
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection of uint64
+
+
 def _group_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(group of each row, size of each group) for the distinct rows of a uint32 array. The columns are packed
     in pairs into uint64 and the rows sorted by a 64-bit mix of them (one quicksort; np.unique over rows as bytes
@@ -240,7 +243,7 @@ def _group_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     packed = (keys[:, 0::2] << np.uint64(32)) | keys[:, 1::2]
     mix = np.zeros(n, np.uint64)
     for column in packed.T:
-        mix = (mix ^ column) * np.uint64(0x9E3779B97F4A7C15)
+        mix = (mix ^ column) * _MIX
     order = np.argsort(mix)
     ordered = packed[order]
     rows_differ = np.any(ordered[1:] != ordered[:-1], axis=1)

@@ -27,7 +27,7 @@ from diabetica_jax.data.curate.benchmarks import load_benchmark_items
 from diabetica_jax.data.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.curate.refine import refine
 from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
-from diabetica_jax.data.records import Record, Reject, dumps, reason_class
+from diabetica_jax.data.records import Record, Reject, count_by, dumps, reason_class
 from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,9 @@ def _stage(name: str, entered: list, kept: list[Record], rejects: list[Reject]) 
 
 def _stage_from_labels(name: str, entered: int, kept: Counter, reasons: Counter) -> StageLog:
     """A StageLog from (source, kind, language) counts of the records kept after the stage."""
-    def by(position: int) -> dict[str, int]:
-        counts = Counter()
-        for label, n in kept.items():
-            counts[label[position]] += n
-        return dict(counts.most_common())
-
     n_kept = sum(kept.values())
-    return StageLog(name, entered, n_kept, entered - n_kept, dict(reasons.most_common()), by(0), by(1), by(2))
+    return StageLog(name, entered, n_kept, entered - n_kept, dict(reasons.most_common()),
+                    count_by(kept, 0), count_by(kept, 1), count_by(kept, 2))
 
 
 def demo_inputs() -> list[InputSection]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from diabetica_jax.configuration import to_dict
-from diabetica_jax.data.records import Record, dumps
+from diabetica_jax.data.records import Record, count_by, dumps
 from diabetica_jax.data.shards import SHARD_PATTERN, shard_paths
 
 log = logging.getLogger(__name__)
@@ -169,12 +169,6 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
         shutil.rmtree(out / HF_DATASET_DIR, ignore_errors=True)
     seconds["tokens"] = time.perf_counter() - clock - seconds["write"]
 
-    def by(position: int) -> dict[str, int]:
-        counts = Counter()
-        for label, n in kept_labels.items():
-            counts[label[position]] += n
-        return dict(counts.most_common())
-
     card = {
         "collected": collected,
         "generated": augment_stats.get("generated", 0),
@@ -182,9 +176,9 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
         "rejected": sum(by_stage.values()),
         "stages": [dataclasses.asdict(s) for s in stages],
         "rejected_by_stage": dict(by_stage),
-        "kept_by_source": by(0),
-        "kept_by_kind": by(1),
-        "kept_by_language": by(2),
+        "kept_by_source": count_by(kept_labels, 0),
+        "kept_by_kind": count_by(kept_labels, 1),
+        "kept_by_language": count_by(kept_labels, 2),
         "augment": augment_stats,
         "refine": refine_stats,
         "semantic_dedup": semdedup_stats or {"enabled": False},
