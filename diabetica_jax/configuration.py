@@ -26,6 +26,12 @@ class ConfigFileError(ValueError):
     """A configuration that cannot be used; the message names the source and the dotted key."""
 
 
+class InputError(ValueError):
+    """An input file or directory a user gave that cannot be used (missing, empty, binary, wrong columns, from
+    another version or model). The message names the file (and the record, row or key) and says what to do; the
+    CLI prints it as one line and exits with 2."""
+
+
 class FieldError(ValueError):
     """A section's `__post_init__` refusing the value at `key` (dotted, relative to that section).
 
@@ -62,13 +68,22 @@ def field(default: Any, help: str, path: bool | Callable[[dict], bool] = False, 
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping. Missing, a folder, not UTF-8 text (a binary file), not YAML, empty (nothing but
+    comments: a truncated or wrong file; write `{}` for all defaults) or not a mapping: ConfigFileError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigFileError(f"{path}: config file not found")
+        raise ConfigFileError(f"{path}: " + ("a directory, not a config file" if path.is_dir() else
+                                             "config file not found"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file in place of a YAML "
+                              "config?") from e
     except yaml.YAMLError as e:
         raise ConfigFileError(f"{path}: not valid YAML ({e})") from e
+    if data is None:
+        raise ConfigFileError(f"{path}: empty config file (no settings, only blanks or comments); write `{{}}` "
+                              "in it for all the defaults, or check that this is the file you meant")
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of sections")
     return data

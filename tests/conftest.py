@@ -11,6 +11,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+
+# transformers binds its log handler to sys.stderr when first imported. The package imports it lazily, so the
+# first import could happen inside a test that captures stderr, leaving the handler on a stream pytest closes
+# afterwards ("--- Logging error ---" in a later test's stderr): import it here, at collection.
+import transformers  # noqa: E402, F401
 from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

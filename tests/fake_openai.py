@@ -13,7 +13,10 @@ class FakeOpenAI:
     """`reply(messages, model)` returns one of
     - a str: the assistant's reply (HTTP 200);
     - an int: that HTTP error status, with an OpenAI-style JSON error body;
-    - {"status": int, "headers": {...}, "body": obj}: an error with these headers and JSON body;
+    - {"status": int, "headers": {...}, "body": obj}: an error with these headers and JSON body (status 200
+      with a body that has no `choices` is a malformed reply);
+    - {"status": int, "raw": str, "headers": {...}}: this body sent as it is, not as JSON (a proxy's HTML page,
+      a cut-off reply), with Content-Type text/html unless the headers say otherwise;
     - ("sleep", seconds, answer): any of the above, after a delay (to make the client time out);
     - {"choice": {...}}: HTTP 200 with this whole `choices[0]` object (message, logprobs, ...).
 
@@ -52,13 +55,16 @@ class FakeOpenAI:
                     answer = {"status": answer, "body": {"error": {"message": f"fake error {answer}"}}}
                 if isinstance(answer, dict) and "choice" in answer:
                     self._send(200, {"choices": [answer["choice"]]}, {})
+                elif isinstance(answer, dict) and "raw" in answer:
+                    self._send(answer["status"], None, {"Content-Type": "text/html", **answer.get("headers", {})},
+                               raw=answer["raw"].encode())
                 elif isinstance(answer, dict):
                     self._send(answer["status"], answer.get("body", {}), answer.get("headers", {}))
                 else:
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]}, {})
 
-            def _send(self, status: int, payload, headers: dict):
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload, headers: dict, raw: bytes | None = None):
+                data = json.dumps(payload).encode() if raw is None else raw
                 try:
                     self.send_response(status)
                     for name, value in {"Content-Type": "application/json", **headers}.items():

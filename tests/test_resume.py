@@ -1,6 +1,5 @@
 """Checkpoints: preemption and resume give exactly the uninterrupted losses; other meshes and hosts too."""
 
-import re
 import signal
 import subprocess
 import sys
@@ -11,13 +10,12 @@ import pytest
 from train_helpers import (
     REPO,
     cli_env,
-    finish_processes,
     free_port,
     losses,
     run_cli,
-    start_processes,
     tiny_config,
     train_command,
+    two_processes,
     write_config,
 )
 
@@ -72,20 +70,12 @@ def test_sigterm_then_resume_equals_uninterrupted_and_resumes_on_another_mesh(hf
                                [full_reference[s] for s in sorted(after_move)], rtol=1e-5)
 
 
-def _two_processes(config, run_dir, *extra):
-    procs = start_processes(config, run_dir, *extra)
-    results = finish_processes(procs)
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    return results
-
-
 @pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume_like_one(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen3"]
     config = write_config(path, tmp_path / "train.yaml", mesh=MESH, loop={"steps": 6, "checkpoint_every": 3})
     run_dir = tmp_path / "multi"
-    _two_processes(config, run_dir, "--stop-after", "3")
+    two_processes(config, run_dir, "--stop-after", "3")
     assert sorted(losses(run_dir)) == [1, 2, 3]
     # resume through the launch script, as a user would
     launched = subprocess.run(
@@ -99,43 +89,3 @@ def test_two_processes_train_checkpoint_and_resume_like_one(hf_checkpoints, tmp_
     assert sorted(multi) == list(range(1, 7))
     single = _reference(path, tmp_path, 6, 6)
     np.testing.assert_allclose([multi[s] for s in range(1, 7)], [single[s] for s in range(1, 7)], rtol=1e-5)
-
-
-def _wait_for_steps(run_dir, n, procs, timeout=240):
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + timeout
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < n:
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            for p in procs:
-                p.kill()
-            raise AssertionError("training did not start: " + "\n".join(p.communicate()[1][-2000:] for p in procs))
-        time.sleep(0.2)
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_saved_step(hf_checkpoints, tmp_path):
-    # Orbax saves collectively: if only the signalled process stopped to save, the other would run on
-    # and the two would hang or write mismatched checkpoints. They must agree on the step.
-    config = write_config(hf_checkpoints["qwen3"], tmp_path / "train.yaml", mesh=MESH,
-                          loop={"steps": 400, "checkpoint_every": 1000})
-    run_dir = tmp_path / "run"
-    procs = start_processes(config, run_dir)
-    try:
-        _wait_for_steps(run_dir, 3, procs)
-        procs[1].send_signal(signal.SIGTERM)  # only the non-writing process hears it
-    finally:
-        results = finish_processes(procs, timeout=120)
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    assert "preempted (SIGTERM), checkpoint saved" in results[0][0]
-    saved_at = [re.findall(r"SIGTERM \(to (this|another) process\): checkpoint saved at step (\d+)", err)
-                for _, err in results]
-    assert [who for (who, _), in saved_at] == ["another", "this"]
-    steps = {int(step) for (_, step), in saved_at}
-    stopped = max(losses(run_dir))
-    assert steps == {stopped} and 3 <= stopped < 400
-    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped]
-
-    # rerunning both resumes from that checkpoint
-    _two_processes(config, run_dir, "--stop-after", "2")
-    assert sorted(losses(run_dir)) == list(range(1, stopped + 3))

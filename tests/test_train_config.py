@@ -10,7 +10,7 @@ from train_helpers import tiny_config
 
 from diabetica_jax.cli import main
 from diabetica_jax.configuration import ConfigFileError, load_config, reference
-from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints
+from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints, CheckpointSaveError
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train
 from diabetica_jax.train.state import TrainState
@@ -123,7 +123,8 @@ def test_failed_save_keeps_the_last_good_checkpoint(tmp_path):
 
     checkpoints.save(1, state(1, 1.0), {})
     checkpoints.save(2, state(2, 2.0), {})
-    with pytest.raises(ValueError):
+    with pytest.raises(CheckpointSaveError, match="saving the checkpoint of step 3 failed: it could not be written .*; "
+                                                  "the checkpoint of step 2 is kept; fix the cause and rerun"):
         checkpoints.save(3, TrainState(step=jnp.int32(3), params={"w": object()}, opt_state=(), rng=None), {})
     checkpoints.wait()
     assert checkpoints.all_steps() == [1, 2] and checkpoints.latest_step() == 2

@@ -99,6 +99,15 @@ def finish_processes(procs: list[subprocess.Popen], timeout: int = 300) -> list[
                 p.wait()
 
 
+def two_processes(config, run_dir, *extra):
+    """Both processes of a 2-process run to the end; each must exit 0."""
+    procs = start_processes(config, run_dir, *extra)
+    results = finish_processes(procs)
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    return results
+
+
 def curated_training(tmp_path: Path, *overrides: str) -> list[str]:
     """Curate the embedded demo corpus under tmp_path and return train overrides for the tiny preset on it
     (two fsdp devices, synchronous checkpoints, no TensorBoard); `overrides` come last and win."""

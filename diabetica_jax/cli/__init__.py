@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 
 from diabetica_jax.cli import commands
 from diabetica_jax.evaluation.config import TASKS
@@ -34,6 +36,8 @@ def _config_args(p: argparse.ArgumentParser, what: str, example: str, optional: 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diabetica-jax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the traceback under an input error too (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="generate text from a checkpoint or the embedded default model")
@@ -114,6 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "DIABETICA_JAX_DEBUG"
+
+
+def _input_error(error: BaseException) -> str | None:
+    """The one line for an error that means "this input cannot be used", else None (a bug: traceback)."""
+    if isinstance(error, OSError) and error.filename:  # unreadable, a folder for a file, disk full, ...
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, commands.USER_ERRORS):
+        return str(error)
+    return None
+
+
+def _quiet_library_internals() -> None:
+    """Orbax reports a failed background write through absl at ERROR with its whole traceback, its other
+    writes' tasks through asyncio ("Task exception was never retrieved"), and its abandoned reads raise again
+    when collected ("Exception ignored in ..."); the command reports the failure itself in one line, so these
+    stay quiet unless -v or --debug asks for them."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    if any("orbax" in f.filename or "asyncio" in f.filename for f in frames):
+        logging.getLogger(__name__).debug("ignored after a failed background operation: %r", unraisable.exc_value)
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides (key=value) may come before or after the options; argparse alone wants them first.
@@ -125,10 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per teacher/judge request under -v
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if not (debug or args.verbose):
+        _quiet_library_internals()
     try:
         return getattr(commands, args.command)(args)
-    except commands.USER_ERRORS as e:  # bad input: one line naming the file and field, no traceback
-        print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = _input_error(e)
+        if message is None and isinstance(e, commands.RUN_FAILURES):
+            print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)  # not the input: exit 1
+            return 1
+        if message is None:
+            raise
+        # bad input: one line naming the file and field; the traceback only when asked for
+        if debug:
+            traceback.print_exc()
+        print(f"diabetica-jax {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

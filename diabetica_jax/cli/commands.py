@@ -8,10 +8,10 @@ from pathlib import Path
 import jax
 
 from diabetica_jax import hf
-from diabetica_jax.configuration import ConfigFileError, load_config
+from diabetica_jax.configuration import ConfigFileError, InputError, load_config
 from diabetica_jax.data.curate.config import load_curate_config
 from diabetica_jax.data.curate.pipeline import curate as run_curation
-from diabetica_jax.evaluation.compare import write_comparison
+from diabetica_jax.evaluation.compare import load_reports, write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError
 from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
@@ -26,14 +26,17 @@ from diabetica_jax.pipeline.run import run as run_pipeline
 from diabetica_jax.serve import ServedModel, ServeLimits
 from diabetica_jax.serve import app as serve_app
 from diabetica_jax.serve import server as serve_server
-from diabetica_jax.train.checkpoint import CheckpointError
-from diabetica_jax.train.config import TrainConfig
+from diabetica_jax.train.checkpoint import CheckpointError, CheckpointSaveError
+from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train as run_training
 from diabetica_jax.train.run_dir import export_run
 from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
 
 # Errors that mean "your input is wrong": reported in one line, exit code 2.
-USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, FileNotFoundError)
+USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, InputError,
+               FileNotFoundError)
+# A run that stopped for a reason outside its inputs (a full disk): reported in one line, exit code 1.
+RUN_FAILURES = (CheckpointSaveError,)
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 # A config's kind is the folder it lives in: configs/recipes/ (the whole pipeline) or configs/train/.
 CONFIG_KINDS = ("recipe", "train")
@@ -93,6 +96,7 @@ def chat(args) -> int:
 def train(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)  # config errors before any device work
     initialize(args.coordinator, args.num_processes, args.process_id)
+    check_against_devices(cfg, jax.device_count(), jax.process_count(), source=args.config or "defaults")
     result = run_training(cfg, args.run_dir, progress=not args.no_progress, stop_after=args.stop_after)
     if jax.process_index() == 0:
         last = result.history[-1] if result.history else {}
@@ -168,8 +172,10 @@ def eval(args) -> int:  # noqa: A001 (the command's name)
         if not (args.task and args.data):
             raise ConfigFileError("eval: --task and --data go together")
         overrides.append(f"tasks=[{{task: {args.task}, files: [{json.dumps(str(Path(args.data).absolute()))}]}}]")
-    result = evaluate(load_config(EvalConfig, config, overrides), args.out)
-    runs = result.get("runs", [result]) + [json.loads((Path(d) / "report.json").read_text()) for d in args.compare or []]
+    cfg = load_config(EvalConfig, config, overrides)
+    earlier = load_reports(args.compare) if args.compare else []  # read (and refused) before any work
+    result = evaluate(cfg, args.out)
+    runs = result.get("runs", [result]) + earlier
     if len(runs) > 1:
         (Path(args.out) / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
         compare_plot(runs, Path(args.out) / "comparison.png")

@@ -2,7 +2,11 @@
 
 Curation reads its inputs through them and evaluation its benchmark files. A row that cannot be
 read (bad bytes, bad JSON, not an object) comes back as a `Reject` with the reason and where it
-was, so callers decide whether that is a dropped record or an error.
+was, so callers decide whether that is a dropped record or an error. A file that cannot be read at
+all is an `InputError` naming it: `detect_format` refuses what its first bytes show to be the wrong
+file (empty, binary where text is expected, not the workbook or Parquet file its name says, not a
+regular file), and `read_rows` a whole-file parse that fails (a truncated JSON document, a damaged
+workbook).
 """
 
 from __future__ import annotations
@@ -10,38 +14,104 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diabetica_jax.configuration import InputError
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.text import decode, undecodable
 
 FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text")
 
 
+TEXT_FORMATS = ("jsonl", "json", "csv", "text")
+SNIFF_BYTES = 1 << 16
+# first bytes of files often given by mistake where text is expected
+SIGNATURES = {b"\x1f\x8b": "gzip-compressed (decompress it first)", b"BZh": "bzip2-compressed (decompress it first)",
+              b"\xfd7zXZ\x00": "xz-compressed (decompress it first)", b"(\xb5/\xfd": "zstd-compressed (decompress it first)",
+              b"PK\x03\x04": "a zip archive (an .xlsx workbook? then name it .xlsx)", b"PAR1": "a Parquet file (name it .parquet)",
+              b"\x89PNG": "a PNG image", b"%PDF": "a PDF document (extract its text first)",
+              b"ARROW1": "an Arrow file", b"\x93NUMPY": "a NumPy array"}
+
+
 def detect_format(path: Path) -> str:
+    """The format of a table file from its name (a directory: a saved Hugging Face dataset), checked against
+    its first bytes (`check_content`). InputError when the name says no format, the directory holds no
+    dataset, or the content cannot be what the format needs."""
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return "hf_disk"
-        raise ValueError(f"{path}: a directory that is not a saved Hugging Face dataset")
+        raise InputError(f"{path}: a directory that is not a saved Hugging Face dataset (no dataset_info.json, "
+                         "dataset_dict.json or state.json); give the files in it one by one")
     suffix = path.suffix.lower()
-    return {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".xlsx": "xlsx", ".parquet": "parquet",
-            ".md": "text", ".markdown": "text", ".txt": "text"}.get(suffix) or _unknown(path)
+    fmt = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".xlsx": "xlsx", ".parquet": "parquet",
+           ".md": "text", ".markdown": "text", ".txt": "text"}.get(suffix) or _unknown(path)
+    check_content(path, fmt)
+    return fmt
 
 
 def _unknown(path: Path) -> str:
-    raise ValueError(f"{path}: cannot tell the format from the name; set `format` ({', '.join(FORMATS[1:])})")
+    raise InputError(f"{path}: cannot tell the format from the name; set `format` ({', '.join(FORMATS[1:])})")
+
+
+def check_content(path: Path, fmt: str) -> None:
+    """InputError when the file's first bytes show it cannot hold rows of `fmt`: not a regular file (a FIFO
+    would block the reader), empty, binary (NUL bytes, or a compressed or image file) where text is expected,
+    or not the container that xlsx (a zip archive) and parquet name. Missing paths and directories are left
+    to the readers, which name them."""
+    if not path.exists() or path.is_dir():
+        return
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a pipe or a device?); give a {fmt} file")
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if not head.strip():
+        raise InputError(f"{path}: empty file, nothing to read (a failed download or copy?); check the path")
+    if fmt in TEXT_FORMATS:
+        kind = next((what for magic, what in SIGNATURES.items() if head.startswith(magic)), None)
+        nul = head.find(b"\x00")
+        if kind is None and nul >= 0:
+            kind = f"binary data (a NUL byte at byte {nul}; UTF-16 text has them too: save it as UTF-8)"
+        if kind is not None:
+            raise InputError(f"{path}: not {fmt} text but {kind}")
+    elif fmt == "xlsx" and not head.startswith(b"PK\x03\x04"):
+        raise InputError(f"{path}: not an .xlsx workbook (those are zip archives); an old .xls or a CSV named .xlsx?")
+    elif fmt == "parquet" and not head.startswith(b"PAR1"):
+        raise InputError(f"{path}: not a Parquet file (no PAR1 header)")
 
 
 def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
-    """(row number, row as a dict) for each row of a table file; a row that cannot be read is a Reject."""
+    """(row number, row as a dict) for each row of a table file; a row that cannot be read is a Reject, a
+    file that cannot be read at all (not JSON as a whole, a damaged workbook) an InputError naming it."""
+    try:
+        yield from _rows(path, fmt)
+    except InputError:
+        raise
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: {undecodable(e)}") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from e
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV file ({e})") from e
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as e:
+        if fmt not in ("xlsx", "parquet", "hf_disk"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{path}: cannot read it as {fmt} ({type(e).__name__}: {first})") from e
+
+
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
     if fmt == "jsonl":
         yield from _jsonl_rows(path)
     elif fmt == "json":
         data = json.loads(decode(path.read_bytes())[0])
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), [data])
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON array of rows (or an object holding one), got "
+                             f"{type(data).__name__}")
         for i, row in enumerate(data):
             yield i, row if isinstance(row, dict) else _not_object(path, i, row)
     elif fmt == "csv":
@@ -56,7 +126,7 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | Reject]]:
     elif fmt == "hf_disk":
         yield from _dataset_rows(_datasets().load_from_disk(str(path)))
     else:
-        raise ValueError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
+        raise InputError(f"{path}: unknown format {fmt!r}; one of {FORMATS}")
 
 
 def _datasets():

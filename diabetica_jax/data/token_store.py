@@ -54,6 +54,7 @@ from diabetica_jax.data.chat import (
 )
 from diabetica_jax.data.config import LOSS_ON, OVERLONG
 from diabetica_jax.data.records import KINDS, Record
+from diabetica_jax.data.shards import parse_record, shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,11 @@ class _Encoder:
                 "unsupported": self.unsupported}
 
 
-def _encode_range(tokenizer, source, start: int, stop: int, batch: int = 256) -> dict:
+def _encode_range(tokenizer, source, paths: list[Path], start: int, stop: int, batch: int = 256) -> dict:
     encoder = _Encoder(tokenizer)
     for base in range(start, stop, batch):
         raws = source.__getitems__(list(range(base, min(stop, base + batch))))
-        encoder.add_many([Record.from_json(json.loads(raw)) for raw in raws])
+        encoder.add_many([parse_record(raw, paths, base + k) for k, raw in enumerate(raws)])
     return encoder.finish()
 
 
@@ -175,10 +176,11 @@ def _init_worker(tokenizer_bytes: bytes, paths: list[str]) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER["tokenizer"] = pickle.loads(tokenizer_bytes)
     _WORKER["source"] = grain.sources.ArrayRecordDataSource(paths)
+    _WORKER["paths"] = [Path(p) for p in paths]
 
 
 def _encode_in_worker(task: tuple[int, int]) -> dict:
-    return _encode_range(_WORKER["tokenizer"], _WORKER["source"], *task)
+    return _encode_range(_WORKER["tokenizer"], _WORKER["source"], _WORKER["paths"], *task)
 
 
 # -- fingerprints -----------------------------------------------------------------------------------------------
@@ -409,8 +411,6 @@ def _valid(directory: Path, key: str) -> bool:
 
 
 def _shard_paths(curated_dir: Path) -> list[Path]:
-    from diabetica_jax.data.shards import shard_paths
-
     return shard_paths(curated_dir)
 
 
@@ -491,7 +491,7 @@ def _encoded(source, tasks, tokenizer, workers: int, paths):
         except BrokenProcessPool as e:
             log.warning("token store: the worker processes failed (%s); encoding in this process", e)
     for task in tasks[done:]:
-        yield _encode_range(tokenizer, source, *task)
+        yield _encode_range(tokenizer, source, paths, *task)
 
 
 def _write(tmp: Path, source, tasks, tokenizer, workers: int, paths, bar) -> dict:

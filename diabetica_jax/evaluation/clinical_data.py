@@ -150,7 +150,7 @@ def load_clinical_items(path: str | Path, task: str) -> tuple[list[ClinicalItem]
     try:
         rows = list(read_rows(path, detect_format(path)))
     except (ValueError, OSError) as e:  # not a table at all: nothing to keep
-        raise EvalDataError(f"{path}: cannot read it as a table ({e})") from None
+        raise EvalDataError(f"{path}: cannot read it as a table ({str(e).removeprefix(f'{path}: ')})") from None
     for row_index, row in rows:
         if isinstance(row, Reject):
             rejects.append(ClinicalReject(str(path), row_index, None, row.reason))
@@ -164,5 +164,5 @@ def load_clinical_items(path: str | Path, task: str) -> tuple[list[ClinicalItem]
         more = f" (and {len(rejects) - 3} more)" if len(rejects) > 3 else ""
         needed = ", ".join(f"'{c[0]}'" for role, c in COLUMNS[task].items() if role in ("text", "key"))
         raise EvalDataError(f"{path}: no usable {task} row (needs {needed}); "
-                            + (f"{len(rejects)} rejected: {shown}{more}" if rejects else "the file is empty"))
+                            + (f"{len(rejects)} rejected: {shown}{more}" if rejects else "the file holds no rows"))
     return items, rejects

@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from diabetica_jax.configuration import InputError
+
 log = logging.getLogger(__name__)
 
 REPORT = "report.json"
@@ -42,7 +44,7 @@ def load_reports(paths: Iterable[str | Path] | str | Path) -> list[dict]:
 
     `eval/base/` + `eval/trained/`, or `OUT/` holding `own/report.json` and `faithful/report.json`, all work.
     Each loaded report gets `_path` (the file it came from). Raises FileNotFoundError naming the path
-    when a path does not exist or holds no report, ValueError naming the file when one is unreadable."""
+    when a path does not exist or holds no report, InputError (a ValueError) naming the file when one is unreadable."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     reports = []
@@ -73,9 +75,9 @@ def _read_report(file: Path) -> dict:
     try:
         report = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not a readable report ({e})") from e
+        raise InputError(f"{file}: not a readable report ({e})") from e
     if not isinstance(report, dict) or not isinstance(report.get("tasks"), dict):
-        raise ValueError(f"{file}: not an eval report (expected a JSON object with a 'tasks' object)")
+        raise InputError(f"{file}: not an eval report (expected a JSON object with a 'tasks' object)")
     report["_path"] = str(file)
     return report
 
@@ -88,10 +90,10 @@ def load_published(protocol: str | Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable protocol file ({e})") from e
+        raise InputError(f"{path}: not a readable protocol file ({e})") from e
     published = data.get("published_results") if isinstance(data, dict) else None
     if not isinstance(published, dict):
-        raise ValueError(f"{path}: no 'published_results' object in this protocol file")
+        raise InputError(f"{path}: no 'published_results' object in this protocol file")
     return published
 
 
@@ -425,7 +427,7 @@ def write_comparison(report_paths: Iterable[str | Path] | str | Path, out_dir: s
 
     Published rows come from `protocol` (a protocol.json or its directory) when given, else from the
     `published` block the reports carry. Returns {"rows", "markdown", "json", "plot" (path or None
-    when the plot could not be drawn), "out_dir"}. Raises FileNotFoundError / ValueError (naming the
+    when the plot could not be drawn), "out_dir"}. Raises FileNotFoundError / InputError (naming the
     path) for missing or unreadable reports or protocol; never for the plot."""
     reports = load_reports(report_paths)
     published = load_published(protocol) if protocol is not None else None

@@ -15,7 +15,9 @@ from diabetica_jax.llm import CachedChat, LLMError
 def judge_answer(judge: CachedChat, prompts: Prompts, question: str, rules: str, answer: str) -> dict:
     """{'score', 'score_own', 'score_original': float | None, 'judge_reply': str | None,
     'judge_status': 'scored' | 'unparsed' | 'failed: ...'} (status by the mode's rule). The judge is asked
-    with `prompts.judge_max_tokens` and `prompts.judge_temperature` (the protocol's in faithful mode)."""
+    with `prompts.judge_max_tokens` and `prompts.judge_temperature` (the protocol's in faithful mode).
+    'failed: <reason>': no usable reply after the judge's retries (timeouts, 429, 5xx, malformed or empty
+    replies are retried by CachedChat), so the item is counted as failed, never as unparsed or as zero."""
     message = prompts.judge.format(question=question, rules=rules, answer=answer)
     try:
         reply = judge.chat([{"role": "user", "content": message}], max_tokens=prompts.judge_max_tokens,

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from diabetica_jax.configuration import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Prompts:
@@ -42,7 +44,12 @@ OWN = Prompts(
 
 def from_protocol(path: str | Path) -> Prompts:
     """Prompts, decoding and scoring rules as a protocol file (layout of Diabetica's protocol.json) gives them."""
-    protocol = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        protocol = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not a readable protocol file ({e})") from None
+    if not isinstance(protocol, dict):
+        raise InputError(f"{path}: not a protocol file (expected a JSON object, got {type(protocol).__name__})")
     try:
         cloze = protocol["fill_in_the_blank"]
         placeholder = cloze.get("placeholder", "<question>")

@@ -22,11 +22,18 @@ an interruption re-requests only what is missing. The cache key holds the model 
 model behind a restarted server on another port is still answered from the cache (keep one cache
 directory per model and run, as the runner does).
 
-A request that still fails after its retries does not abort the run. `generate` returns "" for that item
-and lists it in `self.failures` as (index, reason); `letter_logprobs` gives it a row of NaN and lists it in
-`self.logprob_failures`. Each call resets its own list, so a task reads `failures` after `generate` and
-`logprob_failures` after `letter_logprobs`, and marks those items as failed rather than as wrong answers
-(failures are not cached: a rerun asks for them again).
+Timeouts, connection errors, 429, 5xx and 200 replies that are not a chat completion (not JSON, no
+`choices[0].message.content` string) are retried (llm/client.py). A request that still fails after its
+retries does not abort the run. `generate` returns "" for that item and lists it in `self.failures` as
+(index, reason); `letter_logprobs` gives it a row of NaN and lists it in `self.logprob_failures`. Each call
+resets its own list, so a task reads `failures` after `generate` and `logprob_failures` after
+`letter_logprobs`, and marks those items as failed rather than as wrong answers (failures are not cached: a
+rerun asks for them again).
+
+An empty completion (`content: ""`) is an answer, not a failure: a model under test may well say nothing
+(or stop at once), and that is its result to be scored, so it is neither retried nor listed in `failures`,
+and it is cached like any other reply. (The teacher and the judge, which go through `CachedChat.chat`,
+treat an empty reply as a retryable failure instead: they have no use for one.)
 
 The API key is read from the environment variable `api_key_env` per request and sent only as
 `Authorization: Bearer`; it is never stored on this object, logged, or put into an error or failure reason.
@@ -114,16 +121,13 @@ class RemoteModel:
     def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                  sampling: SamplingParams | None = None) -> list[str]:
         """One reply per conversation, in order; "" for a request that failed after its retries, which is
-        then listed in `self.failures` as (index, reason)."""
+        then listed in `self.failures` as (index, reason). An empty completion is a reply like any other."""
         params = self.request_parameters(sampling)
         temperature = params.pop("temperature", None)
 
         def ask(i):
-            choice = self.chat.complete(conversations[i], max_new_tokens, temperature, **params)
-            content = (choice.get("message") or {}).get("content")
-            if not isinstance(content, str):
-                raise LLMError(f"{self.name}: reply has no choices[0].message.content")
-            return content
+            # CachedChat.complete returns (fresh or cached) only choices with a message.content string
+            return self.chat.complete(conversations[i], max_new_tokens, temperature, **params)["message"]["content"]
 
         results = self._run(ask, len(conversations))
         self.failures = _failures(results, self.name, "requests")

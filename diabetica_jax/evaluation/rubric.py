@@ -77,7 +77,11 @@ def load_rubric(path: str | Path) -> Rubric:
     scale: tuple[int, int] | None = None
     dimensions: dict[str, list[str]] = {}
     current: str | None = None
-    for number, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RubricError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file in place of a rubric?") from e
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith("#"):
             continue

@@ -46,6 +46,12 @@ report.json (stable keys; a comparison report reads them):
       Their per_seed / seed_stats hold clinical.headline's numbers.
 report_TASK.json: the task's summary plus `items` (seed 42's) and, with several seeds, `items_by_seed`
   ({seed: items}) for the others; a clinical task's also `rejects` ([{file, row, field, reason}]).
+
+A mode's report.json is written last, and an earlier run's is removed before the first report of this run is
+written: a directory with report.json holds a finished evaluation, one without it an unfinished one (a killed
+run's reports beside an earlier run's are never taken for a result). Each report is written under a temporary
+name and renamed, so none is ever read half written. An interrupted run started again evaluates everything again;
+an endpoint's replies (and the judge's) come back from the request cache under OUT/cache.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +181,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
                                    rubrics))
     if len(modes) == 1:
         return runs[0]
-    (out / "summary.md").write_text(summary_markdown(runs), encoding="utf-8")
+    _write_text(out / "summary.md", summary_markdown(runs))
     compare_plot(runs, out / "comparison.png")
     return {**runs[0], "runs": runs}
 
@@ -242,6 +249,7 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
             by_seed[seed][section.task] = (all_results, per_file, pooled)
 
     summaries = {}
+    (out / "report.json").unlink(missing_ok=True)  # until the new one is written last: not a finished evaluation
     for section in cfg.tasks:
         results, per_file, pooled = by_seed[seeds[0]][section.task]
         per_seed = [{"seed": seed, **_headline(section.task, by_seed[seed][section.task][2])} for seed in seeds]
@@ -254,14 +262,21 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
                                            f"{name} ({mode})"))
         if len(seeds) > 1:
             report["items_by_seed"] = {str(seed): by_seed[seed][section.task][0] for seed in seeds[1:]}
-        (out / f"report_{section.task}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        _write_text(out / f"report_{section.task}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         summaries[section.task] = {k: v for k, v in report.items() if k not in ("items", "items_by_seed", "rejects")}
     combined = {"model": name, "mode": mode, "tasks": summaries, "published": published or prompts.published,
                 "decoding": decoding, "seeds": seeds}
-    (out / "report.json").write_text(json.dumps(combined, indent=2, ensure_ascii=False) + "\n")
-    (out / "summary.md").write_text(summary_markdown([combined]), encoding="utf-8")
+    _write_text(out / "summary.md", summary_markdown([combined]))
     compare_plot([combined], out / "comparison.png")
+    _write_text(out / "report.json", json.dumps(combined, indent=2, ensure_ascii=False) + "\n")
     return combined
+
+
+def _write_text(path: Path, text: str) -> None:
+    """`text` (UTF-8) into `path` whole: written under a temporary name, then renamed."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _headline(task: str, summary: dict) -> dict:
@@ -275,8 +290,7 @@ def _clinical_extras(task: str, summary: dict, rejects: list, out: Path, title: 
     """A clinical report's additions: its rejected rows (also written to OUT/rejects_TASK.jsonl, one JSON
     object a line, so they can be fixed and rerun) and its plot."""
     rows = [r.to_json() for r in rejects]
-    (out / f"rejects_{task}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                               encoding="utf-8")
+    _write_text(out / f"rejects_{task}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if rows:
         log.warning("%s: %d row(s) rejected, the rest evaluated; reasons in %s", task, len(rows),
                     out / f"rejects_{task}.jsonl")

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from diabetica_jax.configuration import InputError
 from diabetica_jax.data.mcq import picked_option
 from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.data import Item
@@ -62,7 +63,12 @@ def read_generation_config(path: str | Path | None) -> dict:
         file = file / "generation_config.json"
     if not file.is_file():
         return {"do_sample": False, "repetition_penalty": 1.0, "source": f"{file} not found: greedy"}
-    data = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{file}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file}: expected a JSON object, got {type(data).__name__}")
     do_sample = bool(data.get("do_sample", False))
     keys = HF_SAMPLING_DEFAULTS if do_sample else {"repetition_penalty": 1.0}
     values = {k: data.get(k, default) for k, default in keys.items()}

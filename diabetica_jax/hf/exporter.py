@@ -3,12 +3,18 @@
 Tensors are gathered from the (possibly sharded, possibly multi-host) parameters one at a time,
 re-laid out through the same weight table the loader uses, and streamed into safetensors shards.
 Only process 0 writes files; every process takes part in the gathers.
+
+A directory is an export once its config.json is there: every loader (transformers, `hf.load`) reads that file
+first. So an export removes an earlier config.json before it writes anything, writes config.json last (to a
+temporary name, then renamed), and a process killed part way (kill -9, a lost node) leaves a directory that no
+loader takes for a checkpoint; exporting again into it finishes the job.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import jax
@@ -27,6 +33,8 @@ from diabetica_jax.model.qwen import Qwen
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
                  "float16": np.dtype(np.float16)}
+CONFIG = "config.json"
+PARTIAL = ".partial"  # config.json is written under config.json.partial, then renamed
 log = logging.getLogger(__name__)
 
 
@@ -53,13 +61,16 @@ def save(
     dtype: str | None = None,
     tokenizer=None,
     progress: bool = True,
+    generation_config: str | Path | None = None,
 ) -> Path:
-    """Write config.json, generation_config.json, safetensors (sharded with an index when larger than
-    `max_shard_size`) and the tokenizer files (`tokenizer`, else the embedded Qwen2 default for Qwen
-    models; other families get no tokenizer files unless one is given).
+    """Write safetensors (sharded with an index when larger than `max_shard_size`), generation_config.json
+    (a copy of the file `generation_config` names, e.g. the source checkpoint's, else one derived from
+    `config`), the tokenizer files (`tokenizer`, else the embedded Qwen2 default for Qwen models; other
+    families get no tokenizer files unless one is given), and config.json last (see the module docstring).
 
-    `dtype` None writes the weights in the dtype the source checkpoint stored them in
-    (`config.source_dtype`; float32 for random presets), so load -> save is exact by default;
+    An earlier export in `path` is replaced: its config.json goes first, then its weight files and index;
+    other files there are kept. `dtype` None writes the weights in the dtype the source checkpoint stored
+    them in (`config.source_dtype`; float32 for random presets), so load -> save is exact by default;
     a smaller dtype is an explicit choice."""
     if dtype is None:
         dtype = config.source_dtype
@@ -73,6 +84,7 @@ def save(
     writer = jax.process_index() == 0
     if writer:
         path.mkdir(parents=True, exist_ok=True)
+        _unfinish(path)
 
     if config.lora_rank:  # HF checkpoints hold plain weights: fold the adapters in
         model, config = merge_lora(model), config.without_lora()
@@ -114,15 +126,30 @@ def save(
                 "weight_map": {t.name: f for f, shard in zip(names, shards) for t in shard},
             }
             (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (path / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
-        (path / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
+        if generation_config is not None:
+            (path / "generation_config.json").write_bytes(Path(generation_config).read_bytes())
+        else:
+            (path / "generation_config.json").write_text(json.dumps(_generation_config(config), indent=2) + "\n")
         if tokenizer is None and config.family not in QWEN_MODEL_TYPES:
             # the embedded default is Qwen2's: it does not fit another family's vocabulary
             log.warning("no tokenizer given for a %s model: %s gets no tokenizer files; copy the source "
                         "checkpoint's tokenizer there", config.family, path)
         else:
             (tokenizer or load_tokenizer(None)).save_pretrained(str(path))
+        partial = path / (CONFIG + PARTIAL)
+        partial.write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
+        os.replace(partial, path / CONFIG)  # the export is complete from here on
     return path
+
+
+def _unfinish(path: Path) -> None:
+    """Make `path` no checkpoint until this export is done: its config.json first, then the weights and index of
+    an earlier (or killed) export, whose shard count may differ from this one's."""
+    (path / CONFIG).unlink(missing_ok=True)
+    (path / (CONFIG + PARTIAL)).unlink(missing_ok=True)
+    for old in [path / "model.safetensors", path / "model.safetensors.index.json",
+                *path.glob("model-*-of-*.safetensors")]:
+        old.unlink(missing_ok=True)
 
 
 def _generation_config(config: QwenConfig) -> dict:

@@ -103,8 +103,10 @@ def _open_weights(path: Path, allow_pickle: bool) -> _SafetensorsSource | _Pickl
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise HFCheckpointError(f"{index_path}: not a valid safetensors index ({e!r})") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise HFCheckpointError(f"{index_path}: weight_map: expected an object of tensor name -> file name")
         opened: dict[str, SafetensorsFile] = {}
         files: dict[str, SafetensorsFile] = {}
         for name, filename in weight_map.items():

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from diabetica_jax.hf.errors import HFCheckpointError
+
+if TYPE_CHECKING:  # transformers (and torch, which it pulls in) load on first use: commands that never
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast  # tokenize start seconds sooner
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = {ENDOFTEXT: 151643, IM_START: 151644, IM_END: 151645}
@@ -73,6 +75,8 @@ def _build_tokenizer_json(target: Path) -> None:
 
 def embedded_tokenizer() -> PreTrainedTokenizerFast:
     """The Qwen2 vocabulary (151,643 BPE tokens + 3 specials) as a Hugging Face fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer_json = cache_dir() / "qwen2-tokenizer" / "tokenizer.json"
     if not tokenizer_json.is_file():
         _build_tokenizer_json(tokenizer_json)
@@ -88,12 +92,28 @@ def embedded_tokenizer() -> PreTrainedTokenizerFast:
 
 def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer saved in checkpoint directory `path`, else the embedded Qwen2 default, which only fits
-    a Qwen checkpoint: another family without tokenizer files is an error, not a silent wrong vocabulary."""
+    a Qwen checkpoint: another family without tokenizer files is an error, not a silent wrong vocabulary.
+    A `path` that is no directory, or tokenizer files that do not load, are an HFCheckpointError naming it."""
+    if path is not None and not Path(path).is_dir():
+        raise HFCheckpointError(f"{path}: tokenizer directory not found (a checkpoint directory holding "
+                                f"{' or '.join(TOKENIZER_FILES)})")
     if path is not None and any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many kinds for a broken file
+            present = [f for f in TOKENIZER_FILES if (Path(path) / f).is_file()]
+            raise HFCheckpointError(f"{path}: its tokenizer files ({', '.join(present)}) do not load "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                    "copy them again from the model's source") from e
     config = Path(path) / "config.json" if path is not None else None
     if config is not None and config.is_file():
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        try:
+            raw = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HFCheckpointError(f"{config}: not valid JSON ({e})") from e
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
         if model_type not in QWEN_MODEL_TYPES:
             raise HFCheckpointError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}), and the embedded "
                                     f"Qwen2 tokenizer does not fit model_type {model_type!r}; copy the model's "

@@ -4,12 +4,16 @@ One dataclass covers Qwen2, Qwen2.5 (same architecture as Qwen2), Qwen3 dense, a
 Llama 2 / 3 / 3.1 (and Llama-architecture models such as Yi and Meditron) and Mistral without a
 sliding window. RoPE may be default, `linear` or `llama3` scaled. Anything the model does not
 implement (other RoPE scalings, sliding-window layers, MLP biases, MoE, other activations) is refused
-with an error naming the file and the field, never silently ignored.
+with an error naming the file and the field, never silently ignored. Every field read is type-checked (an
+integer where an integer belongs, true/false for a flag), so `"num_hidden_layers": "two"` is a ConfigError
+naming the file and the key. Keys the model does not read are ignored, as transformers ignores them; a
+required key that is missing names a close misspelling among the file's keys, if there is one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -139,12 +143,25 @@ class QwenConfig:
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json", **runtime: Any) -> "QwenConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a JSON object of settings at the top level, got "
+                              f"{type(raw).__name__} {_short(raw)}")
+
         def need(key: str) -> Any:
             if key not in raw or raw[key] is None:
-                raise ConfigError(f"{source}: required field {key!r} is missing")
+                close = difflib.get_close_matches(key, [k for k in raw if isinstance(k, str)], n=1, cutoff=0.85)
+                hint = f" (the file has {close[0]!r}: a misspelling?)" if close else ""
+                raise ConfigError(f"{source}: required field {key!r} is missing{hint}")
             return raw[key]
 
+        def size(key: str, default: int | None = None) -> int:
+            """A positive integer field; `default` when absent or null (None: required)."""
+            value = need(key) if default is None else (raw.get(key) or default)
+            return _integer(value, source, key, minimum=1)
+
         archs = raw.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"{source}: architectures: expected a list of class names, got {_short(archs)}")
         if archs:
             if archs[0] not in SUPPORTED_ARCHITECTURES:
                 raise ConfigError(
@@ -154,7 +171,7 @@ class QwenConfig:
             family = SUPPORTED_ARCHITECTURES[archs[0]]
         else:
             model_type = need("model_type")
-            if model_type not in SUPPORTED_MODEL_TYPES:
+            if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
                 raise ConfigError(
                     f"{source}: model_type={model_type!r} is not supported; supported model types: "
                     f"{sorted(SUPPORTED_MODEL_TYPES)}"
@@ -168,18 +185,22 @@ class QwenConfig:
             if raw.get(moe_key):
                 raise ConfigError(f"{source}: {moe_key}={raw[moe_key]} (mixture of experts) is not supported")
 
-        if raw.get("mlp_bias"):
+        if _flag(raw, "mlp_bias", source):
             raise ConfigError(f"{source}: mlp_bias=true (biases on the MLP projections) is not supported")
         rope_theta, rope_scaling = _rope(raw, source)
-        num_layers = int(need("num_hidden_layers"))
-        max_positions = int(raw.get("max_position_embeddings") or 32768)
+        num_layers = size("num_hidden_layers")
+        max_positions = size("max_position_embeddings", 32768)
         if family == "mistral":
             _refuse_mistral_sliding_window(raw, source, max_positions)
         else:
             _refuse_sliding_window(raw, source, num_layers)
 
-        hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-        head_dim = raw.get("head_dim") or hidden // heads
+        hidden, heads = size("hidden_size"), size("num_attention_heads")
+        kv_heads = size("num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise ConfigError(f"{source}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
+                              f"({kv_heads})")
+        head_dim = size("head_dim", max(hidden // heads, 1))
         if family == "qwen2" and head_dim * heads != hidden:
             raise ConfigError(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
         if family == "qwen2":
@@ -187,25 +208,25 @@ class QwenConfig:
         elif family == "mistral":  # MistralAttention has no biases whatever the config says
             qkv_bias = False
         else:
-            qkv_bias = bool(raw.get("attention_bias", False))
+            qkv_bias = _flag(raw, "attention_bias", source)
         return cls(
             family=family,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=size("vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
+            intermediate_size=size("intermediate_size"),
             num_layers=num_layers,
             num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
             rope_theta=rope_theta,
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            rms_norm_eps=_number(_or(raw.get("rms_norm_eps"), 1e-6), source, "rms_norm_eps"),
+            tie_word_embeddings=_flag(raw, "tie_word_embeddings", source),
             qkv_bias=qkv_bias,
             qk_norm=family == "qwen3",
             max_position_embeddings=max_positions,
             rope_scaling=rope_scaling,
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_id=raw.get("eos_token_id"),
+            bos_token_id=_token_ids(raw, "bos_token_id", source, several=False),
+            eos_token_id=_token_ids(raw, "eos_token_id", source, several=True),
             source_dtype=_source_dtype(raw),
             **runtime,
         )
@@ -250,9 +271,17 @@ class QwenConfig:
     def from_json_file(cls, path: str | Path, **runtime: Any) -> "QwenConfig":
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: file not found")
+            what = ("a directory, not a file" if path.is_dir() else
+                    "not a regular file (a pipe or a device?)" if path.exists() else "file not found")
+            raise ConfigError(f"{path}: {what}")
+        data = path.read_bytes()
+        if not data.strip():
+            raise ConfigError(f"{path}: empty file; a checkpoint's config.json describes its architecture")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); is it "
+                              f"a binary file in place of config.json?") from e
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_hf_dict(raw, source=str(path), **runtime)
@@ -268,6 +297,57 @@ class QwenConfig:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _integer(value: Any, source: str, key: str, minimum: int | None = None) -> int:
+    """An integer config.json value (a float with no fraction, as some writers store sizes, counts too)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise ConfigError(f"{source}: {key}: expected an integer, got {_short(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{source}: {key}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, source: str, key: str) -> float:
+    """A numeric value; a numeric string too (PyYAML reads a preset's 1e-6, without a dot, as a string)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{source}: {key}: expected a number, got {_short(value)}")
+    return float(value)
+
+
+def _flag(raw: dict[str, Any], key: str, source: str) -> bool:
+    """A true/false field (absent or null: false); "false" as a string is an error, not a true value."""
+    value = raw.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key}: expected true or false, got {_short(value)}")
+    return value
+
+
+def _token_ids(raw: dict[str, Any], key: str, source: str, several: bool) -> int | list[int] | None:
+    """A token id (or, where `several`, a list of them), or None."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if several and isinstance(value, list):
+        return [_integer(v, source, f"{key}[{i}]", minimum=0) for i, v in enumerate(value)]
+    return _integer(value, source, key, minimum=0)
 
 
 def _source_dtype(raw: dict[str, Any]) -> str:
@@ -298,11 +378,11 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
         if prf not in (None, 1, 1.0):
             raise ConfigError(f"{source}: {field} partial_rotary_factor={prf!r} is not supported (only 1.0)")
     if params and params.get("rope_theta") is not None:
-        theta = float(params["rope_theta"])
+        theta = _number(params["rope_theta"], source, "rope_parameters.rope_theta")
     elif raw.get("rope_theta") is not None:
-        theta = float(raw["rope_theta"])
+        theta = _number(raw["rope_theta"], source, "rope_theta")
     elif scaling and scaling.get("rope_theta") is not None:
-        theta = float(scaling["rope_theta"])
+        theta = _number(scaling["rope_theta"], source, "rope_scaling.rope_theta")
     else:
         theta = 10000.0
     field, block = ("rope_scaling", scaling) if scaling else ("rope_parameters", params)
@@ -313,7 +393,7 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
     def number(key: str) -> float:
         if block.get(key) is None:
             raise ConfigError(f"{source}: {field} rope_type={kind!r} needs {key!r}, which is missing")
-        return float(block[key])
+        return _number(block[key], source, f"{field}.{key}")
 
     factor = number("factor")
     if factor <= 0:
@@ -329,7 +409,8 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
         or raw.get("max_position_embeddings")
     if not original:
         raise ConfigError(f"{source}: {field} rope_type='llama3' needs 'original_max_position_embeddings', which is missing")
-    return theta, RopeScaling("llama3", factor, low, high, int(original))
+    original = _integer(original, source, "original_max_position_embeddings", minimum=1)
+    return theta, RopeScaling("llama3", factor, low, high, original)
 
 
 def _rope_scaling_dict(scaling: RopeScaling | None) -> dict[str, Any] | None:
@@ -349,14 +430,16 @@ def _rope_scaling_dict(scaling: RopeScaling | None) -> dict[str, Any] | None:
 
 def _refuse_sliding_window(raw: dict[str, Any], source: str, num_layers: int) -> None:
     layer_types = raw.get("layer_types")
+    if layer_types and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise ConfigError(f"{source}: layer_types: expected a list of attention kinds, got {_short(layer_types)}")
     if layer_types:
         sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
         if sliding:
             raise ConfigError(
                 f"{source}: layer_types marks layers {sliding} as {layer_types[sliding[0]]!r}; only full attention is supported"
             )
-    if raw.get("use_sliding_window") and raw.get("sliding_window"):
-        first_sliding = int(raw.get("max_window_layers", 0))
+    if _flag(raw, "use_sliding_window", source) and raw.get("sliding_window"):
+        first_sliding = _integer(raw.get("max_window_layers", 0), source, "max_window_layers", minimum=0)
         if first_sliding < num_layers:
             raise ConfigError(
                 f"{source}: use_sliding_window=true with max_window_layers={first_sliding} < num_hidden_layers="
@@ -369,7 +452,7 @@ def _refuse_mistral_sliding_window(raw: dict[str, Any], source: str, max_positio
     a window of at least max_position_embeddings never binds, and is accepted as full attention."""
     _refuse_sliding_window({"layer_types": raw.get("layer_types")}, source, 0)
     window = raw.get("sliding_window")
-    if window is not None and int(window) < max_positions:
+    if window is not None and _integer(window, source, "sliding_window", minimum=1) < max_positions:
         raise ConfigError(
             f"{source}: sliding_window={window} < max_position_embeddings={max_positions} puts sliding-window "
             f"attention in use; it is not supported (only sliding_window: null)"

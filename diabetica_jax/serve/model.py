@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from pathlib import Path
 
 from diabetica_jax import hf
+from diabetica_jax.configuration import InputError
 from diabetica_jax.evaluation.tasks import read_generation_config
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher
@@ -36,6 +38,21 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "train_config.json").is_file()
 
 
+def _check_generation_config(directory: str | Path) -> None:
+    """InputError naming the file when a checkpoint's generation_config.json (the default decoding) is there but
+    is no JSON object; an absent one means greedy decoding."""
+    path = Path(directory) / "generation_config.json"
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({e}); fix or delete it (without it: greedy "
+                         "decoding)") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object of decoding settings, got {type(data).__name__}")
+
+
 class ServedModel:
     """One model behind the API: `name` is what /v1/models lists and requests must name.
 
@@ -61,6 +78,9 @@ class ServedModel:
         `source` empty, a preset with random weights (a smoke test of the serving path, not a model)."""
         runtime = {} if dtype is None else {"dtype": dtype}
         generation_config = None
+        if source and Path(source).is_dir() and not is_run_dir(source):
+            hf.read_config(source)  # a broken config.json or generation_config.json stops here, before any weight
+            _check_generation_config(source)
         if not source:
             model = create_model(QwenConfig.preset(preset, **runtime), seed=seed)
             tokenizer, name = hf.load_tokenizer(None), name or f"{preset}-random"

@@ -6,10 +6,11 @@ import json
 import logging
 from pathlib import Path
 
-from diabetica_jax.configuration import ConfigFileError
+from diabetica_jax.configuration import ConfigFileError, InputError
 from diabetica_jax.data.batch import Batch
 from diabetica_jax.data.chat import UnsupportedTemplate
 from diabetica_jax.data.loader import plan_for, training_batches
+from diabetica_jax.data.shards import check_curated
 from diabetica_jax.data.synthetic import SyntheticSource
 from diabetica_jax.data.token_store import TokenView, open_token_store
 from diabetica_jax.hf.tokenizer import load_tokenizer
@@ -34,11 +35,16 @@ class SyntheticFeed:
 
 def _token_store(cfg: TrainConfig) -> TokenView:
     """The curated records of data.kinds, tokenized as the config asks (seq_len, overlong, loss_on): the token
-    store of data.path for this tokenizer (built once, on first use: data/token_store.py), memory-mapped."""
+    store of data.path for this tokenizer (built once, on first use: data/token_store.py), memory-mapped.
+    A data.path that is no curated directory (missing, without shards, shards that disagree with its data
+    card, records of another version's schema) is an InputError naming data.path and the file."""
     data = cfg.data
     try:
+        check_curated(data.path)
         corpus = open_token_store(data.path, load_tokenizer(cfg.model.hf_path))
         return corpus.select(data.seq_len, data.overlong, kinds=data.kinds, loss_on=data.loss_on)
+    except (FileNotFoundError, InputError) as e:
+        raise InputError(f"data.path: {e}") from e
     except UnsupportedTemplate as e:
         raise ConfigFileError(f"data.path={data.path} with the tokenizer of "
                               f"{cfg.model.hf_path or 'the embedded Qwen2'}: {e}") from None

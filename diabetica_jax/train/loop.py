@@ -96,6 +96,20 @@ class Trainer:
         return LoopEnd(info.state, info.step, preemption.stopping, exhausted)
 
 
+def _resume(checkpoints: Checkpoints, setup, data_iterator) -> tuple[TrainState | None, int | None]:
+    """The state (and data position) of the newest readable checkpoint, or (None, None) to start afresh. Newer
+    damaged checkpoints are moved aside first (train/checkpoint.py), with a warning naming both steps."""
+    state, step, damaged = checkpoints.restore_newest_readable(setup.restore_target(), setup.meta, data_iterator)
+    if damaged:
+        aside = checkpoints.set_aside([d.step for d in damaged])
+        log.warning("resuming from the checkpoint of step %d instead of the damaged one%s of step %s, which %s "
+                    "moved to %s (delete when no longer needed)", step, "s" * (len(damaged) > 1),
+                    ", ".join(str(d.step) for d in damaged), "were" if len(damaged) > 1 else "was", aside)
+    elif step is not None:
+        log.info("resumed from %s at step %d", checkpoints.directory, step)
+    return state, step
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present."""
     run_dir = Path(run_dir)
@@ -113,27 +127,22 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
     writer = jax.process_index() == 0
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
 
     with jax.set_mesh(mesh):
         setup = prepare(cfg, mesh)
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.loop.keep_checkpoints,
                                   async_save=cfg.loop.async_checkpoint)
-        start = checkpoints.latest_step()
-        resumed = start is not None
-        if not resumed:
+        feed = make_feed(cfg, rows, setup.model_cfg.vocab_size, run_dir if writer else None)
+        state, start = _resume(checkpoints, setup, feed.iterator)
+        if writer:  # only now: a run directory refused (another model's, all damaged) keeps its own config
+            (run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        if state is None:
             state, start = init_state(setup.params, setup.optimizer, cfg.model.seed, setup.shardings), 0
-        else:
-            state, _ = checkpoints.restore(start, setup.restore_target(), setup.meta)
-            log.info("resumed from %s at step %d", checkpoints.directory, start)
         setup.params = None  # the state owns (and donates) them from here on
 
         step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.loop.loss_chunk,
                                   dropout=cfg.lora.dropout > 0, shardings=setup.shardings,
                                   frozen_shardings=setup.frozen_sharding, batch_sharding=sharding)
-        feed = make_feed(cfg, rows, setup.model_cfg.vocab_size, run_dir if writer else None)
-        if resumed and feed.iterator is not None:
-            checkpoints.restore_data(start, feed.iterator)
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
         peak = peak_flops_per_device(cfg.loop.peak_tflops)

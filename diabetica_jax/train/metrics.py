@@ -15,6 +15,27 @@ import jax
 from tqdm.auto import tqdm
 
 
+def _supersede_after(path: Path, step: int) -> None:
+    """A run resumed from the checkpoint of `step` redoes the steps after it: their records (written before a
+    crash, or before falling back to an older checkpoint) move to metrics_superseded.jsonl, and a line cut
+    short by a kill is dropped, so metrics.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    kept, superseded = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the partial last line of a killed run
+        (kept if isinstance(record, dict) and record.get("step", 0) <= step else superseded).append(line)
+    if superseded:
+        with open(path.with_name("metrics_superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in superseded))
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 class MetricsLogger:
     def __init__(
         self,
@@ -39,6 +60,7 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        _supersede_after(run_dir / "metrics.jsonl", start_step)
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.writer = None
         if tensorboard:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,12 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dt
     """A run's checkpoint as a Hugging Face directory that transformers loads: LoRA adapters merged, weights in
     the source checkpoint's dtype unless `dtype` says otherwise, the run's own tokenizer (its source
     checkpoint's; the embedded Qwen2 one for presets), and the source's generation_config.json, so the
-    export keeps the decoding defaults that faithful evaluation reads."""
+    export keeps the decoding defaults that faithful evaluation reads. A killed export leaves `out` without
+    config.json (no loader takes it for a checkpoint); exporting again replaces it (hf.save)."""
     cfg = load_run_config(run_dir)
     model, model_cfg, step = trained_model(run_dir, step)
     tokenizer = hf.load_tokenizer(cfg.model.hf_path)
-    path = hf.save(model, model_cfg, out, max_shard_size=max_shard_size, dtype=dtype, tokenizer=tokenizer,
-                   progress=progress)
     source = Path(cfg.model.hf_path) / "generation_config.json" if cfg.model.hf_path else None
-    if source is not None and source.is_file() and jax.process_index() == 0:
-        shutil.copyfile(source, path / "generation_config.json")
+    path = hf.save(model, model_cfg, out, max_shard_size=max_shard_size, dtype=dtype, tokenizer=tokenizer,
+                   progress=progress, generation_config=source if source is not None and source.is_file() else None)
     return Export(path, step, model_cfg.without_lora(), tokenizer)

@@ -48,9 +48,16 @@ def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
 def run_config(run_dir: str | Path) -> TrainConfig:
     """The config a run was trained with (RUN_DIR/train_config.json, written when training starts)."""
     path = Path(run_dir) / "train_config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; is {run_dir} a training run directory?")
-    return build(TrainConfig, json.loads(path.read_text()), str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); training writes it when it starts: is {run_dir} "
+                              "a training run directory?") from e
+    return build(TrainConfig, data, str(path))  # unknown keys and wrong types: ConfigFileError naming the key
 
 
 def restored_model(run_dir: str | Path, mesh, step: int | None = None):

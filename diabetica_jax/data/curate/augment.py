@@ -23,8 +23,12 @@ cloze            passage -> fill-in-the-blank items (`cloze_per_passage`), asked
 
 New records (qa, dialogue, mcq_rationale, cloze) carry `provenance.augment` (the task) and
 `provenance.augmented_from` (the source record's id); the pipeline sends them through benchmark
-decontamination before they join. A failed call (after CachedChat's retries) or a malformed reply of
-the dialogue, rationale and cloze tasks is one rejected output, so the data card still adds up.
+decontamination before they join. A failed call (after CachedChat's retries: timeouts, 429, 5xx, and
+replies that are not JSON, have no choices or are empty) rejects the record itself for qa and
+mcq_explanation and is one rejected output of the dialogue, rationale and cloze tasks, with the reason
+class "teacher call failed" and the error (attempts, status) as the reason; a malformed reply of those
+tasks is one rejected output too, so the data card still adds up. Failures are not cached: a rerun asks
+the teacher again for exactly those (record, task) requests and answers the others from the cache.
 `AugmentResult.kind_report` gives per task: asked (requests), generated (outputs kept, after
 decontamination), rejected and rejected_by_reason.
 """

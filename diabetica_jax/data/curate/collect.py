@@ -1,5 +1,12 @@
 """Collect: read heterogeneous files into Records; anything unreadable becomes a Reject with its reason.
 
+A malformed row (bad JSON, bad bytes, missing fields) is a Reject naming its file and row, and the run goes on.
+A file that cannot be read at all is the wrong file more likely than a damaged record: curation refuses an
+empty or binary input before any work (tables.detect_format, which the scan plan calls in the driver for an
+input whose format comes from its name). Where it is only found here, in a scan worker (an input given an
+explicit `format`, or damage that shows only while reading: a truncated JSON document, a damaged workbook),
+the file becomes a single Reject with the reason, so the data card counts it.
+
 Formats: JSONL / JSON, CSV, XLSX, Parquet, Hugging Face `datasets` saved to disk, and plain text or
 Markdown documents (split into passages). Encodings: UTF-8, UTF-8 with BOM, GBK.
 
@@ -19,10 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diabetica_jax.configuration import InputError
 from diabetica_jax.data.curate.config import InputSection
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
 from diabetica_jax.data.records import KINDS, Record, Reject, record_id
-from diabetica_jax.data.tables import detect_format, hub_rows, jsonl_rows, read_rows
+from diabetica_jax.data.tables import check_content, detect_format, hub_rows, jsonl_rows, read_rows
 from diabetica_jax.data.text import decode, language, undecodable
 
 _BLANK = re.compile(r"[(（]\s*[)）]")
@@ -35,12 +43,30 @@ def collect(spec: InputSection) -> Iterator[Record | Reject]:
         return
     if not path.exists():
         raise FileNotFoundError(f"{path}: input not found")
-    fmt = detect_format(path) if spec.format == "auto" else spec.format
     source = spec.source or path.stem
+    try:
+        fmt = spec.format if spec.format != "auto" else detect_format(path)  # detect_format checks the content
+        if spec.format != "auto":
+            check_content(path, fmt)
+    except InputError as e:  # here in a scan worker: the record of why, not a crash of the unit
+        yield _file_reject(path, e)
+        return
     if fmt == "text":
         yield from _passages(path, source)
         return
-    yield from _collect_rows(read_rows(path, fmt), spec, source, str(path))
+    yield from _collect_rows(_whole_file(read_rows(path, fmt), path), spec, source, str(path))
+
+
+def _file_reject(path: Path, error: InputError) -> Reject:
+    return Reject("collect", str(error).removeprefix(f"{path}: "), {"file": str(path)})
+
+
+def _whole_file(rows, path: Path):
+    """`rows`, then, if reading the file fails as a whole, one Reject for it (row None)."""
+    try:
+        yield from rows
+    except InputError as e:
+        yield None, _file_reject(path, e)
 
 
 def collect_jsonl_range(spec: InputSection, start: int, end: int, first_row: int, encoding: str | None,

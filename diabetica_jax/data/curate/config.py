@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
-from diabetica_jax.configuration import FieldError, build, config_data, field, require_positive
+from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, require_positive
 from diabetica_jax.data.records import KINDS
-from diabetica_jax.data.tables import FORMATS
+from diabetica_jax.data.tables import FORMATS, check_content, detect_format
 from diabetica_jax.llm.config import BackendSection
 
 # Weighted bilingual terms. Strong signals of diabetes content weigh 2, related clinical context 1;
@@ -77,8 +78,6 @@ class DedupSection:
 
 def _names_a_directory(section: dict) -> bool:
     """semantic_dedup.model is a checkpoint directory (a path to resolve) unless it names a model preset."""
-    from pathlib import Path
-
     model = section.get("model")
     presets = Path(__file__).resolve().parents[2] / "presets"
     return isinstance(model, str) and not (presets / f"{model}.yaml").is_file()
@@ -217,7 +216,9 @@ class CurateConfig:
 
 
 def load_curate_config(path: str | None, overrides: list[str] | None = None, inputs: list[str] | None = None) -> CurateConfig:
-    """load_config(CurateConfig, ...) plus `curate --input` files, which join the config's inputs.
+    """load_config(CurateConfig, ...) plus `curate --input` files, which join the config's inputs, checked
+    with `check_inputs` (and decontamination.benchmarks, which must exist, and output.tokenizer, which must be a
+    directory) so that a wrong input file stops the command before any work.
 
     Without a config file and input files, the embedded demo corpus is the input.
     """
@@ -226,4 +227,29 @@ def load_curate_config(path: str | None, overrides: list[str] | None = None, inp
         data.setdefault("demo", not inputs)
     if inputs:
         data["inputs"] = list(data.get("inputs") or []) + [{"path": p} for p in inputs]
-    return build(CurateConfig, data, source)
+    cfg = build(CurateConfig, data, source)
+    check_inputs(cfg)
+    for i, benchmark in enumerate(cfg.decontamination.benchmarks):
+        if not Path(benchmark).exists():
+            raise ConfigFileError(f"{source}: decontamination.benchmarks[{i}]: {benchmark}: no such file or directory")
+    if cfg.output.tokenizer is not None and not Path(cfg.output.tokenizer).is_dir():
+        raise ConfigFileError(f"{source}: output.tokenizer: {cfg.output.tokenizer}: not a checkpoint directory "
+                              "(its tokenizer measures token lengths and writes the token store)")
+    return cfg
+
+
+def check_inputs(cfg: CurateConfig) -> None:
+    """Refuse the input files that cannot be read at all, naming them: missing (FileNotFoundError), a directory
+    that is no saved Hugging Face dataset, not a regular file, empty, binary where text is expected, or not the
+    workbook or Parquet file the format says (InputError, tables.detect_format / check_content). Rows that
+    cannot be read are not checked here: they become rejects while collecting."""
+    for entry in cfg.inputs:
+        if entry.format == "hf_hub":
+            continue
+        path = Path(entry.path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: input not found")
+        if entry.format == "auto":
+            detect_format(path)
+        elif not path.is_dir():
+            check_content(path, entry.format)

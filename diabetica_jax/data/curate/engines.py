@@ -88,6 +88,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from diabetica_jax.configuration import InputError
+
 ENGINES = ("local", "datatrove")
 DATATROVE_EXECUTORS = ("local", "slurm", "ray")
 DATATROVE_INSTALL = "pip install 'diabetica-jax[engine]'  (or: pip install datatrove)"
@@ -114,6 +116,8 @@ def _describe(unit: Any, limit: int = 200) -> str:
 def _run_one(fn: Callable[[Any], Any], index: int, unit: Any) -> Any:
     try:
         return fn(unit)
+    except (InputError, FileNotFoundError):  # a bad input names itself: the user sees it as it is
+        raise
     except Exception as error:  # noqa: BLE001 - re-raised with the unit named
         raise UnitError(index, _describe(unit), traceback.format_exc()) from error
 

@@ -3,7 +3,8 @@
 Training on the base model's own phrasing keeps the fine-tuning targets close to its output
 distribution (Diabetica's remedy for forgetting). A rewrite replaces the reference only when it
 keeps the reference's key content: for an MCQ the same option, otherwise at least `min_recall` of
-the reference's distinct words. Otherwise, or when the model fails, the reference stays.
+the reference's distinct words. Otherwise, or when the model fails (after CachedChat's retries; an empty
+rewrite counts as a failure), the reference stays ("kept_original:model failed").
 
 `by_kind` reports, per record kind with a reference answer: records, replaced, kept_original, and
 `overlap` (unigram F1 between each replaced reference and its rewrite, over `data.text.units`:

@@ -14,6 +14,11 @@ and `provenance` are free-form dicts, so the schema is:
 
 `record_from_row` turns a row back into the `Record`. `datasets` is an optional extra: without it the
 dataset is skipped and the data card says so (`"hf_dataset": "not written: pip install datasets"`).
+
+A process killed while writing (kill -9, a lost node) leaves nothing that passes for finished: the data card
+(data_card.json) is the last file written and an earlier card is removed before anything else; the shards are
+written in `shards.partial/` and renamed to `shards/` whole, the dataset likewise, and rejects.jsonl under a
+temporary name. Curating into the same directory again replaces all of it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -34,12 +40,13 @@ import numpy as np
 
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.data.records import Record, count_by, dumps
-from diabetica_jax.data.shards import SHARD_PATTERN, shard_paths
+from diabetica_jax.data.shards import CURATED_FORMAT, DATA_CARD, SHARD_PATTERN, shard_paths
 
 log = logging.getLogger(__name__)
 
 HF_DATASET_DIR = "hf_dataset"
 JSON_COLUMNS = ("options", "meta", "provenance")
+PARTIAL = ".partial"  # what is being written: renamed to its name without this once complete
 
 
 def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
@@ -48,13 +55,14 @@ def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
 
 
 def write_shard_lines(out: Path, lines: Iterable[str], total: int, count: int) -> list[Path]:
-    """`total` records, given as their JSON lines, streamed into `count` shards of equal size (the last smaller)."""
+    """`total` records, given as their JSON lines, streamed into `count` shards of equal size (the last smaller)
+    under out/shards/, which is replaced whole at the end (until then it holds the earlier shards, if any)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    directory = out / "shards"
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("curated-*.array_record"):
-        old.unlink()
+    final = out / "shards"
+    directory = out / ("shards" + PARTIAL)
+    shutil.rmtree(directory, ignore_errors=True)  # a killed writer's
+    directory.mkdir(parents=True)
     count = max(1, min(count, total or 1))
     per_shard = math.ceil(total / count) if total else 0
     paths = [directory / SHARD_PATTERN.format(index=index, count=count) for index in range(count)]
@@ -69,7 +77,9 @@ def write_shard_lines(out: Path, lines: Iterable[str], total: int, count: int) -
     writer.close()
     for path in writers:  # nothing left for them (no records at all): still one file each, empty
         ArrayRecordWriter(str(path), "group_size:1").close()
-    return paths
+    shutil.rmtree(final, ignore_errors=True)
+    directory.rename(final)
+    return [final / path.name for path in paths]
 
 
 def write_hf_dataset(out: Path, count: int, progress: bool = True) -> str:
@@ -77,6 +87,8 @@ def write_hf_dataset(out: Path, count: int, progress: bool = True) -> str:
     target = out / HF_DATASET_DIR
     if target.exists():  # a stale copy from an earlier run must not sit beside the new shards
         shutil.rmtree(target)
+    for scratch in out.glob(".hf-*"):  # a killed run's
+        shutil.rmtree(scratch, ignore_errors=True)
     try:
         import datasets
     except ImportError:
@@ -101,8 +113,9 @@ def write_hf_dataset(out: Path, count: int, progress: bool = True) -> str:
             else:  # column-wise, so an empty curated set still gets every column
                 dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
             # an empty set left to its default writes zero shards, which load_from_disk cannot read back
-            dataset.save_to_disk(str(target), num_shards=None if count else 1)
+            dataset.save_to_disk(str(Path(scratch) / HF_DATASET_DIR), num_shards=None if count else 1)
             del dataset  # its cache files live in scratch
+            (Path(scratch) / HF_DATASET_DIR).rename(target)  # whole, or not at all
     finally:
         if quiet:
             datasets.enable_progress_bars()
@@ -144,7 +157,8 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
                   semdedup_stats: dict | None = None, seconds: dict | None = None) -> dict:
     """Write everything under `out` from the kept records' and the rejects' JSON lines (streamed: neither is
     held whole); `kept_labels` counts the kept records by (source, kind, language); `seconds` the time
-    the earlier phases took (the card adds its own). Returns the card."""
+    the earlier phases took (the card adds its own). Returns the card, which is written last."""
+    (out / DATA_CARD).unlink(missing_ok=True)  # the directory is no finished curation until the new card is there
     seconds = dict(seconds or {})
     clock = time.perf_counter()
     samples: list[str] = []
@@ -157,10 +171,12 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
 
     shards = write_shard_lines(out, sampled(kept), kept_count, cfg.output.shards)
     by_stage = Counter()
-    with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
+    partial = out / ("rejects.jsonl" + PARTIAL)
+    with open(partial, "w", encoding="utf-8") as f:
         for line in rejects:
             f.write(line + "\n")
             by_stage[json.loads(line)["stage"]] += 1
+    os.replace(partial, out / "rejects.jsonl")
     (out / "samples.jsonl").write_text("".join(line + "\n" for line in samples), encoding="utf-8")
 
     seconds["write"] = time.perf_counter() - clock
@@ -170,6 +186,7 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
     seconds["tokens"] = time.perf_counter() - clock - seconds["write"]
 
     card = {
+        "format": CURATED_FORMAT,  # data/shards.py: training refuses a directory of another format
         "collected": collected,
         "generated": augment_stats.get("generated", 0),
         "kept": kept_count,
@@ -195,9 +212,11 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
     card["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
     if card["kept"] + card["rejected"] != card["collected"] + card["generated"]:
         raise AssertionError("data card does not add up: kept + rejected != collected + generated")
-    (out / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "data_card.md").write_text(_markdown(card), encoding="utf-8")
     _plot(out / "data_card.png", card, lengths.tolist())
+    partial = out / (DATA_CARD + PARTIAL)
+    partial.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, out / DATA_CARD)
     return card
 
 
