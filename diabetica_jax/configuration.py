@@ -67,18 +67,29 @@ def field(default: Any, help: str, path: bool | Callable[[dict], bool] = False, 
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
+def read_text_file(path: str | Path, what: str = "file", error: type[Exception] = InputError) -> str:
+    """The UTF-8 text (a BOM dropped) of a file a user named (`what` says what it should be, e.g. "config
+    file"). `error` naming the path when it is missing, a directory, not a regular file (a FIFO would block the
+    read) or not text (a binary file)."""
+    path = Path(path)
+    if not path.is_file():
+        problem = (f"a directory, not a {what}" if path.is_dir() else
+                   "not a regular file (a pipe or a device?)" if path.exists() else f"{what} not found")
+        raise error(f"{path}: {problem}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); binary data where "
+                    f"a {what} belongs") from e
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's mapping. Missing, a folder, not UTF-8 text (a binary file), not YAML, empty (nothing but
     comments: a truncated or wrong file; write `{}` for all defaults) or not a mapping: ConfigFileError."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigFileError(f"{path}: " + ("a directory, not a config file" if path.is_dir() else
-                                             "config file not found"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigFileError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file in place of a YAML "
-                              "config?") from e
+        data = yaml.safe_load(read_text_file(path, "config file", ConfigFileError))
     except yaml.YAMLError as e:
         raise ConfigFileError(f"{path}: not valid YAML ({e})") from e
     if data is None:

@@ -11,6 +11,7 @@ import traceback
 from diabetica_jax.cli import commands
 from diabetica_jax.evaluation.config import TASKS
 from diabetica_jax.model.config import ATTENTION_BACKENDS, COMPUTE_DTYPES, DEFAULT_RUNTIME
+from diabetica_jax.train.checkpoint import quiet_orbax_leftovers
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -137,15 +138,7 @@ def _quiet_library_internals() -> None:
     stay quiet unless -v or --debug asks for them."""
     for name in ("absl", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    sys.unraisablehook = _unraisable
-
-
-def _unraisable(unraisable) -> None:
-    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
-    if any("orbax" in f.filename or "asyncio" in f.filename for f in frames):
-        logging.getLogger(__name__).debug("ignored after a failed background operation: %r", unraisable.exc_value)
-    else:
-        sys.__unraisablehook__(unraisable)
+    sys.unraisablehook = quiet_orbax_leftovers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ import math
 import re
 from pathlib import Path
 
+from diabetica_jax.configuration import read_text_file
 from diabetica_jax.evaluation.data import EvalDataError
 
 RUBRIC_DIR = Path(__file__).resolve().parent / "rubrics"
@@ -72,15 +73,10 @@ def default_rubric_path(task: str) -> Path:
 
 def load_rubric(path: str | Path) -> Rubric:
     path = Path(path)
-    if not path.is_file():
-        raise RubricError(f"{path}: rubric file not found")
+    text = read_text_file(path, "rubric file", RubricError)
     scale: tuple[int, int] | None = None
     dimensions: dict[str, list[str]] = {}
     current: str | None = None
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RubricError(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file in place of a rubric?") from e
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith("#"):

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from diabetica_jax.configuration import read_text_file
 from diabetica_jax.model.layers import LoRASpec, RopeScaling
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -270,18 +271,11 @@ class QwenConfig:
     @classmethod
     def from_json_file(cls, path: str | Path, **runtime: Any) -> "QwenConfig":
         path = Path(path)
-        if not path.is_file():
-            what = ("a directory, not a file" if path.is_dir() else
-                    "not a regular file (a pipe or a device?)" if path.exists() else "file not found")
-            raise ConfigError(f"{path}: {what}")
-        data = path.read_bytes()
-        if not data.strip():
+        text = read_text_file(path, "file", ConfigError)
+        if not text.strip():
             raise ConfigError(f"{path}: empty file; a checkpoint's config.json describes its architecture")
         try:
-            raw = json.loads(data.decode("utf-8-sig"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); is it "
-                              f"a binary file in place of config.json?") from e
+            raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_hf_dict(raw, source=str(path), **runtime)

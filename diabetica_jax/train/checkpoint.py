@@ -27,6 +27,7 @@ import logging
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -262,17 +263,22 @@ def _disk_full(error: BaseException) -> bool:
     return False
 
 
+def quiet_orbax_leftovers(unraisable) -> None:
+    """A `sys.unraisablehook`: a failed Orbax read or write leaves coroutines and futures that raise again when
+    they are collected ("Exception ignored in ...", with the whole TensorStore spec, hundreds of lines); those
+    (raised in Orbax or asyncio code) go to DEBUG, since the failure itself is reported once where it happened.
+    Anything else is reported as Python would."""
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    if any("orbax" in f.filename or "asyncio" in f.filename for f in frames):
+        log.debug("left over from a failed checkpoint read or write: %s", _first_line(unraisable.exc_value))
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 @contextlib.contextmanager
 def _quiet_leftovers_of_failed_reads():
-    """A failed Orbax restore leaves coroutines and futures that raise again when they are collected
-    ("Exception ignored in ...", with the whole TensorStore spec, hundreds of lines): collect them here and
-    log them at DEBUG; the damage itself is reported once, by the caller."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        log.debug("after a failed checkpoint read: %s", _first_line(unraisable.exc_value))
-
-    sys.unraisablehook = hook
+    """`quiet_orbax_leftovers` while restores are tried, collecting what failed ones left before it goes."""
+    previous, sys.unraisablehook = sys.unraisablehook, quiet_orbax_leftovers
     try:
         yield
     finally:
