@@ -121,7 +121,7 @@ def _mcq_run(name, correct, total):
     from diabetica_jax.evaluation.tasks import mcq_metrics
 
     results = [{"correct": i < correct, "loglik_correct": i < correct, "prediction": "A"} for i in range(total)]
-    return {"model": name, "mode": "own", "tasks": {"mcq": mcq_metrics(results)},
+    return {"model": name, "mode": "own", "tasks": {"mcq": mcq_metrics(results, "picked")},
             "published": {"mcq_pooled_accuracy_pct": {"Diabetica-7B": 87.2}}}
 
 

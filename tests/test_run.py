@@ -16,7 +16,10 @@ SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_
          "train.loop.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
          "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 3}, "
          "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}, "
-         "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2"]
+         "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2",
+         # the recipe's stages, without the instruct stage's own step count
+         "stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
+         "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}}}]"]
 
 
 @pytest.mark.slow
@@ -38,28 +41,31 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     assert verify["identical"] and verify["prompts"] == 2
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "tokenizer.json").is_file()
     summary = (tmp_path / "summary.md").read_text()
-    for heading in ("## Data", "## Training", "## Evaluation", "## Domain gain and general ability", "## Export"):
+    for heading in ("## Data", "## Training", "## Evaluation", "## What training changed, per stage", "## Export"):
         assert heading in summary
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
     # stages: the second continues the first's checkpoint; forgetting measured before training and after each
     instruct = json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())
     assert instruct["model"]["init_from"] == str(tmp_path / "train-adapt")
-    rows = json.loads((tmp_path / "eval" / "forgetting.json").read_text())
+    rows = json.loads((tmp_path / "eval" / "learning.json").read_text())
     assert [r["point"] for r in rows] == ["base", "adapt", "instruct"]
-    assert all(isinstance(r["general_mcq"], float) for r in rows)
-    assert "domain_mcq_accuracy" in rows[0] and "domain_mcq_accuracy" in rows[2]
+    assert all(isinstance(r["general_mcq_accuracy"], float) and r["general_perplexity"] > 1 for r in rows)
+    assert all("domain_mcq_answered" in r for r in rows)  # the demo evaluates its tasks after every stage
     assert "- adapt: 4 steps logged" in summary and "- instruct: 4 steps logged" in summary
-    assert (tmp_path / "forgetting.png").is_file()
+    assert (tmp_path / "learning.png").is_file()
 
     again = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
     assert set(again["stages"].values()) == {"skipped (up to date)"}
+    assert again["seconds"] == result["seconds"]  # a rerun reports the times the stages took when they ran
+    rows = (tmp_path / "summary.md").read_text().splitlines()[6:11]
+    assert [r.split("|")[3].strip() for r in rows] == [f"{s:.0f}" for s in result["seconds"].values()]
     # an evaluation setting changes: only evaluation reruns
     changed = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2"]), tmp_path, progress=False)
     assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
                                  "train instruct": "skipped (up to date)", "eval": "done",
                                  "export": "skipped (up to date)"}
     # a later stage's setting changes: it and what follows rerun, the stage before it does not
-    stages = ("stages=[{name: adapt, train: {data: {kinds: [passage], loss_on: all}}}, "
+    stages = ("stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
               "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}, optim: {lr: 0.004}}}]")
     later = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2", stages]), tmp_path, progress=False)
     assert later["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
@@ -72,7 +78,7 @@ def test_a_run_killed_during_a_middle_stage_resumes_when_rerun(tmp_path):
     args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
             "train.loop.steps=30", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",
             "train.data.global_batch=4", "train.loop.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
-            "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false"]
+            "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false", SMALL[-1]]
     proc = subprocess.Popen(args, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "train-adapt" / "metrics.jsonl"  # killed in the first of the two stages
     deadline = time.time() + 300

@@ -67,15 +67,27 @@ def render(stem: str, options: dict[str, str]) -> str:
     return stem + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items()))
 
 
+# A letter counts only as a standalone token: never inside a word (the "B" of "Basal", the "C" of "HbA1c").
+_NOT_IN_WORD = r"(?<![A-Za-z0-9])([A-H])(?![A-Za-z0-9])"
 _PICK = [
     # the keyword in any case, the letter upper case only: "the answer is a combination" names no option
-    re.compile(r"(?i:answer|答案|正确答案|最佳答案|选择|选)\s*(?i:is|为|是|应为|应选)?\s*[:：]?\s*[(（]?\s*([A-H])(?![A-Za-z])"),
-    re.compile(r"^\s*[(（]?([A-H])[)）]?\s*(?:[.:：、．)]|$)"),
+    re.compile(r"(?i:answer|答案|正确答案|最佳答案|选择|选)\s*(?i:is|为|是|应为|应选)?\s*[:：]?\s*[(（]?\s*"
+               + _NOT_IN_WORD),
+    # the reply opens with the letter: "B", "B.", "B、", "(B)", "B 二甲双胍", "B二甲双胍"
+    re.compile(r"^\s*[(（]?" + _NOT_IN_WORD),
+    # "B." / "B、" / "B)" opening a later line, as in "Reasoning...\nB. metformin"
+    re.compile(r"(?m)^\s*[(（]?" + _NOT_IN_WORD + r"[)）]?\s*[.:：、．)]"),
+    # a bracketed letter anywhere: "(B)", "（B）"
+    re.compile(r"[(（]\s*([A-H])\s*[)）]"),
 ]
+
+# What `picked_option` reads, in words, for reports.
+PICKED_RULE = ("standalone letter: 'Answer: B' / '答案：B', a reply opening with the letter ('B', 'B.', '(B)'), "
+               "'B.' opening a line, or '(B)'; never a letter inside a word")
 
 
 def picked_option(text: str) -> str | None:
-    """The option letter an answer commits to: `Answer: B`, `答案：B`, or a leading `B.`; None if none."""
+    """The option letter an answer commits to, read as a standalone token (PICKED_RULE); None if none."""
     text = unicodedata.normalize("NFKC", text)
     for pattern in _PICK:
         match = pattern.search(text)

@@ -223,3 +223,38 @@ BENCH_GENERAL_MCQ = [
     ("Which gas do plants take in for photosynthesis?", ["Oxygen", "Nitrogen", "Carbon dioxide", "Helium", "Hydrogen"], "C"),
     ("What is 12 multiplied by 12?", ["124", "132", "144", "154", "164"], "C"),
 ]
+
+# Held-out domain text: guideline-style passages in the corpus's style and vocabulary, written apart from FACTS
+# and never curated, so training never sees them. Their perplexity before and after each stage shows whether
+# the model learned the domain's language, which even a tiny model can, long before it can answer questions.
+BENCH_DOMAIN_TEXT = [
+    "糖尿病患者应每天检查双足，注意有无皮肤破损、水疱和颜色改变；每年至少接受一次足部专业检查，以早期发现神经病变和缺血。",
+    "2型糖尿病患者确诊后应立即进行眼底检查，此后每年复查；糖尿病视网膜病变早期常无症状，规律筛查可以减少失明。",
+    "糖尿病患者生病期间不要随意停用胰岛素，应增加血糖监测次数，保证饮水，出现持续呕吐或血酮升高时应及时就医。",
+    "多数糖尿病患者每周应进行至少150分钟中等强度的有氧运动，并每周进行两到三次抗阻训练，运动前后注意监测血糖。",
+    "Adults with diabetes should check their feet every day for cuts, blisters and colour changes, and have a foot "
+    "examination by a professional at least once a year to find neuropathy and poor circulation early.",
+    "A retinal examination is recommended at the diagnosis of type 2 diabetes and then every year; diabetic "
+    "retinopathy often causes no symptoms at first, and regular screening prevents loss of vision.",
+    "During illness people with diabetes should not stop insulin, should check glucose more often and drink enough "
+    "fluid, and should seek care for persistent vomiting or raised blood ketones.",
+    "Most adults with diabetes should do at least 150 minutes of moderate aerobic activity each week, with two or "
+    "three sessions of resistance training, and check glucose before and after exercise.",
+]
+
+# General text with no diabetes content: its perplexity before and after each stage shows what domain training
+# costs (or gives) the model's general language. Written for this project.
+BENCH_GENERAL_TEXT = [
+    "长城是中国古代修建的军事防御工程，东起山海关，西至嘉峪关，绵延数千公里，是世界著名的历史遗迹。",
+    "水在阳光照射下蒸发成水蒸气，上升到高空遇冷凝结成云，云中的水滴变大后落下形成降雨，这就是水循环。",
+    "做面包时先把面粉、酵母、盐和水揉成面团，静置发酵到体积变大，再整形放入烤箱，以两百度左右烘烤。",
+    "高速铁路的列车时速可以超过三百公里，大大缩短了城市之间的旅行时间，也改变了人们出行的方式。",
+    "The Moon orbits the Earth about once every twenty-seven days, and the changing angle of sunlight on its "
+    "surface gives the phases we see from new moon to full moon.",
+    "Plants use sunlight, water and carbon dioxide to make sugar in their leaves, and release oxygen into the air "
+    "as a by-product of photosynthesis.",
+    "A piano makes sound when a key moves a small felt hammer that strikes a tuned steel string inside the "
+    "wooden case of the instrument.",
+    "Football is played by two teams of eleven players who try to move the ball into the other team's goal "
+    "without touching it with their hands or arms.",
+]

@@ -12,7 +12,15 @@ import io
 import json
 
 from diabetica_jax.demo import BENCHMARK_DIR, CORPUS_DIR
-from diabetica_jax.demo.facts import BENCH_CLOZE, BENCH_DIALOG, BENCH_GENERAL_MCQ, BENCH_MCQ, FACTS
+from diabetica_jax.demo.facts import (
+    BENCH_CLOZE,
+    BENCH_DIALOG,
+    BENCH_DOMAIN_TEXT,
+    BENCH_GENERAL_MCQ,
+    BENCH_GENERAL_TEXT,
+    BENCH_MCQ,
+    FACTS,
+)
 
 NOTICE = "DEMO DATA written by the diabetica-jax team for pipeline tests. NOT FOR CLINICAL USE."
 # The clinical tasks' demo items are written by hand, not from facts.py: this script leaves them as they are
@@ -131,6 +139,8 @@ def main() -> None:
               [("demo", q, a) for q, a in BENCH_CLOZE], encoding="gbk")
     (BENCHMARK_DIR / "mini_dialog.jsonl").write_bytes(
         jsonl([{"id": i + 1, "question": q, "rules": r} for i, (q, r) in enumerate(BENCH_DIALOG)]))
+    for name, texts in (("mini_domain_text.jsonl", BENCH_DOMAIN_TEXT), ("mini_general_text.jsonl", BENCH_GENERAL_TEXT)):
+        (BENCHMARK_DIR / name).write_bytes(jsonl([{"id": i + 1, "text": t} for i, t in enumerate(texts)]))
     (BENCHMARK_DIR / "NOTICE.txt").write_text(NOTICE + "\n" + CLINICAL_NOTICE + "\n")
 
 

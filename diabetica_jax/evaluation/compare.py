@@ -326,7 +326,8 @@ def comparison_markdown(rows: list[dict]) -> str:
 
 
 def comparison_plot(rows: list[dict], path: str | Path) -> bool:
-    """MCQ pooled accuracy bars (95% CI or ± std; published bars grey) and dialogue means, in one PNG.
+    """MCQ pooled accuracy bars (95% CI or ± std; published bars grey), cloze ROUGE-L and dialogue means, in one
+    PNG (only the panels some row has).
 
     A plot is a convenience: any failure to draw it is logged and reported as False, never raised."""
     try:
@@ -363,6 +364,19 @@ def _bars(ax, names: list[str], values: list[float], errs: list[list[float]], co
 
 
 def _draw(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(rows)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)
+
+
+def comparison_figure(rows: list[dict]):
+    """One panel per figure that some row has (MCQ accuracy, cloze ROUGE-L, judged dialogue): a panel with
+    nothing to show is left out, and a figure no row has is named in the caption instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,42 +384,41 @@ def _draw(rows: list[dict], path: Path) -> None:
 
     labels = [lbl + (" (published)" if r.get("published") else f" [{r.get('mode')}]")
               for lbl, r in zip(_labels(rows), rows)]
+    panels = []  # (title, x label, x limit, colour, [(label, value, (low err, high err), published)])
     mcq = [(lbl, _num(r.get("mcq_pooled_pct")), _error(r), r.get("published"))
            for lbl, r in zip(labels, rows) if _num(r.get("mcq_pooled_pct")) is not None]
-    dialog = [(lbl, _num(r.get("dialog_mean")), _num(r.get("dialog_std")) or 0.0, r.get("published"))
+    panels.append(("multiple choice (bars: 95% CI or ± std over seeds)", "MCQ pooled accuracy (%)", 100.0,
+                   "tab:blue", mcq))
+    cloze = [(lbl, _num(r.get("cloze_rougeL")), (0.0, 0.0), r.get("published"))
+             for lbl, r in zip(labels, rows) if _num(r.get("cloze_rougeL")) is not None]
+    panels.append(("fill-in-the-blank", "ROUGE-L F1 (0-1)", 1.0, "tab:green", cloze))
+    dialog = [(lbl, _num(r.get("dialog_mean")), (abs(_num(r.get("dialog_std")) or 0.0),) * 2, r.get("published"))
               for lbl, r in zip(labels, rows) if _num(r.get("dialog_mean")) is not None]
-    height = max(4.0, 0.35 * max(len(mcq), len(dialog), 1) + 1.5)
-    fig, axes = plt.subplots(1, 2, figsize=(14, height))
+    panels.append(("open dialogue", "judge score (1-10)", 10.0, "tab:orange", dialog))
+    missing = [title for title, _, _, _, entries in panels if not entries]
+    panels = [p for p in panels if p[4]]
+    height = max(4.0, 0.35 * max([len(p[4]) for p in panels] + [1]) + 1.5)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(7 * max(1, len(panels)), height), squeeze=False)
     try:
-        ax = axes[0]
-        if mcq:
-            names = [m[0] for m in mcq][::-1]
-            values = [m[1] for m in mcq][::-1]
-            errs = [[max(0.0, m[2][0]) for m in mcq][::-1], [max(0.0, m[2][1]) for m in mcq][::-1]]
-            colors = ["lightgray" if m[3] else "tab:blue" for m in mcq][::-1]
-            _bars(ax, names, values, errs, colors)
-            ax.set_xlim(0, max(100.0, max(v + e for v, e in zip(values, errs[1]))))
-        else:
-            ax.text(0.5, 0.5, "no MCQ results", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("MCQ pooled accuracy (%)")
-        ax.set_title("multiple choice (bars: 95% CI or ± std over seeds)")
-        ax = axes[1]
-        if dialog:
-            names = [d[0] for d in dialog][::-1]
-            values = [d[1] for d in dialog][::-1]
-            errs = [max(0.0, abs(d[2])) for d in dialog][::-1]
-            colors = ["lightgray" if d[3] else "tab:orange" for d in dialog][::-1]
-            _bars(ax, names, values, [errs, errs], colors)
-            ax.set_xlim(0, max(10.0, max(v + e for v, e in zip(values, errs))))
-        else:
-            ax.text(0.5, 0.5, "no judged dialogue", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("judge score (1-10)")
-        ax.set_title("open dialogue")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-    finally:
+        for ax, (title, xlabel, limit, colour, entries) in zip(axes[0], panels):
+            names = [e[0] for e in entries][::-1]
+            values = [e[1] for e in entries][::-1]
+            errs = [[max(0.0, e[2][0]) for e in entries][::-1], [max(0.0, e[2][1]) for e in entries][::-1]]
+            _bars(ax, names, values, errs, ["lightgray" if e[3] else colour for e in entries][::-1])
+            ax.set_xlim(0, max(limit, max(v + e for v, e in zip(values, errs[1]))))
+            ax.set_xlabel(xlabel)
+            ax.set_title(title)
+        if not panels:
+            axes[0][0].text(0.5, 0.5, "no results to plot", ha="center", va="center", transform=axes[0][0].transAxes)
+            axes[0][0].set_axis_off()
+        if missing:
+            fig.text(0.01, 0.01, "not shown (no result in these reports): " + "; ".join(m.split(" (")[0] for m in missing),
+                     fontsize=8, color="dimgray")
+        fig.tight_layout(rect=(0, 0.04 if missing else 0, 1, 1))
+    except Exception:
         plt.close(fig)
+        raise
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ all

@@ -12,13 +12,15 @@ from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
 
 PAPER_TASKS = ("mcq", "cloze", "dialog")  # the Diabetica paper's benchmarks
 CLINICAL_TASKS = ("consult", "educate", "summarize")  # the paper's clinical roles, rated by the judge (clinical.py)
-TASKS = PAPER_TASKS + CLINICAL_TASKS
+TEXT_TASKS = ("perplexity",)  # held-out text scored token by token, no generation (perplexity.py)
+TASKS = PAPER_TASKS + CLINICAL_TASKS + TEXT_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
-    task: Literal[TASKS] = field("mcq", "which task: a Diabetica benchmark (mcq, cloze, dialog) or a clinical "
-                                 "role rated by the judge (consult, educate, summarize)")
+    task: Literal[TASKS] = field("mcq", "which task: a Diabetica benchmark (mcq, cloze, dialog), a clinical "
+                                 "role rated by the judge (consult, educate, summarize), or the perplexity of "
+                                 "held-out text (perplexity: a `text` column, or Markdown / text paragraphs)")
     files: list[str] = field([], "benchmark files (relative to data_dir; 'embedded:NAME' for the mini benchmarks)")
     limit: int | None = field(None, "evaluate only the first N items of each file")
     rubric: str | None = field(None, "clinical tasks: the judge's rubric file (default: the package's "

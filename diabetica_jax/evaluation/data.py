@@ -7,11 +7,13 @@ some); whitespace is stripped only to decide whether a cell is empty."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.tables import detect_format, read_rows
+from diabetica_jax.data.text import decode, undecodable
 
 
 class EvalDataError(ValueError):
@@ -49,6 +51,8 @@ def load_items(path: str | Path, task: str, faithful: bool = False) -> list[Item
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"{path}: benchmark file not found")
+    if task == "perplexity":
+        return _passages(path)
     items: list[Item] = []
     columns_checked = False
     for row_index, row in read_rows(path, detect_format(path)):
@@ -82,3 +86,36 @@ def load_items(path: str | Path, task: str, faithful: bool = False) -> list[Item
     if not items:
         raise EvalDataError(f"{path}: no items")
     return items
+
+
+def _passages(path: Path) -> list[Item]:
+    """Text to score (the perplexity task): the `text` column of a table file, or the paragraphs of a Markdown
+    or text file (blank-line separated; heading lines and `>` notes are not passages). Text kept exactly."""
+    fmt = detect_format(path)
+    items: list[Item] = []
+    if fmt == "text":
+        for index, block in enumerate(re.split(r"\n\s*\n", decode_file(path).replace("\r\n", "\n"))):
+            lines = [line for line in block.split("\n") if not line.lstrip().startswith(("#", ">"))]
+            if "".join(lines).strip():
+                items.append(Item(str(index), "\n".join(lines).strip(), ""))
+    else:
+        for row_index, row in read_rows(path, fmt):
+            where = f"{path}: row {row_index}"
+            if isinstance(row, Reject):
+                raise EvalDataError(f"{where}: {row.reason}")
+            text = _text(row.get("text"))
+            if "text" not in row:
+                raise EvalDataError(f"{where}: missing column 'text' (columns: {sorted(row)})")
+            if not text.strip():
+                raise EvalDataError(f"{where}: empty 'text'")
+            items.append(Item(str(row.get("ID") or row.get("id") or row_index), text, ""))
+    if not items:
+        raise EvalDataError(f"{path}: no passages")
+    return items
+
+
+def decode_file(path: Path) -> str:
+    try:
+        return decode(path.read_bytes())[0]
+    except UnicodeDecodeError as e:
+        raise EvalDataError(f"{path}: {undecodable(e)}") from None

@@ -17,7 +17,8 @@ is loaded once.
 report.json (stable keys; a comparison report reads them):
   model, mode, published (the protocol's published_results, when a protocol file is given)
   tasks.mcq: n_items, accuracy, accuracy_ci95, loglik_accuracy (a fraction, or the string "not available
-      (...)" for a model without letter log-probabilities), loglik_accuracy_ci95, unanswered, per_file
+      (...)" for a model without letter log-probabilities), loglik_accuracy_ci95, unanswered,
+      unanswered_rate, answered_rate (answer-format compliance), answer_rule (how letters were read), per_file
   tasks.cloze: n_items, rouge1, rouge2, rougeL, bleu (the mode's BLEU, named by bleu_kind), bleu_char,
       bleu_word, bleu_kind, bleu_word_tokenizer, rouge_whitespace, bertscore_f1 (a number or "not computed
       (...)"), per_file
@@ -36,6 +37,8 @@ report.json (stable keys; a comparison report reads them):
       metrics (mcq: accuracy, loglik_accuracy; cloze: rouge1, rouge2, rougeL, bleu, bleu_char, bleu_word,
       bertscore_f1; dialog: mean_score, mean_score_own, mean_score_original). The metrics outside per_seed
       and seed_stats are seed 42's run (the published seed), whatever `seeds` says.
+  tasks.perplexity: n_items, n_tokens (predicted tokens), mean_nll, perplexity (exp of the token-weighted mean
+      negative log-likelihood; "not available (...)" for an endpoint), n_failed, per_file
   tasks.consult / tasks.educate / tasks.summarize (clinical.py): n_items, n_failed, n_rejected (rows of the
       files that could not be used: OUT/rejects_TASK.jsonl), judge, n_judged, n_unparsed, n_judge_failed,
       rubric, scale, dimensions, ci_method, groups, ratings ({group: {dimension: {mean, ci95, n_scored,
@@ -69,8 +72,9 @@ from diabetica_jax.evaluation import tasks as task_lib
 from diabetica_jax.evaluation.clinical_data import load_clinical_items
 from diabetica_jax.evaluation.clinical_report import clinical_markdown, clinical_plot
 from diabetica_jax.evaluation.compare import comparison_plot, comparison_table
-from diabetica_jax.evaluation.config import CLINICAL_TASKS, PAPER_TASKS, EvalConfig
+from diabetica_jax.evaluation.config import CLINICAL_TASKS, PAPER_TASKS, TEXT_TASKS, EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError, load_items
+from diabetica_jax.evaluation.perplexity import perplexity_summary, run_perplexity
 from diabetica_jax.evaluation.prompts import OWN, Prompts, from_protocol
 from diabetica_jax.evaluation.rubric import RubricError, default_rubric_path, load_rubric
 from diabetica_jax.llm import make_backend
@@ -79,7 +83,8 @@ log = logging.getLogger(__name__)
 
 HEADLINE = {"mcq": ("accuracy", "loglik_accuracy"),
             "cloze": ("rouge1", "rouge2", "rougeL", "bleu", "bleu_char", "bleu_word", "bertscore_f1"),
-            "dialog": ("mean_score", "mean_score_own", "mean_score_original")}
+            "dialog": ("mean_score", "mean_score_own", "mean_score_original"),
+            "perplexity": ("perplexity", "mean_nll")}
 
 
 def resolve(path: str, data_dir: str | None) -> Path:
@@ -203,6 +208,9 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
     section_prompt = {s.task: section_prompts(prompts, s.max_new_tokens, s.task) for s in cfg.tasks}
     for section in cfg.tasks:
         task_prompts = section_prompt[section.task]
+        if section.task in TEXT_TASKS:
+            task_decoding[section.task] = {"strategy": "scoring (no generation)"}
+            continue
         sampling = task_lib.task_sampling(task_prompts, section.task, faithful, default, seeds[0])
         max_new = task_prompts.decoding.get(section.task, {}).get("max_new_tokens",
                                                                   {"mcq": 16, "cloze": 32}.get(section.task, 512))
@@ -227,6 +235,8 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
                 elif section.task == "cloze":
                     results, summary = task_lib.run_cloze(model, subset, task_prompts, cfg.bertscore_model,
                                                           sampling, faithful=faithful)
+                elif section.task == "perplexity":
+                    results, summary = run_perplexity(model, subset)
                 elif section.task == "dialog":
                     results, summary = task_lib.run_dialog(model, subset, task_prompts, judge,
                                                            cfg.judge.concurrency, sampling)
@@ -240,7 +250,9 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
                 per_file[Path(f).name] = summary
                 all_results += results
             if section.task == "mcq":
-                pooled = task_lib.mcq_metrics(all_results)
+                pooled = task_lib.mcq_metrics(all_results, task_prompts.mcq_rule)
+            elif section.task == "perplexity":  # token-weighted over all files' passages
+                pooled = perplexity_summary(all_results)
             elif section.task in CLINICAL_TASKS:  # recomputed from the items: intervals do not pool by file
                 pooled = clinical.task_summary(section.task, all_results, rubrics[section.task],
                                                getattr(judge, "name", None))
@@ -396,8 +408,8 @@ def summary_markdown(runs: list[dict]) -> str:
     lines = ["# Evaluation summary"]
     paper = [run for run in runs if any(task in run["tasks"] for task in PAPER_TASKS)]
     if paper:  # the paper's benchmarks in one table; a suite of clinical tasks only has no row for it
-        lines += ["", "| model | mode | MCQ acc. (95% CI) | MCQ log-lik acc. | cloze ROUGE-L | cloze BLEU | "
-                  "dialog judge mean (scored/n) |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | mode | MCQ acc. (95% CI) | MCQ answered | MCQ log-lik acc. | cloze ROUGE-L | "
+                  "cloze BLEU | dialog judge mean (scored/n) |", "|---|---|---|---|---|---|---|---|"]
     for run in paper:
         t = run["tasks"]
         mcq = t.get("mcq", {})
@@ -406,6 +418,7 @@ def summary_markdown(runs: list[dict]) -> str:
         acc = (f"{100 * mcq['accuracy']:.1f}% ({100 * mcq['accuracy_ci95'][0]:.1f}-{100 * mcq['accuracy_ci95'][1]:.1f})"
                + _spread(mcq, "accuracy", 100) if mcq else "-")
         ll = _pct(mcq["loglik_accuracy"]) if mcq else "-"
+        answered = _pct(mcq.get("answered_rate")) if mcq else "-"
         rl = f"{cloze['rougeL']:.3f}" + _spread(cloze, "rougeL", digits=3) if cloze else "-"
         bl = (f"{cloze['bleu']:.3f} ({cloze.get('bleu_kind', 'bleu')})" + _spread(cloze, "bleu", digits=3)
               if cloze else "-")
@@ -418,7 +431,19 @@ def summary_markdown(runs: list[dict]) -> str:
             dm += (f"; own rule {own:.2f}" if own is not None else "; own rule -") + (
                 f", original rule {orig:.2f} ({dialog.get('n_scored_original')} parsed)" if orig is not None
                 else ", original rule -")
-        lines.append(f"| {run['model']} | {run['mode']} | {acc} | {ll} | {rl} | {bl} | {dm} |")
+        lines.append(f"| {run['model']} | {run['mode']} | {acc} | {answered} | {ll} | {rl} | {bl} | {dm} |")
+    rules = sorted({r["tasks"]["mcq"]["answer_rule"] for r in paper if r["tasks"].get("mcq", {}).get("answer_rule")})
+    if rules:
+        lines += ["", "MCQ letters read by: " + "; ".join(rules) + ". Answered: the share of replies with a "
+                  "readable letter (answer-format compliance)."]
+    scored = [r for r in runs if isinstance(r["tasks"].get("perplexity"), dict)]
+    if scored:
+        lines += ["", "| model | mode | perplexity | mean NLL (nats/token) | passages | tokens |", "|---|---|---|---|---|---|"]
+        for run in scored:
+            t = run["tasks"]["perplexity"]
+            ppl = f"{t['perplexity']:.1f}" if _number(t.get("perplexity")) else str(t.get("perplexity"))
+            nll = f"{t['mean_nll']:.3f}" if _number(t.get("mean_nll")) else "-"
+            lines.append(f"| {run['model']} | {run['mode']} | {ppl} | {nll} | {t['n_items']} | {t['n_tokens']} |")
     decoded = [r for r in runs if r.get("decoding")]
     if decoded:
         lines += ["", "Decoding:", ""]

@@ -33,10 +33,11 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from diabetica_jax.configuration import InputError
-from diabetica_jax.data.mcq import picked_option
+from diabetica_jax.data.mcq import PICKED_RULE, picked_option
 from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.data import Item
 from diabetica_jax.evaluation.judge import judge_answer
+from diabetica_jax.evaluation.perplexity import MAX_TOKENS, passage_nll
 from diabetica_jax.evaluation.prompts import Prompts
 from diabetica_jax.generate import SamplingParams, left_pad
 from diabetica_jax.generate.chat import chat_prompt, engine_for
@@ -143,6 +144,12 @@ class ModelUnderTest:
                 outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return outputs
 
+    def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
+        """(summed negative log-likelihood, predicted tokens) of each text, read as plain text (no template)."""
+        ids = [self.tokenizer.encode(t, add_special_tokens=False)[:MAX_TOKENS] or [self.engine.pad_id]
+               for t in texts]
+        return passage_nll(self.graphdef, self.state, ids, self.engine.pad_id, self.batch_size)
+
     def letter_logprobs(self, conversations: list[list[dict[str, str]]], letters: str) -> np.ndarray:
         """Log-probabilities of each letter's (first) token as the next token: [n, len(letters)]."""
         token_ids = jnp.asarray([self.tokenizer.encode(ch, add_special_tokens=False)[0] for ch in letters],
@@ -178,14 +185,22 @@ def _last_logprobs(graphdef):
     return run
 
 
+# The rule each mode reads a reply's letter with, in words, for the report (`answer_rule`).
+ANSWER_RULES = {
+    "picked": f"own: {PICKED_RULE}; a reply without one is unanswered",
+    "first_letter": "the paper's (faithful): the first A-E character anywhere in the reply, inside words too",
+}
+
+
 def extract_letter(reply: str, options: dict[str, str] | None, rule: str) -> str | None:
-    if rule == "first_letter":  # the protocol's rule: the first A-E character anywhere in the reply
+    """The letter a reply answers with. `first_letter`, the protocol's rule kept exactly: the first A-E
+    character anywhere (so 'Answer: B' reads as A). `picked` (own mode): the option the reply commits to as a
+    standalone letter (data.mcq.picked_option), None when it commits to none or to a letter that is not an
+    option: random text never scores."""
+    if rule == "first_letter":
         return next((ch for ch in reply if ch in "ABCDE"), None)
-    options = options or {}
     picked = picked_option(reply)
-    if picked in options:
-        return picked
-    return next((ch for ch in reply.upper() if ch in options), None)
+    return picked if picked in (options or {}) else None
 
 
 def _generate(model, prompts: Prompts, texts: list[str], max_new_tokens: int, sampling):
@@ -215,13 +230,25 @@ def run_mcq(model, items: list[Item], prompts: Prompts, sampling: SamplingParams
             row.update(prediction=None, correct=None, status=f"failed: {failed[i]}")
         row.update(loglik_prediction=None, loglik_correct=None)
         if scores is not None:
+            row["letter_probability"] = _letter_probability(np.asarray(scores[i], dtype=float), item.options)
             best = _loglik_letter(np.asarray(scores[i], dtype=float), item.options)
             if best is None:  # no usable score over the allowed letters: left out of loglik_accuracy
                 row["loglik_status"] = "unavailable"
             else:
                 row.update(loglik_prediction=best, loglik_correct=best == item.answer)
         results.append(row)
-    return results, mcq_metrics(results)
+    return results, mcq_metrics(results, prompts.mcq_rule)
+
+
+def _letter_probability(score: np.ndarray, options: dict[str, str] | None) -> float | None:
+    """The probability that the reply starts with one of the item's option letters: how well the model learned
+    the answer format, smoothly (a tiny model moves it by orders of magnitude long before its greedy reply
+    starts with a letter). None where the options are unknown or the scores failed (NaN)."""
+    allowed = [j for j, letter in enumerate(LETTERS) if letter in (options or {})]
+    values = score[allowed]
+    if not allowed or np.isnan(values).any():
+        return None
+    return float(np.exp(values).sum())
 
 
 def _loglik_letter(score: np.ndarray, options: dict[str, str] | None) -> str | None:
@@ -237,9 +264,10 @@ def _loglik_letter(score: np.ndarray, options: dict[str, str] | None) -> str | N
     return LETTERS[allowed[int(np.nanargmax(values))]]
 
 
-def mcq_metrics(results: list[dict]) -> dict:
-    """accuracy over the items that did not fail; loglik_accuracy over the items with a log-likelihood
-    prediction (`loglik_unavailable`: the items without one), 'not available' when no item has one."""
+def mcq_metrics(results: list[dict], rule: str) -> dict:
+    """accuracy over the items that did not fail, its letters read by `rule` (named in `answer_rule`);
+    loglik_accuracy over the items with a log-likelihood prediction (`loglik_unavailable`: the items without
+    one), 'not available' when no item has one."""
     scored = [r for r in results if r.get("correct") is not None]
     n = len(scored)
     correct = sum(bool(r["correct"]) for r in scored)
@@ -256,7 +284,14 @@ def mcq_metrics(results: list[dict]) -> dict:
                        loglik_accuracy_ci95=metrics.wilson_interval(by_likelihood, total))
     summary["loglik_unavailable"] = len(results) - len(by_loglik)
     summary["unanswered"] = sum(r["prediction"] is None and r.get("correct") is not None for r in results)
+    # answer-format compliance: the share of replies with a readable letter (a model can learn the format
+    # long before it knows the answers, so this is reported apart from accuracy)
+    summary["unanswered_rate"] = summary["unanswered"] / n if n else float("nan")
+    summary["answered_rate"] = 1.0 - summary["unanswered_rate"] if n else float("nan")
     summary["n_failed"] = len(results) - n
+    masses = [r["letter_probability"] for r in results if r.get("letter_probability") is not None]
+    summary["letter_probability"] = float(np.mean(masses)) if masses else None
+    summary["answer_rule"] = ANSWER_RULES[rule]
     return summary
 
 

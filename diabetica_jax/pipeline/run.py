@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -70,14 +71,7 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Curate, train, evaluate (base and trained), export; return what each stage did."""
     from diabetica_jax.data.curate.pipeline import curate, demo_inputs
 
-    if cfg.export.verify:
-        try:
-            import torch  # noqa: F401  (transformers needs it to reload the export)
-        except ImportError:
-            from diabetica_jax.configuration import ConfigFileError
-
-            raise ConfigFileError("export.verify needs PyTorch for transformers: pip install -e '.[torch]', "
-                                  "or set export.verify=false") from None
+    cfg = without_unavailable_checks(cfg)
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, str] = {}
@@ -96,17 +90,19 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
         if stage.done():
             statuses[label] = "skipped (up to date)"
             log.info("%s: up to date, skipped", label)
+            # the time the stage took when it ran, so a rerun's summary keeps it
+            timings[label] = json.loads(stage.marker.read_text()).get("seconds")
             return
         start = time.perf_counter()
         stage.begin()
         summary = work(stage.dir) or {}
-        stage.finish(summary)
-        statuses[label] = "done"
         timings[label] = time.perf_counter() - start
+        stage.finish({**summary, "seconds": timings[label]})
+        statuses[label] = "done"
 
     do(curate_stage, "curate", lambda out: _card_summary(curate(cfg.curate, out, progress=progress)))
     for t in trainings:
-        do(t.stage, t.label, lambda out, t=t: _train(t.config, out, progress))
+        do(t.stage, t.label, lambda out, t=t: _train(t.config, out, progress, t.name))
     do(eval_stage, "eval", lambda out: _evaluate(cfg, trainings, out, progress))
     do(export_stage, "export", lambda out: _export(cfg, out, final.stage.dir))
     result = {"run_dir": str(run_dir), "stages": statuses, "seconds": timings,
@@ -115,6 +111,20 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
 
     write_summary(run_dir, result)
     return result
+
+
+NO_TORCH = ("export check skipped: transformers needs PyTorch to reload the export, and it is not installed "
+            "(pip install -e '.[torch]', or a CPU build of torch)")
+
+
+def without_unavailable_checks(cfg: RunConfig) -> RunConfig:
+    """The run as it can go here: without PyTorch the export's transformers check (export.verify) is skipped
+    with a one-line note, not refused, so the main job needs no torch. The export stage's hash changes with
+    it, so a rerun once torch is installed exports again and checks."""
+    if not cfg.export.verify or importlib.util.find_spec("torch") is not None:
+        return cfg
+    log.warning(NO_TORCH)
+    return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, verify=False))
 
 
 @dataclasses.dataclass
@@ -155,10 +165,10 @@ def _card_summary(card: dict) -> dict:
     return {k: card[k] for k in ("collected", "generated", "kept", "rejected")}
 
 
-def _train(train_cfg, out: Path, progress: bool) -> dict:
+def _train(train_cfg, out: Path, progress: bool, name: str) -> dict:
     from diabetica_jax.train.loop import train
 
-    result = train(train_cfg, out, progress=progress)
+    result = train(train_cfg, out, progress=progress, name=name)
     if result.preempted:
         raise SystemExit(f"training was preempted at step {result.final_step}; rerun the same command to resume")
     return {"final_step": result.final_step, "data_exhausted": result.data_exhausted}
@@ -166,7 +176,8 @@ def _train(train_cfg, out: Path, progress: bool) -> dict:
 
 def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bool) -> dict:
     """The base model (eval_base) and each stage asked for: the eval tasks into OUT/base, OUT/<stage>; the
-    general tasks (cfg.general) before training and after every stage into OUT/general/<point>."""
+    general tasks (cfg.general) before training and after every stage into OUT/general/<point>; and
+    OUT/learning.json, one row per evaluation point with what was measured there (learning_table)."""
     from diabetica_jax import hf
     from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
     from diabetica_jax.parallel import make_mesh
@@ -178,17 +189,19 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
     # faithful mode decodes with the base checkpoint's generation_config.json, before and after training
     eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or first.model.hf_path)
     general_cfg = dataclasses.replace(eval_cfg, tasks=list(cfg.general), modes=[], mode="own") if cfg.general else None
-    runs, general = [], []
+    runs, points = [], []
 
     def measure(model, name: str, folder: str, domain: bool):
+        point = {"point": folder, "name": name, "domain": None, "general": None}
         if domain:
             result = evaluate(dataclasses.replace(eval_cfg, name=name), out / folder, model=model,
                               tokenizer=tokenizer, progress=progress)
             runs.extend(result.get("runs", [result]))  # one report per mode
+            point["domain"] = result.get("runs", [result])[0]
         if general_cfg is not None:
-            result = evaluate(dataclasses.replace(general_cfg, name=name), out / "general" / folder, model=model,
-                              tokenizer=tokenizer, progress=progress)
-            general.append({"point": folder, "name": name, "report": result})
+            point["general"] = evaluate(dataclasses.replace(general_cfg, name=name), out / "general" / folder,
+                                        model=model, tokenizer=tokenizer, progress=progress)
+        points.append(point)
 
     if cfg.eval_base or general_cfg is not None:
         mesh = make_mesh({"fsdp": -1})
@@ -207,25 +220,44 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
         del model
     (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
     compare_plot(runs[::-1], out / "comparison.png")
-    if general:
-        (out / "forgetting.json").write_text(json.dumps(forgetting_table(runs, general), indent=2) + "\n")
-    return {"runs": [r["model"] for r in runs], "general": [g["name"] for g in general]}
+    (out / "learning.json").write_text(json.dumps(learning_table(points), indent=2) + "\n")
+    return {"runs": [r["model"] for r in runs], "points": [p["name"] for p in points]}
 
 
-def forgetting_table(runs: list[dict], general: list[dict]) -> list[dict]:
-    """Per evaluation point: the domain MCQ accuracy (when the eval tasks ran there) and each general task's
-    headline metric, so domain gain and general loss sit side by side."""
-    domain = {r["model"]: r for r in runs}
+def learning_table(points: list[dict]) -> list[dict]:
+    """Per evaluation point (base, then each stage): the headline figure of every task measured there, keyed
+    `domain_<figure>` (the eval tasks) and `general_<figure>` (the general tasks); a figure not measured at a
+    point is absent from its row (never carried over or drawn through). MCQ accuracy comes with its 95%
+    interval and item count, so small benchmarks can be read as the noise they are."""
     rows = []
-    for g in general:
-        row = {"point": g["point"], "name": g["name"]}
-        run = domain.get(g["name"])
-        if run is not None and isinstance(run.get("tasks", {}).get("mcq"), dict):
-            row["domain_mcq_accuracy"] = run["tasks"]["mcq"].get("accuracy")
-        for task, report in (g["report"].get("tasks") or {}).items():
-            row[f"general_{task}"] = report.get("accuracy", report.get("rougeL"))
+    for p in points:
+        row = {"point": p["point"], "name": p["name"]}
+        for prefix in ("domain", "general"):
+            tasks = (p[prefix] or {}).get("tasks") or {}
+            row.update({f"{prefix}_{k}": v for k, v in headline_figures(tasks).items()})
         rows.append(row)
     return rows
+
+
+def headline_figures(tasks: dict) -> dict:
+    """The numbers a learning table shows of one report's tasks (only those that are numbers)."""
+    picks = {"mcq": {"mcq_accuracy": "accuracy", "mcq_ci95": "accuracy_ci95", "mcq_answered": "answered_rate",
+                     "mcq_letter_probability": "letter_probability",
+                     "mcq_n_items": "n_items"},
+             "perplexity": {"perplexity": "perplexity"}, "cloze": {"cloze_rougeL": "rougeL"},
+             "dialog": {"dialog_mean": "mean_score"}}
+    figures = {}
+    for task, keys in picks.items():
+        report = tasks.get(task)
+        if not isinstance(report, dict):
+            continue
+        for name, key in keys.items():
+            value = report.get(key)
+            if isinstance(value, (list, tuple)):  # an interval
+                figures[name] = list(value)
+            elif isinstance(value, (int, float)) and value == value:  # NaN: not measured
+                figures[name] = value
+    return figures
 
 
 def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:
@@ -234,6 +266,8 @@ def _export(cfg: RunConfig, out: Path, train_dir: Path) -> dict:
     exported = export_run(train_dir, out, dtype=cfg.export.dtype, max_shard_size=cfg.export.max_shard_size,
                           progress=False)
     summary = {"step": exported.step, "dtype": cfg.export.dtype or exported.model_config.source_dtype}
+    if not cfg.export.verify and importlib.util.find_spec("torch") is None:
+        (out / "verify.json").write_text(json.dumps({"skipped": NO_TORCH}) + "\n")
     if cfg.export.verify:
         summary["verify"] = verify_export(out, exported.tokenizer, cfg.export.verify_prompts, cfg.export.verify_tokens)
         (out / "verify.json").write_text(json.dumps(summary["verify"], indent=2, ensure_ascii=False) + "\n")

@@ -110,8 +110,10 @@ def _resume(checkpoints: Checkpoints, setup, data_iterator) -> tuple[TrainState 
     return state, step
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present."""
+def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
+          name: str = "train") -> TrainResult:
+    """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present.
+    `name` labels the progress bar (a multi-stage run's stage name)."""
     run_dir = Path(run_dir)
     check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
@@ -150,6 +152,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
             run_dir, start_step=start, total_steps=cfg.loop.steps, tokens_per_step=tokens_per_step,
             flops_per_step=tokens_per_step * flops_per_token, peak_flops=peak * jax.device_count() if peak else None,
             log_every=cfg.loop.log_every, tensorboard=cfg.loop.tensorboard, enabled=writer, progress=progress,
+            name=name,
         )
         saver = CheckpointHooks(checkpoints, setup.meta, feed.iterator, saved=start)
 

@@ -50,6 +50,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         enabled: bool = True,
         progress: bool = True,
+        name: str = "train",
     ):
         self.enabled = enabled
         self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
@@ -67,7 +68,7 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress,
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step", disable=not progress,
                         dynamic_ncols=True)
 
     def push(self, step: int, metrics: Any) -> None:
