@@ -104,7 +104,7 @@ def test_training_on_curated_data_resumes_with_the_next_batches(tmp_path):
 
     from diabetica_jax.train.loop import train
 
-    settings = curated_training(tmp_path, "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=128",
+    settings = curated_training(tmp_path, "data.seq_len=128", "data.global_batch=4", "loop.loss_chunk=16",
                                 "loop.steps=5", "loop.checkpoint_every=2", "optim.lr=3e-3")
     cfg = load_config(TrainConfig, None, settings)
     whole = train(cfg, tmp_path / "whole", progress=False)

@@ -13,7 +13,7 @@ from diabetica_jax.pipeline.run import run
 
 DEMO = str(REPO / "configs" / "recipes" / "demo.yaml")
 SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_len=128", "train.data.global_batch=4",
-         "train.loop.loss_chunk=128", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
+         "train.loop.loss_chunk=16", "train.mesh.fsdp=2", "train.optim.warmup_steps=1",
          "eval.tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 3}, "
          "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}, "
          "{task: dialog, files: ['embedded:mini_dialog.jsonl'], limit: 1}]", "export.verify_prompts=2",
@@ -77,7 +77,7 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
 def test_a_run_killed_during_a_middle_stage_resumes_when_rerun(tmp_path):
     args = ["python", "-m", "diabetica_jax.cli", "run", DEMO, "--run-dir", str(tmp_path), "--no-progress",
             "train.loop.steps=30", "train.loop.checkpoint_every=1000", "train.data.seq_len=64",
-            "train.data.global_batch=4", "train.loop.loss_chunk=64", "eval.tasks=[{task: mcq, files: "
+            "train.data.global_batch=4", "train.loop.loss_chunk=16", "eval.tasks=[{task: mcq, files: "
             "['embedded:mini_mcq.csv'], limit: 1}]", "eval_base=false", "export.verify=false", SMALL[-1]]
     proc = subprocess.Popen(args, env=cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "train-adapt" / "metrics.jsonl"  # killed in the first of the two stages

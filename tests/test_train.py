@@ -110,7 +110,7 @@ def test_data_running_out_ends_the_run_with_a_checkpoint(tmp_path):
     from diabetica_jax.configuration import load_config
     from diabetica_jax.train.config import TrainConfig
 
-    settings = curated_training(tmp_path, "data.seq_len=512", "data.global_batch=8", "loop.loss_chunk=256",
+    settings = curated_training(tmp_path, "data.seq_len=512", "data.global_batch=8", "loop.loss_chunk=16",
                                 "loop.checkpoint_every=1000", "optim.warmup_steps=1")
     # loop.steps=-1: as many steps as the data fills, saved at the last one
     counted = train(load_config(TrainConfig, None, settings + ["loop.steps=-1"]), tmp_path / "counted", progress=False)
