@@ -1,7 +1,7 @@
 """The clinic web page (GET /) in headless Chromium against the server with the tiny random model.
 
 Drives Debian's `chromium` + `chromium-driver` through Selenium (never Selenium Manager: nothing is downloaded).
-Checks what a user sees (the research-model notice, the model name, role prompts), that an answer streams in
+Checks what a user sees (the research-model notice, the model name and its demo notice, role prompts), that an answer streams in
 more than one piece and equals the non-streaming API's greedy answer, that follow-ups carry the history, and
 that HTTP errors (401 without the API key, 400 for too many tokens) are shown in the chat.
 Screenshots go to $DIABETICA_ARTIFACTS when set, else the test's tmp_path.
@@ -136,6 +136,12 @@ def test_page_streams_answers_that_match_the_api(driver, server, served, artifac
     assert notice.is_displayed()
     assert "not medical advice" in notice.text and "emergency services" in notice.text
     assert "research model" in notice.text.lower() and "diagnose" in notice.text
+    # a random preset: the page is named after it, not "Diabetica", and says it is a demo model
+    assert driver.find_element(By.ID, "page-title").text == served.name and served.name in driver.title
+    assert "Diabetica" not in driver.title
+    assert driver.find_element(By.ID, "model-badge").is_displayed()
+    demo = driver.find_element(By.ID, "demo-notice")
+    assert demo.is_displayed() and "random weights" in demo.text
 
     prompt = driver.find_element(By.ID, "system-prompt")
     patient = prompt.get_property("value")

@@ -202,7 +202,9 @@ class Batcher:
         return tokens
 
     def warmup(self) -> None:
-        """Compile the decode step and every prompt bucket now, so no request waits on a compilation."""
+        """Compile the decode step and every prompt bucket now, so no request waits on a compilation.
+        Call it before serving: its requests are not clients', so the counts `load` reports (and /health
+        shows) start from zero after it. Safe then: its last request's counts are in before its result."""
         width = MIN_BUCKET
         while True:
             self.submit([self.pad_id] * min(width, self.max_prompt_tokens), 1).result()
@@ -210,6 +212,9 @@ class Batcher:
                 break
             width *= 2
         self.submit([self.pad_id], 2).result()
+        with self._wake:
+            self.admitted = self.steps = self.peak_active = 0
+            self.finished.clear()
 
     @property
     def load(self) -> dict:

@@ -64,8 +64,12 @@ def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette
     async def models(request: Request) -> Response:
         authorise(request)
         limits = {"max_prompt_tokens": served.limits.max_prompt_tokens, "max_new_tokens": served.limits.max_new_tokens}
+        # beyond OpenAI's fields: the limits (the page starts within them) and whether this is a demo model
+        # (random or tiny weights; the page shows the description as a notice)
         return JSONResponse({"object": "list", "data": [
-            {"id": served.name, "object": "model", "created": 0, "owned_by": "diabetica-jax", "limits": limits}]})
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "diabetica-jax", "limits": limits,
+             "parameters": served.parameters, "demo": served.description is not None,
+             "description": served.description}]})
 
     async def chat_completions(request: Request) -> Response:
         authorise(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import secrets
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from diabetica_jax.generate.batcher import Batcher
 from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.train.run_dir import load_run_config, trained_model
+
+log = logging.getLogger(__name__)
+
+# Below this many parameters a model is a smoke test of the code (the tiny preset, which the demo recipe
+# trains, has 9.8M), not one that knows medicine: the API and the page say so. The smallest real Qwen has 494M.
+DEMO_MAX_PARAMS = 100_000_000
+# Folder names `diabetica-jax run` gives its stages inside RUN_DIR (pipeline/run.py): an export in RUN_DIR/hf,
+# a training run in RUN_DIR/train or RUN_DIR/train-NAME. They say nothing on their own, so the run names them.
+# A stage folder is told apart from a folder that merely has such a name by the marker files the pipeline
+# writes into it (`.started.json` when the stage begins, `.stage.json` when it is done).
+PIPELINE_MARKERS = (".stage.json", ".started.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +50,32 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "train_config.json").is_file()
 
 
+def served_name(directory: str | Path, step: int | None = None) -> str:
+    """The name a checkpoint or run directory is served under unless `--name` says otherwise: the folder's
+    name, plus `-step{step}` for a training run directory. A pipeline's stage folder takes its run's name
+    instead: runs/demo/hf -> "demo", runs/demo/train -> "demo-step30", runs/demo/train-instruct ->
+    "demo-instruct-step30" (the stage is kept where a run has several)."""
+    path = Path(directory).resolve()
+    name = path.name
+    is_stage = name == "hf" or name == "train" or name.startswith("train-")
+    if is_stage and any((path / marker).is_file() for marker in PIPELINE_MARKERS):
+        name = path.parent.name + ("" if name == "hf" else name.removeprefix("train"))
+    return name if step is None else f"{name}-step{step}"
+
+
+def demo_description(config: QwenConfig, random_preset: str | None = None, run_preset: str | None = None
+                     ) -> str | None:
+    """What makes a model a demo, in words (None for a real model): random weights (`random_preset`), or tiny
+    ones: fewer than DEMO_MAX_PARAMS parameters, or a run whose config trained the tiny preset (`run_preset`:
+    the preset a training run started from, None when it started from a checkpoint)."""
+    if random_preset is not None:
+        return f"demo model: {random_preset} preset, random weights"
+    params = config.num_params()
+    if params < DEMO_MAX_PARAMS or run_preset == "tiny":
+        return f"demo model: tiny weights ({params / 1e6:.1f}M parameters)"
+    return None
+
+
 def _check_generation_config(directory: str | Path) -> None:
     """InputError naming the file when a checkpoint's generation_config.json (the default decoding) is there but
     is no JSON object; an absent one means greedy decoding."""
@@ -56,13 +94,21 @@ def _check_generation_config(directory: str | Path) -> None:
 class ServedModel:
     """One model behind the API: `name` is what /v1/models lists and requests must name.
 
+    `description` says why it is a demo model (random weights, `random_preset` names their preset, or
+    fewer than DEMO_MAX_PARAMS parameters), None for a real one; /v1/models and the page show it.
+
     `defaults` is the decoding a request gets for the sampling fields it leaves out: the checkpoint's
     generation_config.json when it has one (as `transformers.generate` would decode), else greedy.
     """
 
     def __init__(self, model, tokenizer, name: str, limits: ServeLimits = ServeLimits(),
-                 generation_config: str | Path | None = None, warmup: bool = False):
+                 generation_config: str | Path | None = None, warmup: bool = False,
+                 random_preset: str | None = None, run_preset: str | None = None):
         self.name, self.tokenizer, self.limits = name, tokenizer, limits
+        self.parameters = model.config.num_params()
+        self.description = demo_description(model.config, random_preset, run_preset)
+        if self.description:
+            log.warning("serving %r, a %s: its answers carry no medical knowledge", name, self.description)
         self.defaults = read_generation_config(generation_config)
         stop, pad = stop_and_pad(tokenizer)
         self.batcher = Batcher(model, stop, pad, slots=limits.slots,
@@ -77,25 +123,27 @@ class ServedModel:
         """A Hugging Face checkpoint directory, a training run directory (its latest checkpoint), or, with
         `source` empty, a preset with random weights (a smoke test of the serving path, not a model)."""
         runtime = {} if dtype is None else {"dtype": dtype}
-        generation_config = None
+        generation_config, random_preset, run_preset = None, None, None
         if source and Path(source).is_dir() and not is_run_dir(source):
             hf.read_config(source)  # a broken config.json or generation_config.json stops here, before any weight
             _check_generation_config(source)
         if not source:
             model = create_model(QwenConfig.preset(preset, **runtime), seed=seed)
-            tokenizer, name = hf.load_tokenizer(None), name or f"{preset}-random"
+            tokenizer, name, random_preset = hf.load_tokenizer(None), name or f"{preset}-random", preset
         elif is_run_dir(source):
             model, _, step = trained_model(source)
-            hf_path = load_run_config(source).model.hf_path
+            model_section = load_run_config(source).model
+            hf_path = model_section.hf_path
+            run_preset = model_section.preset if hf_path is None else None  # hf_path overrides the preset
             tokenizer, generation_config = hf.load_tokenizer(hf_path), hf_path
-            name = name or f"{Path(source).resolve().name}-step{step}"
+            name = name or served_name(source, step)
         elif Path(source).is_dir():
             model, _ = hf.load(source, progress=False, **runtime)
             tokenizer, generation_config = hf.load_tokenizer(source), source
-            name = name or Path(source).resolve().name
+            name = name or served_name(source)
         else:
             raise FileNotFoundError(f"{source}: not a checkpoint directory (config.json + safetensors) or run directory")
-        return cls(model, tokenizer, name, limits, generation_config, warmup)
+        return cls(model, tokenizer, name, limits, generation_config, warmup, random_preset, run_preset)
 
     def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None,
                  repetition_penalty: float | None, seed: int | None) -> SamplingParams:
