@@ -8,122 +8,147 @@ import os
 import sys
 import traceback
 
-from diabetica_jax.cli import commands
-from diabetica_jax.evaluation.config import TASKS
-from diabetica_jax.model.config import ATTENTION_BACKENDS, COMPUTE_DTYPES, DEFAULT_RUNTIME
-from diabetica_jax.train.checkpoint import quiet_orbax_leftovers
+# Only light imports here: `commands` (JAX, Transformers, Orbax: seconds to load) is imported once the
+# arguments parsed, so that `--help` and usage errors answer at once.
+from diabetica_jax.cli import choices
+
+DEBUG_ENV = "DIABETICA_JAX_DEBUG"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default after its help, except an absent one (None, a flag's False) and one the help
+    already words itself ("default: ...")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors)")
     p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
     p.add_argument("--seed", type=int, default=0, help="random init seed for --preset, and the sampling seed")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--dtype", default=DEFAULT_RUNTIME["dtype"], choices=COMPUTE_DTYPES, help="compute dtype")
-    p.add_argument("--attention", default=DEFAULT_RUNTIME["attention"], choices=ATTENTION_BACKENDS)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest reply, in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0: all")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the likeliest tokens up to this mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise the tokens already in the text; 1: off")
+    p.add_argument("--dtype", default=choices.DEFAULT_DTYPE, choices=choices.COMPUTE_DTYPES, help="compute dtype")
+    p.add_argument("--attention", default=choices.DEFAULT_ATTENTION, choices=choices.ATTENTION_BACKENDS,
+                   help="attention kernel; auto: the fastest this device has")
     p.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
     p.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
 
 
 def _config_args(p: argparse.ArgumentParser, what: str, example: str, optional: bool = False) -> None:
     p.add_argument("config", nargs="?" if optional else None, help=what)
-    p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, before or after the options, e.g. {example}")
+
+
+def _run_dir_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--run-dir", required=True, help=what)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diabetica-jax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="diabetica-jax", formatter_class=_HelpFormatter,
+                                     description="Curate data, fine-tune, evaluate, export and serve "
+                                                 "diabetes-specialised Qwen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback under an input error too (or set {DEBUG_ENV}=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these (`diabetica-jax COMMAND --help` for its options)")
 
-    p = sub.add_parser("generate", help="generate text from a checkpoint or the embedded default model")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+    p = command("generate", "generate text from a checkpoint or the embedded default model")
     _model_flags(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeatable); a diabetes question by default")
     p.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
 
-    p = sub.add_parser("chat", help="interactive multi-turn chat with streamed tokens")
+    p = command("chat", "interactive multi-turn chat with streamed tokens (/help in the chat lists its commands)")
     _model_flags(p)
     p.add_argument("--system", help="system prompt")
     p.set_defaults(max_new_tokens=512)
 
-    p = sub.add_parser("train", help="fine-tune (full or LoRA) from a training config (configs/train/)")
+    p = command("train", "fine-tune (full or LoRA) from a training config (configs/train/)")
     _config_args(p, "training config, e.g. configs/train/tiny.yaml", "loop.steps=100 mesh.tensor=2")
-    p.add_argument("--run-dir", required=True, help="metrics, TensorBoard and checkpoints go here; rerun to resume")
+    _run_dir_flags(p, "metrics, TensorBoard and checkpoints go here; rerun to resume")
     p.add_argument("--stop-after", type=int, help="run at most this many steps now (the schedule still spans loop.steps)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("multi-host (automatic on TPU pods and SLURM)")
     group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
-    group.add_argument("--num-processes", type=int)
-    group.add_argument("--process-id", type=int)
+    group.add_argument("--num-processes", type=int, help="how many processes (hosts) take part")
+    group.add_argument("--process-id", type=int, help="this process's index, 0 to --num-processes - 1")
 
-    p = sub.add_parser("plan", help="compile the train step for a mesh on emulated devices and print per-device memory")
+    p = command("plan", "compile the train step for a mesh on emulated devices and print per-device memory")
     _config_args(p, "a training config (configs/train/) or a recipe (configs/recipes/: its train section)",
                  "train.mesh.fsdp=16")
-    p.add_argument("--kind", choices=commands.CONFIG_KINDS, help="what the config is (default: from its folder)")
+    p.add_argument("--kind", choices=choices.CONFIG_KINDS, help="what the config is (default: from its folder)")
     p.add_argument("--devices", type=int, help="emulated devices (default: the mesh's size when fully given)")
 
-    p = sub.add_parser("curate", help="collect, filter, augment and refine training data; write shards and a data card")
+    p = command("curate", "collect, filter, augment and refine training data; write shards and a data card")
     _config_args(p, "curation config (default: the embedded demo corpus)", "augment.backend=openai", optional=True)
     p.add_argument("--input", action="append", help="input file (repeatable): curate these with the default stages")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory: shards, rejects.jsonl, data_card.md")
 
-    p = sub.add_parser("eval", help="run the Diabetica benchmarks (MCQ, fill-in-the-blank, judged dialogue)")
-    _config_args(p, "suite config, e.g. eval/demo.yaml or eval/diabetica.yaml", "mode=faithful", optional=True)
+    p = command("eval", "run the Diabetica benchmarks (MCQ, fill-in-the-blank, judged dialogue)")
+    _config_args(p, "suite config, e.g. eval/demo.yaml or eval/diabetica.yaml (default: the embedded mini "
+                    "benchmarks)", "data_dir=/data/diabetica", optional=True)
     p.add_argument("--model", help="Hugging Face checkpoint directory, or openai:NAME for an OpenAI-compatible "
                                    "endpoint (default: the tiny random preset)")
+    p.add_argument("--mode", choices=choices.EVAL_MODES, help="own: the project's prompts, greedy decoding and rules; "
+                                                      "faithful: the paper's (default: the config's mode, own)")
     p.add_argument("--endpoint", help="base URL of the endpoint for --model openai:NAME (default: endpoint.base_url)")
     p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key")
     p.add_argument("--seeds", type=int, help="faithful mode: sampled runs with seeds 42, 43, ... (mean and spread)")
-    p.add_argument("--task", choices=TASKS, help="one task on one --data file, no suite")
+    p.add_argument("--task", choices=choices.TASKS, help="one task on one --data file, no suite")
     p.add_argument("--data", help="benchmark file for --task")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--compare", nargs="*", help="earlier report directories to compare against in the plot")
 
-    p = sub.add_parser("compare", help="one table and plot from several evaluation reports, beside the published rows")
+    p = command("compare", "one table and plot from several evaluation reports, beside the published rows")
     p.add_argument("reports", nargs="+", help="report.json files or evaluation output directories")
     p.add_argument("--out", required=True, help="where comparison.md, comparison.json and comparison.png go")
     p.add_argument("--protocol", help="protocol.json (or its folder) whose published results join the table")
 
-    p = sub.add_parser("run", help="the whole pipeline: curate, train, eval, export (finished stages are skipped)")
+    p = command("run", "the whole pipeline: curate, train, eval, export (finished stages are skipped)")
     _config_args(p, "recipe, e.g. configs/recipes/demo.yaml", "train.loop.steps=20")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--no-progress", action="store_true")
+    _run_dir_flags(p, "one folder per stage goes here (data, train-STAGE, eval, hf); rerun to resume")
 
-    p = sub.add_parser("serve", help="an OpenAI-compatible API (continuous batching) and the clinic web page")
+    p = command("serve", "an OpenAI-compatible API (continuous batching) and the clinic web page")
     p.add_argument("--model", help="Hugging Face checkpoint directory or training run directory "
                                    "(default: --preset with random weights, a smoke test)")
     p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
     p.add_argument("--name", help="model name clients ask for (default: the directory's name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1: this machine only, 0.0.0.0: every interface")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
-    p.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype (default: float32)")
+    p.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="compute dtype (default: float32)")
     group = p.add_argument_group("limits")
     group.add_argument("--slots", type=int, default=8, help="requests decoded together")
-    group.add_argument("--max-prompt-tokens", type=int, default=1024)
+    group.add_argument("--max-prompt-tokens", type=int, default=1024, help="longest prompt accepted, in tokens")
     group.add_argument("--max-tokens", type=int, default=512, help="most new tokens one request may ask for")
     group.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
     p.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")
 
-    p = sub.add_parser("export", help="write a training run's checkpoint as a Hugging Face checkpoint")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--out", required=True)
+    p = command("export", "write a training run's checkpoint as a Hugging Face checkpoint")
+    p.add_argument("--run-dir", required=True, help="the training run directory (of `train`, or run's train-STAGE)")
+    p.add_argument("--out", required=True, help="Hugging Face checkpoint directory to write")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
-    p.add_argument("--dtype", choices=COMPUTE_DTYPES, help="weights dtype (default: the source checkpoint's)")
-    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="weights dtype (default: the source checkpoint's)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 2GB or 500MB")
     return parser
-
-
-DEBUG_ENV = "DIABETICA_JAX_DEBUG"
 
 
 def _input_error(error: BaseException) -> str | None:
     """The one line for an error that means "this input cannot be used", else None (a bug: traceback)."""
+    from diabetica_jax.cli import commands  # loaded by main() already
+
     if isinstance(error, OSError) and error.filename:  # unreadable, a folder for a file, disk full, ...
         return f"{error.filename}: {error.strerror or error}"
     if isinstance(error, commands.USER_ERRORS):
@@ -138,6 +163,8 @@ def _quiet_library_internals() -> None:
     stay quiet unless -v or --debug asks for them."""
     for name in ("absl", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    from diabetica_jax.train.checkpoint import quiet_orbax_leftovers  # loaded with `commands` already
+
     sys.unraisablehook = quiet_orbax_leftovers
 
 
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    from diabetica_jax.cli import commands  # the slow import, only once there is work to do
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per teacher/judge request under -v
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")

@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 
 from diabetica_jax import hf
+from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config
 from diabetica_jax.data.curate.config import load_curate_config
 from diabetica_jax.data.curate.pipeline import curate as run_curation
@@ -38,8 +39,7 @@ USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileErr
 # A run that stopped for a reason outside its inputs (a full disk): reported in one line, exit code 1.
 RUN_FAILURES = (CheckpointSaveError,)
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
-# A config's kind is the folder it lives in: configs/recipes/ (the whole pipeline) or configs/train/.
-CONFIG_KINDS = ("recipe", "train")
+# A config's kind (cli.choices.CONFIG_KINDS) is the folder it lives in: configs/recipes/ or configs/train/.
 _KIND_OF_FOLDER = {"recipes": "recipe", "train": "train"}
 
 
@@ -162,9 +162,10 @@ def curate(args) -> int:
     return 0
 
 
-def eval(args) -> int:  # noqa: A001 (the command's name)
+def eval_config_and_overrides(args) -> tuple[str | None, list[str]]:
+    """The eval config file and the overrides its options make (--model: model=..., ...), for load_config."""
     config, overrides = _config_and_overrides(args)
-    for key, value in (("model", args.model), ("endpoint.base_url", args.endpoint),
+    for key, value in (("model", args.model), ("mode", args.mode), ("endpoint.base_url", args.endpoint),
                        ("endpoint.api_key_env", args.api_key_env), ("seeds", args.seeds)):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -172,7 +173,11 @@ def eval(args) -> int:  # noqa: A001 (the command's name)
         if not (args.task and args.data):
             raise ConfigFileError("eval: --task and --data go together")
         overrides.append(f"tasks=[{{task: {args.task}, files: [{json.dumps(str(Path(args.data).absolute()))}]}}]")
-    cfg = load_config(EvalConfig, config, overrides)
+    return config, overrides
+
+
+def eval(args) -> int:  # noqa: A001 (the command's name)
+    cfg = load_config(EvalConfig, *eval_config_and_overrides(args))
     earlier = load_reports(args.compare) if args.compare else []  # read (and refused) before any work
     result = evaluate(cfg, args.out)
     runs = result.get("runs", [result]) + earlier

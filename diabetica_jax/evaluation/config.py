@@ -7,13 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from diabetica_jax.configuration import FieldError, field, require_positive
+from diabetica_jax.evaluation.task_names import CLINICAL_TASKS, MODES, PAPER_TASKS, TASKS, TEXT_TASKS  # noqa: F401 (re-exported)
 from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
-
-PAPER_TASKS = ("mcq", "cloze", "dialog")  # the Diabetica paper's benchmarks
-CLINICAL_TASKS = ("consult", "educate", "summarize")  # the paper's clinical roles, rated by the judge (clinical.py)
-TEXT_TASKS = ("perplexity",)  # held-out text scored token by token, no generation (perplexity.py)
-TASKS = PAPER_TASKS + CLINICAL_TASKS + TEXT_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +26,6 @@ class TaskSection:
 
 
 # Without a tasks list, the embedded mini benchmarks (as eval/demo.yaml runs them).
-MODES = ("own", "faithful")
 MINI_SUITE = [TaskSection("mcq", ["embedded:mini_mcq.csv"]), TaskSection("cloze", ["embedded:mini_cloze.csv"]),
               TaskSection("dialog", ["embedded:mini_dialog.jsonl"])]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from diabetica_jax.generate.engine import Engine
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -38,31 +40,57 @@ def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def repl(engine, tokenizer, sampling, max_new_tokens: int, system: str | None = None) -> None:
-    """Interactive chat in the terminal: streamed tokens, multi-turn history, /reset and /quit (or Ctrl-D)."""
-    history = [{"role": "system", "content": system}] if system else []
-    print("diabetica-jax chat: type a message; /reset clears the history, /quit (or Ctrl-D) leaves.")
+CHAT_HELP = """commands (anything else is a message to the model):
+  /help          this list
+  /reset         forget the conversation (the system prompt stays)
+  /system TEXT   set the system prompt and start a new conversation (/system alone: none)
+  /exit, /quit   leave (or Ctrl-D)
+  //TEXT         send a message that begins with /"""
+
+
+def repl(engine, tokenizer, sampling, max_new_tokens: int, system: str | None = None,
+         read: Callable[[str], str] | None = None, write: Callable[..., None] | None = None) -> None:
+    """Interactive chat in the terminal: streamed tokens, multi-turn history. A line starting with / is a
+    command handled here (CHAT_HELP), never sent to the model: a mistyped command would otherwise be answered
+    as a question. `read` and `write` default to input() and print(), looked up now (tests script either)."""
+    read, write = read or input, write or print
+    history: list[dict[str, str]] = []
+    write("diabetica-jax chat: type a message; /help lists the commands, /quit (or Ctrl-D) leaves.")
     while True:
         try:
-            text = input("\nyou> ").strip()
+            text = read("\nyou> ").strip()
         except (EOFError, KeyboardInterrupt):
-            print()
+            write()
             return
-        if text in ("/quit", "/exit"):
-            return
-        if text == "/reset":
-            history = history[:1] if system else []
-            continue
         if not text:
             continue
+        if text.startswith("/") and not text.startswith("//"):
+            name, _, rest = text.partition(" ")
+            if name in ("/quit", "/exit"):
+                return
+            if name == "/help":
+                write(CHAT_HELP)
+            elif name == "/reset":
+                history = []
+                write("(conversation cleared" + (": the system prompt stays)" if system else ")"))
+            elif name == "/system":
+                system, history = rest.strip() or None, []
+                write(f"(system prompt set: {system!r}; new conversation)" if system
+                      else "(no system prompt; new conversation)")
+            else:
+                write(f"(unknown command {name}: /help lists the commands; //{text[1:]} sends it to the model)")
+            continue
+        if text.startswith("//"):
+            text = text[1:]
         history.append({"role": "user", "content": text})
-        print("assistant> ", end="", flush=True)
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        write("assistant> ", end="", flush=True)
         reply: list[int] = []
         shown = ""
-        for token in engine.stream(chat_prompt(tokenizer, history), max_new_tokens, sampling):
+        for token in engine.stream(chat_prompt(tokenizer, messages), max_new_tokens, sampling):
             reply.append(token)
             decoded = tokenizer.decode(reply, skip_special_tokens=True)
-            print(decoded[len(shown):], end="", flush=True)  # decode the whole reply: multi-byte characters
+            write(decoded[len(shown):], end="", flush=True)  # decode the whole reply: multi-byte characters
             shown = decoded
-        print()
+        write()
         history.append({"role": "assistant", "content": shown})
