@@ -94,8 +94,9 @@ def _check_generation_config(directory: str | Path) -> None:
 class ServedModel:
     """One model behind the API: `name` is what /v1/models lists and requests must name.
 
-    `description` says why it is a demo model (random weights, `random_preset` names their preset, or
-    fewer than DEMO_MAX_PARAMS parameters), None for a real one; /v1/models and the page show it.
+    `description` says why it is a demo model (random weights, `random_preset` names their preset; fewer
+    than DEMO_MAX_PARAMS parameters; or a training run whose config started from the tiny preset,
+    `run_preset`), None for a real one; /v1/models and the page show it.
 
     `defaults` is the decoding a request gets for the sampling fields it leaves out: the checkpoint's
     generation_config.json when it has one (as `transformers.generate` would decode), else greedy.
