@@ -3,7 +3,8 @@
 Reads the `report.json` files that `diabetica-jax eval` writes (one per model and mode) and lays them
 out as the paper does: MCQ accuracy on A1, A2 and pooled, fill-in-the-blank ROUGE-1/2/L, BLEU and
 BERTScore, and the judged dialogue mean, followed by the published reference rows of the protocol
-file (`published_results`; only the columns the paper published, the others left empty).
+file (`published_results`; only the columns the paper published, the others left empty): the file given,
+else the one the reports were run with, else the paper's protocol shipped with the package.
 
 Optional report keys (`decoding`, `seeds`, `seed_stats` with the mean and standard deviation over
 seeds, `bleu_char`, `mean_score_original`, a `loglik_accuracy` of "not available") are shown when
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from diabetica_jax.configuration import InputError
+from diabetica_jax.evaluation.prompts import default_protocol_path
 
 log = logging.getLogger(__name__)
 
@@ -439,10 +441,13 @@ def write_comparison(report_paths: Iterable[str | Path] | str | Path, out_dir: s
     """Load the reports, write `comparison.md`, `comparison.json` and `comparison.png` under `out_dir`.
 
     Published rows come from `protocol` (a protocol.json or its directory) when given, else from the
-    `published` block the reports carry. Returns {"rows", "markdown", "json", "plot" (path or None
+    `published` block the reports carry, else (reports run without a protocol: own mode) from the paper's
+    protocol shipped with the package. Returns {"rows", "markdown", "json", "plot" (path or None
     when the plot could not be drawn), "out_dir"}. Raises FileNotFoundError / InputError (naming the
     path) for missing or unreadable reports or protocol; never for the plot."""
     reports = load_reports(report_paths)
+    if protocol is None and not any(isinstance(r.get("published"), dict) and r["published"] for r in reports):
+        protocol = default_protocol_path()
     published = load_published(protocol) if protocol is not None else None
     rows = comparison_table(reports, published)
     out = Path(out_dir)

@@ -48,8 +48,9 @@ class EvalConfig:
     endpoint: BackendSection = field(BackendSection(), "the endpoint of an openai:NAME model under test "
                                      "(base_url, api_key_env, timeout, retries, concurrency; backend and "
                                      "model are not read)")
-    protocol: str | None = field(None, "protocol file (layout of Diabetica's protocol.json) for faithful mode",
-                                 path=True)
+    protocol: str | None = field(None, "protocol file (layout of Diabetica's protocol.json) for faithful mode "
+                                 "(default: the paper's, shipped with the package as "
+                                 "evaluation/protocols/diabetica.json)", path=True)
     data_dir: str | None = field(None, "directory that relative benchmark paths are read from", path=True)
     tasks: list[TaskSection] = field(MINI_SUITE, "tasks to run (default: the embedded mini benchmarks)")
     judge: BackendSection = field(BackendSection(), "judge for the dialogue and clinical tasks (faithful mode "
@@ -81,8 +82,6 @@ class EvalConfig:
                                  "files by name, so rename one")
         if len(set(self.modes)) != len(self.modes):
             raise FieldError("modes", f"{self.modes}: a mode named twice")
-        if "faithful" in self.run_modes and not self.protocol:
-            raise FieldError("protocol", "mode: faithful needs the protocol file (Diabetica's protocol.json)")
         require_positive(self, "batch_size", "seeds", "judge_max_tokens")
         if self.judge_temperature < 0:
             raise FieldError("judge_temperature", f"must be at least 0, not {self.judge_temperature}")

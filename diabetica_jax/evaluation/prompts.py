@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 from pathlib import Path
 
 from diabetica_jax.configuration import InputError
@@ -24,6 +25,7 @@ class Prompts:
     judge_model: str | None = None  # the protocol's judge model (faithful); None: the eval config's judge.model
     seed: int = 42  # the first seed of sampled (faithful) runs; the protocol's
     published: dict = dataclasses.field(default_factory=dict)
+    protocol: dict | None = None  # the protocol file read: {path, source, repository, commit}; None for OWN
 
 
 OWN = Prompts(
@@ -40,6 +42,13 @@ OWN = Prompts(
     decoding={"mcq": {"max_new_tokens": 16}, "cloze": {"max_new_tokens": 32},
               "dialog": {"max_new_tokens": 512, "repetition_penalty": 1.1}},
 )
+
+
+def default_protocol_path() -> Path:
+    """The paper's protocol shipped with the package (protocols/diabetica.json, recorded from the Diabetica
+    repository's evaluation scripts, MIT licence beside it): what faithful mode and `compare` read when no
+    protocol file is given."""
+    return Path(str(resources.files("diabetica_jax.evaluation").joinpath("protocols", "diabetica.json")))
 
 
 def from_protocol(path: str | Path) -> Prompts:
@@ -75,6 +84,8 @@ def from_protocol(path: str | Path) -> Prompts:
             judge_model=judge.get("model"),
             seed=int((protocol["mcq"].get("decoding") or {}).get("seed", 42)),
             published=protocol.get("published_results", {}),
+            # which paper settings a report ran with: the file and the upstream commit it records
+            protocol={"path": str(path), **{k: protocol.get(k) for k in ("source", "repository", "commit")}},
         )
     except KeyError as e:
         raise ValueError(f"{path}: protocol file lacks {e.args[0]!r}") from None

@@ -3,7 +3,8 @@
 Modes. `own`: the project's prompts, deterministic greedy decoding, the robust judge-score parser and the MCQ
 log-likelihood metric beside the generated answer; it runs once (`seeds` > 1 is ignored: greedy decoding
 gives the same replies for every seed; the report's `seeds` is [42]). `faithful`: what the paper's scripts
-did (protocol.json): its prompts; the checkpoint's generation_config.json decoding (`generate()` without
+did (the protocol shipped as evaluation/protocols/diabetica.json, or the `protocol` file): its prompts;
+the checkpoint's generation_config.json decoding (`generate()` without
 sampling arguments: sampling for Qwen2-Instruct; greedy only when the file says do_sample false or is
 absent) with the protocol's explicit per-task settings on top (dialogue: max_new_tokens 2048,
 repetition_penalty 1.1); seeds 42, 43, ... (`seeds` runs); the original score rule; the protocol's judge
@@ -15,7 +16,10 @@ OUT/faithful/ (each with the files below) and OUT/summary.md and OUT/comparison.
 is loaded once.
 
 report.json (stable keys; a comparison report reads them):
-  model, mode, published (the protocol's published_results, when a protocol file is given)
+  model, mode, published (the protocol's published_results, when a protocol file is read: faithful mode's,
+      the package's protocols/diabetica.json unless `protocol` names another, or `protocol` in own mode)
+  protocol: {path, source, repository, commit} of the protocol file read (faithful mode's, else own mode's
+      `protocol`); None when none was read (own mode alone without `protocol`)
   tasks.mcq: n_items, accuracy, accuracy_ci95, loglik_accuracy (a fraction, or the string "not available
       (...)" for a model without letter log-probabilities), loglik_accuracy_ci95, unanswered,
       unanswered_rate, answered_rate (answer-format compliance), answer_rule (how letters were read), per_file
@@ -75,7 +79,7 @@ from diabetica_jax.evaluation.compare import comparison_plot, comparison_table
 from diabetica_jax.evaluation.config import CLINICAL_TASKS, PAPER_TASKS, TEXT_TASKS, EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError, load_items
 from diabetica_jax.evaluation.perplexity import perplexity_summary, run_perplexity
-from diabetica_jax.evaluation.prompts import OWN, Prompts, from_protocol
+from diabetica_jax.evaluation.prompts import OWN, Prompts, default_protocol_path, from_protocol
 from diabetica_jax.evaluation.rubric import RubricError, default_rubric_path, load_rubric
 from diabetica_jax.llm import make_backend
 
@@ -98,7 +102,7 @@ def resolve(path: str, data_dir: str | None) -> Path:
 
 def mode_prompts(cfg: EvalConfig, mode: str) -> Prompts:
     if mode == "faithful":
-        prompts = from_protocol(cfg.protocol)
+        prompts = from_protocol(cfg.protocol or default_protocol_path())
     else:
         prompts = dataclasses.replace(OWN, judge_max_tokens=cfg.judge_max_tokens,
                                       judge_temperature=cfg.judge_temperature)
@@ -148,7 +152,10 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     out.mkdir(parents=True, exist_ok=True)
     modes = cfg.run_modes
     prompts = {mode: mode_prompts(cfg, mode) for mode in modes}
-    published = from_protocol(cfg.protocol).published if cfg.protocol else {}
+    # the published numbers, and the record of the file they came from, for every mode's report: the faithful
+    # mode's protocol, else the protocol file given to own mode; own mode alone without one carries none
+    paper = prompts.get("faithful") or (from_protocol(cfg.protocol) if cfg.protocol else None)
+    published, protocol = (paper.published, paper.protocol) if paper else ({}, None)
     # faithful mode keys an MCQ item it cannot parse by the answer cell's first letter, as the paper's script
     # did; own mode (also when it runs beside faithful) needs every item parsed
     tolerant = "own" not in modes
@@ -183,7 +190,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
         mode_out = out / mode if len(modes) > 1 else out
         mode_out.mkdir(parents=True, exist_ok=True)
         runs.append(_evaluate_mode(cfg, mode, prompts[mode], items, name, models, mode_out, published, rejects,
-                                   rubrics))
+                                   rubrics, protocol))
     if len(modes) == 1:
         return runs[0]
     _write_text(out / "summary.md", summary_markdown(runs))
@@ -192,7 +199,8 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
 
 
 def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, name: str, models, out: Path,
-                   published: dict, rejects: dict | None = None, rubrics: dict | None = None) -> dict:
+                   published: dict, rejects: dict | None = None, rubrics: dict | None = None,
+                   protocol: dict | None = None) -> dict:
     faithful = mode == "faithful"
     seeds = [prompts.seed + k for k in range(cfg.seeds)] if faithful else [prompts.seed]
     if not faithful and cfg.seeds > 1:
@@ -277,7 +285,7 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
         _write_text(out / f"report_{section.task}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         summaries[section.task] = {k: v for k, v in report.items() if k not in ("items", "items_by_seed", "rejects")}
     combined = {"model": name, "mode": mode, "tasks": summaries, "published": published or prompts.published,
-                "decoding": decoding, "seeds": seeds}
+                "protocol": protocol or prompts.protocol, "decoding": decoding, "seeds": seeds}
     _write_text(out / "summary.md", summary_markdown([combined]))
     compare_plot([combined], out / "comparison.png")
     _write_text(out / "report.json", json.dumps(combined, indent=2, ensure_ascii=False) + "\n")
@@ -465,9 +473,11 @@ def summary_markdown(runs: list[dict]) -> str:
                 mean = f"{g['mean_score']:.2f}" if g.get("mean_score") is not None else "-"
                 lines.append(f"| {label} | {mean} | {g['n_scored']}/{g['n_items']} |")
     lines += clinical_markdown(runs)
-    published = next((r["published"] for r in runs if r.get("published")), {})
-    if published:
-        lines += ["", "Published numbers (protocol file), for reference:", "",
+    ref = next((r for r in runs if r.get("published")), None)
+    if ref:
+        published = ref["published"]
+        path = (ref.get("protocol") or {}).get("path")  # reports of older versions do not record it
+        lines += ["", f"Published numbers (protocol file {path or ''}".rstrip() + "), for reference:", "",
                   "| model | MCQ pooled acc. | dialog judge mean |", "|---|---|---|"]
         mcq_pub = published.get("mcq_pooled_accuracy_pct", {})
         dialog_pub = published.get("dialog_gpt4_judge_mean", {})
