@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", "one table and plot from several evaluation reports, beside the published rows")
     p.add_argument("reports", nargs="+", help="report.json files or evaluation output directories")
     p.add_argument("--out", required=True, help="where comparison.md, comparison.json and comparison.png go")
-    p.add_argument("--protocol", help="protocol.json (or its folder) whose published results join the table")
+    p.add_argument("--protocol", help="protocol.json (or its folder) whose published results join the table (default: the reports' own, else the paper's shipped protocol)")
 
     p = command("run", "the whole pipeline: curate, train, eval, export (finished stages are skipped)")
     _config_args(p, "recipe, e.g. configs/recipes/demo.yaml", "train.loop.steps=20")
