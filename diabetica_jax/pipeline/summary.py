@@ -157,8 +157,10 @@ def learning_figure(rows: list[dict]):
                             fmt="none", ecolor=f"C{i}", capsize=3, alpha=0.6)
         if log:
             ax.set_yscale("log")
-        elif "perplexity" not in title and "judge" not in title:
-            ax.set_ylim(-0.02, 1.02 if "ROUGE" in title else 1.05)
+        elif "ROUGE" in title:  # small overlaps: scaled to the data, from 0
+            ax.set_ylim(bottom=0)
+        elif "perplexity" not in title and "judge" not in title:  # shares and probabilities
+            ax.set_ylim(-0.02, 1.05)
         ax.set_xticks(range(len(rows)), points)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
