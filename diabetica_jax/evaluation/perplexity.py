@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from diabetica_jax.generate import left_pad
-from diabetica_jax.train.loss import chunk_size
+from diabetica_jax.model.chunks import chunk_size
 
 MAX_TOKENS = 512  # longest passage scored, in tokens; longer ones are cut
 LOGIT_CHUNK = 32  # sequence positions projected to the vocabulary at once: [batch, 32, vocab] float32 at most

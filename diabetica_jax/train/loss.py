@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from diabetica_jax.model.chunks import chunk_size
 from diabetica_jax.parallel.rules import constrain
 
 
@@ -24,14 +25,6 @@ def next_token_targets(tokens, loss_mask, segment_ids):
     weights = jnp.roll(loss_mask, -1, axis=1).astype(jnp.float32) * same_doc
     weights = weights.at[:, -1].set(0.0)
     return targets, weights
-
-
-def chunk_size(seq_len: int, requested: int) -> int:
-    """The largest divisor of seq_len that is at most `requested` (static shapes per chunk)."""
-    for size in range(min(requested, seq_len), 0, -1):
-        if seq_len % size == 0:
-            return size
-    return seq_len
 
 
 def chunked_cross_entropy(hidden, output_kernel, targets, weights, chunk: int):
