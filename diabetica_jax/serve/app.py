@@ -1,12 +1,14 @@
 """The HTTP side of `diabetica-jax serve`: an OpenAI-compatible API and the clinic web page, on Starlette.
 
 Routes: POST /v1/chat/completions and /v1/completions (JSON, or server-sent events with `stream: true`),
-GET /v1/models, GET /health, and GET / (the web page). Every request is answered: bad input gets a 4xx
+GET /v1/models, GET /health, GET / (the web page), the tokenizer as vLLM serves it (POST /tokenize and
+/detokenize, GET /tokenizer_info) and GET /openapi.json (the routes and fields). Every request is answered: bad input gets a 4xx
 with an OpenAI-style JSON error naming the field, a failure inside gets a 500 JSON error, and the server
 keeps running. A client that disconnects cancels its request, which frees its decode slot at the next step.
 
-With an API key (read from an environment variable when the app is made; never logged) every /v1 route
-wants `Authorization: Bearer KEY`; the page and /health stay open (the page asks the user for the key).
+With an API key (read from an environment variable when the app is made; never logged) every /v1 and
+tokenizer route wants `Authorization: Bearer KEY`; the page, /health and /openapi.json stay open (the page
+asks the user for the key).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from diabetica_jax.generate.batcher import BatcherError, Finished
-from diabetica_jax.serve import protocol
+from diabetica_jax.serve import openapi, protocol, tokens
 from diabetica_jax.serve.model import ServedModel
 from diabetica_jax.serve.protocol import APIError, GenerationRequest
-from diabetica_jax.serve.text import TextStream
+from diabetica_jax.serve.text import TextStream, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +81,30 @@ def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette
         authorise(request)
         return await _generate(served, request, protocol.parse_completion(protocol.parse_body(await request.body())))
 
+    async def tokenize(request: Request) -> Response:
+        authorise(request)
+        return JSONResponse(await tokens.tokenize(served, protocol.parse_body(await request.body())))
+
+    async def detokenize(request: Request) -> Response:
+        authorise(request)
+        return JSONResponse(tokens.detokenize(served, protocol.parse_body(await request.body())))
+
+    async def tokenizer_info(request: Request) -> Response:
+        authorise(request)
+        return JSONResponse(tokens.tokenizer_info(served))
+
+    schema = openapi.schema(served)
+
+    async def openapi_json(request: Request) -> Response:  # open, like the page: it says what the API takes
+        return JSONResponse(schema)
+
     async def api_error(request: Request, exc: APIError) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                     kind=kind).body(), status_code=exc.status_code)
+                                     kind=kind).body(), status_code=exc.status_code, headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("%s %s failed", request.method, request.url.path)
@@ -96,6 +115,8 @@ def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette
         Route("/", index), Route("/health", health), Route("/v1/models", models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]), Route("/detokenize", detokenize, methods=["POST"]),
+        Route("/tokenizer_info", tokenizer_info), Route("/openapi.json", openapi_json),
     ]
     app = Starlette(routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error,
                                                        Exception: server_error})
@@ -109,48 +130,114 @@ async def _generate(served: ServedModel, request: Request, req: GenerationReques
                        "model_not_found", kind="not_found_error")
     chat = req.messages is not None
     # tokenising a long prompt takes milliseconds: off the event loop, so other streams keep flowing
-    prompt = await run_in_threadpool(served.chat_tokens, req.messages) if chat else \
-        await run_in_threadpool(served.text_tokens, req.prompt)
-    limits = served.limits
-    if len(prompt) > limits.max_prompt_tokens:
-        raise APIError(400, f"the prompt has {len(prompt)} tokens; this server takes at most "
-                       f"{limits.max_prompt_tokens}", "messages" if chat else "prompt", "context_length_exceeded")
-    max_tokens = req.max_tokens if req.max_tokens is not None else limits.max_new_tokens
-    if max_tokens > limits.max_new_tokens:
-        raise APIError(400, f"max_tokens is {max_tokens}; this server generates at most {limits.max_new_tokens}",
-                       "max_tokens")
+    prompts = [await run_in_threadpool(served.chat_tokens, req.messages)] if chat else \
+        [p if isinstance(p, list) else await run_in_threadpool(served.text_tokens, p) for p in req.prompts]
+    max_tokens = req.max_tokens if req.max_tokens is not None else served.limits.max_new_tokens
+    if (req.max_tokens_asked or 0) > served.limits.max_new_tokens:
+        raise APIError(400, f"max_tokens is {req.max_tokens_asked}; this server generates at most "
+                       f"{served.limits.max_new_tokens}", "max_tokens")
+    for i, prompt in enumerate(prompts):
+        _check_prompt(served, prompt, max_tokens, "messages" if chat else "prompt",
+                      "" if len(prompts) == 1 else f" (prompt {i})")
+    _check_token_ids(served, req.logit_bias, "logit_bias")
     sampling = served.sampling(req.temperature, req.top_p, None if req.top_k is None else max(req.top_k, 0),
                                req.repetition_penalty, req.seed)
-    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    replies = []
     try:
-        ticket = served.batcher.submit(
-            prompt, max_tokens, sampling, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, logprobs=req.logprobs,
-            deliver=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        for i, prompt in enumerate(prompts):
+            echoed = await _echo(served, req, prompts[i], req.prompts[i]) if req.echo else None
+            replies.append(_Reply(served, req, i, prompt, echoed, chat))
+            if max_tokens:
+                replies[-1].submit(max_tokens, sampling)
     except BatcherError as e:
+        for reply in replies:
+            reply.cancel()
         busy = "wait for a slot" in str(e)
         raise APIError(429 if busy else 400, str(e), code="server_busy" if busy else None,
                        kind="rate_limit_error" if busy else "invalid_request_error") from None
-    reply = _Reply(served, req, ticket, events, len(prompt), chat)
     if req.stream:
-        return StreamingResponse(reply.stream(), media_type="text/event-stream",
+        return StreamingResponse(replies[0].stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await reply.whole(request)
+    return await _whole(served, req, replies, request)
+
+
+def _check_prompt(served: ServedModel, prompt: list[int], max_tokens: int, field: str, which: str) -> None:
+    """A prompt the server can take with `max_tokens` new tokens, or the 400 that says why not."""
+    limits = served.limits
+    _check_token_ids(served, prompt, field)
+    if len(prompt) > limits.max_prompt_tokens:
+        raise APIError(400, f"the prompt{which} has {len(prompt)} tokens; this server takes at most "
+                       f"{limits.max_prompt_tokens}", field, "context_length_exceeded")
+    if len(prompt) + max_tokens > served.context_length:
+        raise APIError(400, f"the prompt{which} ({len(prompt)} tokens) and max_tokens ({max_tokens}) pass the "
+                       f"model's context of {served.context_length} positions", field, "context_length_exceeded")
+
+
+def _check_token_ids(served: ServedModel, ids, field: str) -> None:
+    bad = next((t for t in ids if t >= served.vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"'{field}' names token id {bad}; the vocabulary has {served.vocab_size} ids", field)
+
+
+async def _echo(served: ServedModel, req: GenerationRequest, tokens: list[int], prompt) -> tuple[str, list]:
+    """The prompt as `echo` returns it: its text, and (with logprobs) each token's entry (None for the first)."""
+    text = prompt if isinstance(prompt, str) else served.tokenizer.decode(tokens)
+    entries = await run_in_threadpool(served.prompt_logprobs, tokens) if req.logprobs else []
+    return text, list(zip(tokens, entries))
+
+
+async def _whole(served: ServedModel, req: GenerationRequest, replies: list[_Reply], request: Request) -> Response:
+    """The non-streamed answer: every prompt's reply as one choice, once all are done."""
+    try:
+        done = await asyncio.gather(*(reply.whole(request.is_disconnected) for reply in replies))
+    except _Failed as e:
+        raise APIError(500, f"generation failed: {e}", kind="server_error") from None
+    finally:
+        for reply in replies:
+            reply.cancel()  # no-ops for finished ones; frees the others' slots when one failed
+    if any(choice is None for choice in done):  # the client went away
+        return Response(status_code=499)
+    usage = protocol.usage(sum(r.prompt_tokens for r in replies), sum(r.completion_tokens for r in replies))
+    return JSONResponse(protocol.completion_object(replies[0].id, served.name, replies[0].chat, done, usage,
+                                                   replies[0].created))
 
 
 class _Reply:
-    """One request's answer, built from its ticket's events as text pieces with their finish reason."""
+    """One prompt's answer (one choice), built from its ticket's events as text pieces with their finish reason.
+    With `echo`, the prompt's text and token entries come first; with max_tokens 0 there is no ticket."""
 
-    def __init__(self, served: ServedModel, req: GenerationRequest, ticket, events: asyncio.Queue,
-                 prompt_tokens: int, chat: bool):
-        self.served, self.req, self.ticket, self.events = served, req, ticket, events
-        self.prompt_tokens, self.chat = prompt_tokens, chat
+    def __init__(self, served: ServedModel, req: GenerationRequest, index: int, prompt: list[int],
+                 echoed: tuple[str, list] | None, chat: bool):
+        self.served, self.req, self.index, self.echoed, self.chat = served, req, index, echoed, chat
+        self.prompt, self.prompt_tokens = prompt, len(prompt)
+        self.ticket, self.events = None, asyncio.Queue()
         self.id, self.created = protocol.new_id(chat), int(time.time())
         self.text = TextStream(served.tokenizer, req.stop)
+
+    def submit(self, max_tokens: int, sampling) -> None:
+        loop = asyncio.get_running_loop()
+        self.ticket = self.served.batcher.submit(
+            self.prompt, max_tokens, sampling, frequency_penalty=self.req.frequency_penalty,
+            presence_penalty=self.req.presence_penalty, logprobs=self.req.logprobs,
+            **({'logit_bias': self.req.logit_bias} if self.req.logit_bias else {}),  # TODO-merge
+            deliver=lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event))
+
+    def cancel(self) -> None:
+        if self.ticket is not None:
+            self.ticket.cancel()
+
+    @property
+    def completion_tokens(self) -> int:
+        return 0 if self.ticket is None else len(self.ticket.tokens)
 
     async def pieces(self, poll=None):
         """(text, logprob entries, finish_reason or None) per token; the last has the finish reason.
         `poll` (async, returns True when the client is gone) is awaited every DISCONNECT_POLL seconds."""
+        if self.echoed is not None:
+            text, entries = self.echoed
+            yield text, entries, None if self.ticket else "length"
+        if self.ticket is None:
+            return
         received = 0  # tokens seen: with logprobs, token i's entry is ticket.logprobs[i]
         checked = time.monotonic()
         while True:
@@ -177,20 +264,16 @@ class _Reply:
                 return
             yield piece, entries, None
 
-    async def whole(self, request: Request) -> Response:
+    async def whole(self, poll) -> dict | None:
+        """This prompt's choice object, or None when the client went away."""
         texts, entries, finish = [], [], None
-        try:
-            async for piece, more, reason in self.pieces(poll=request.is_disconnected):
-                texts.append(piece)
-                entries += more
-                finish = reason
-        except _Failed as e:
-            raise APIError(500, f"generation failed: {e}", kind="server_error") from None
-        if finish is None:  # the client went away
-            return Response(status_code=499)
-        usage = protocol.usage(self.prompt_tokens, len(self.ticket.tokens))
-        return JSONResponse(protocol.completion_object(self.id, self.served.name, self.chat, "".join(texts), finish,
-                                                       usage, self._logprobs(entries), self.created))
+        async for piece, more, reason in self.pieces(poll=poll):
+            texts.append(piece)
+            entries += more
+            finish = reason
+        if finish is None:
+            return None
+        return protocol.choice_object(self.index, self.chat, "".join(texts), finish, self._logprobs(entries))
 
     async def stream(self):
         chunk = lambda **kw: protocol.chunk_object(self.id, self.served.name, self.chat, self.created, **kw)
@@ -204,27 +287,37 @@ class _Reply:
                     yield protocol.sse(chunk(finish_reason=finish, text=None if self.chat else ""))
             if self.req.include_usage:
                 yield protocol.sse(chunk(no_choices=True,
-                                         usage_=protocol.usage(self.prompt_tokens, len(self.ticket.tokens))))
+                                         usage_=protocol.usage(self.prompt_tokens, self.completion_tokens)))
             yield protocol.sse("[DONE]")
         except _Failed as e:
             yield protocol.sse(APIError(500, f"generation failed: {e}", kind="server_error").body())
         finally:  # also when the client disconnects mid-stream (the response task is cancelled)
-            self.ticket.cancel()
+            self.cancel()
 
     def _logprobs(self, entries) -> dict | None:
+        """The logprobs object of `entries` [(token id, (its logprob, [(id, logprob)] best first) or None)]:
+        None marks an echoed prompt's first token, which nothing predicts."""
         if not self.req.logprobs or not entries:
             return None
-        decode = self.served.tokenizer.decode
-        top_n = self.req.top_logprobs
+        tokenizer, top_n = self.served.tokenizer, self.req.top_logprobs
+        decode = tokenizer.decode
         if self.chat:
             def item(token_id, logprob):
-                text = decode([token_id])
-                return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+                return {"token": decode([token_id]), "logprob": logprob,
+                        "bytes": list(token_bytes(tokenizer, token_id))}
 
             return {"content": [{**item(t, chosen), "top_logprobs": [item(i, v) for i, v in top[:top_n]]}
                                 for t, (chosen, top) in entries]}
-        return {"tokens": [decode([t]) for t, _ in entries], "token_logprobs": [chosen for _, (chosen, _) in entries],
-                "top_logprobs": [{decode([i]): v for i, v in top[:top_n]} for _, (_, top) in entries]}
+
+        def alternatives(token_id, entry):  # the top `logprobs` and the token itself, as vLLM reports them
+            if entry is None:
+                return None
+            chosen, top = entry
+            return {**{decode([i]): v for i, v in top[:top_n]}, decode([token_id]): chosen}
+
+        return {"tokens": [decode([t]) for t, _ in entries],
+                "token_logprobs": [None if e is None else e[0] for _, e in entries],
+                "top_logprobs": [alternatives(t, e) for t, e in entries]}
 
 
 class _Failed(Exception):

@@ -14,6 +14,7 @@ from diabetica_jax.evaluation.tasks import read_generation_config
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher
 from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
+from diabetica_jax.generate.scoring import PromptScorer
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.train.run_dir import load_run_config, trained_model
 
@@ -111,7 +112,15 @@ class ServedModel:
         if self.description:
             log.warning("serving %r, a %s: its answers carry no medical knowledge", name, self.description)
         self.defaults = read_generation_config(generation_config)
+        # the positions the model was trained for: a prompt plus its reply may not go past them
+        self.context_length = model.config.max_position_embeddings
+        self.vocab_size = model.config.vocab_size
+        if limits.max_prompt_tokens + limits.max_new_tokens > self.context_length:
+            log.warning("--max-prompt-tokens %d + --max-tokens %d exceed the model's context of %d positions: "
+                        "requests whose prompt and max_tokens together pass it are refused",
+                        limits.max_prompt_tokens, limits.max_new_tokens, self.context_length)
         stop, pad = stop_and_pad(tokenizer)
+        self.scorer = PromptScorer(model, pad)
         self.batcher = Batcher(model, stop, pad, slots=limits.slots,
                                max_prompt_tokens=limits.max_prompt_tokens, max_new_tokens=limits.max_new_tokens,
                                max_waiting=limits.max_waiting, prefills_per_step=limits.prefills_per_step)
@@ -164,6 +173,13 @@ class ServedModel:
 
     def text_tokens(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def prompt_logprobs(self, tokens: list[int]) -> list[tuple[float, list[tuple[int, float]]] | None]:
+        """Per prompt token: None for the first (nothing predicts it), then (its log-probability, the
+        likeliest alternatives as (id, log-probability), best first)."""
+        chosen, top_ids, top = self.scorer.score(tokens)
+        return [None] + [(float(c), [(int(i), float(v)) for i, v in zip(ids, vals)])
+                         for c, ids, vals in zip(chosen, top_ids, top)]
 
     def close(self) -> None:
         self.batcher.close()

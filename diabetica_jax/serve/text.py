@@ -64,3 +64,33 @@ class TextStream:
                     longest = n
                     break
         return longest
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins for the 256 byte values (GPT-2's scheme, which Qwen's tokenizer
+    uses): printable Latin-1 bytes stand for themselves, the others are shifted to code points from 256 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + shifted)] = byte
+            shifted += 1
+    return alphabet
+
+
+BYTE_LEVEL = _byte_level_alphabet()
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The raw bytes a token stands for: part of a character for a token that splits one (which decoding
+    alone shows as the replacement character), the text itself for special tokens and non-byte-level vocabularies."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if piece is None:
+        return b""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece's byte fallback
+        return bytes.fromhex(piece[3:5])
+    if token_id in getattr(tokenizer, "all_special_ids", ()) or not all(ch in BYTE_LEVEL for ch in piece):
+        return tokenizer.decode([int(token_id)]).encode()
+    return bytes(BYTE_LEVEL[ch] for ch in piece)

@@ -1,0 +1,73 @@
+"""Prompt scoring: every prompt token's log-probability given the tokens before it, with the likeliest
+alternatives at each position (what /v1/completions returns for `echo` with `logprobs`, and what
+lm-evaluation-harness reads as a continuation's log-likelihood).
+
+One forward pass over the prompt, left-padded to a power-of-two bucket (one compiled program per bucket);
+the vocabulary projection runs over chunks of positions so that no [seq, vocab] float32 block is built
+whole. Log-probabilities are the model's own: no temperature, penalty or bias.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diabetica_jax.generate.padding import left_pad
+from diabetica_jax.model.chunks import chunk_size
+
+TOP_ALTERNATIVES = 5  # alternatives computed per position (the legacy completions API's `logprobs` maximum)
+LOGIT_CHUNK = 32  # positions projected to the vocabulary at once
+
+
+class PromptScorer:
+    """Scores prompts with a model's weights; one call at a time (each holds a prompt's activations)."""
+
+    def __init__(self, model, pad_id: int):
+        self.graphdef, self.state = nnx.split(model)
+        self.pad_id = pad_id
+        self._programs = functools.lru_cache(maxsize=None)(self._build)
+        self._lock = threading.Lock()
+
+    def score(self, tokens: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a prompt of n tokens: the log-probability of tokens 1..n-1 given the ones before [n-1], and at
+        each of those positions the TOP_ALTERNATIVES likeliest ids [n-1, k] and their log-probabilities."""
+        padded = left_pad([tokens], self.pad_id, bucketed=True)
+        width = padded.tokens.shape[1]
+        with self._lock:
+            chosen, top_ids, top = self._programs(width)(self.state, padded.tokens, padded.positions, padded.valid)
+        start = width - len(tokens)  # left padding: the prompt is the last len(tokens) positions
+        # position p predicts token p+1: the prompt's predictions are at start .. width-2
+        return (np.asarray(chosen)[0, start:-1], np.asarray(top_ids)[0, start:-1], np.asarray(top)[0, start:-1])
+
+    def _build(self, width: int):
+        graphdef = self.graphdef
+
+        @jax.jit
+        def run(state, tokens, positions, valid):
+            model = nnx.merge(graphdef, state)
+            hidden = model.hidden_states(tokens, positions, valid.astype(jnp.int32))
+            targets = jnp.roll(tokens, -1, axis=1)  # the last position's target is unused (no next token)
+            b, t, _ = hidden.shape
+            c = chunk_size(t, LOGIT_CHUNK)
+
+            def chunks(x):
+                return jnp.swapaxes(x.reshape((b, t // c, c) + x.shape[2:]), 0, 1)
+
+            def unchunk(x):
+                return jnp.swapaxes(x, 0, 1).reshape((b, t) + x.shape[3:])
+
+            def step(_, inputs):
+                h, y = inputs
+                logprobs = jax.nn.log_softmax(model.logits(h).astype(jnp.float32), axis=-1)
+                top, top_ids = jax.lax.top_k(logprobs, TOP_ALTERNATIVES)
+                return None, (jnp.take_along_axis(logprobs, y[..., None], axis=-1)[..., 0], top_ids, top)
+
+            _, (chosen, top_ids, top) = jax.lax.scan(step, None, (chunks(hidden), chunks(targets)))
+            return unchunk(chosen), unchunk(top_ids), unchunk(top)
+
+        return run
