@@ -16,11 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="transformers' PyTorch model is the reference: pip install -e '.[test]'")
 
+from hf_models import make_hf_checkpoint  # noqa: E402
+
 from diabetica_jax.hf import embedded_tokenizer  # noqa: E402
 from diabetica_jax.serve import ServedModel, ServeLimits  # noqa: E402
 from diabetica_jax.serve.app import create_app  # noqa: E402
 from diabetica_jax.serve.server import BackgroundServer  # noqa: E402
-from hf_models import make_hf_checkpoint  # noqa: E402
 
 CONTEXT = 512  # the checkpoint's max_position_embeddings
 LIMITS = ServeLimits(slots=2, max_prompt_tokens=500, max_new_tokens=64, max_waiting=64)  # 500 + 64 > CONTEXT

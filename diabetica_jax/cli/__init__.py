@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-prompt-tokens", type=int, default=1024, help="longest prompt accepted, in tokens")
     group.add_argument("--max-tokens", type=int, default=512, help="most new tokens one request may ask for")
     group.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
+    group.add_argument("--max-body-mb", type=float, default=8, help="largest request body, in MiB; larger gets 413")
+    group.add_argument("--body-timeout", type=float, default=30,
+                       help="seconds a request's body may take to arrive; slower gets 408")
     p.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")
 
     p = command("export", "write a training run's checkpoint as a Hugging Face checkpoint")

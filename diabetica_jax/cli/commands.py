@@ -27,6 +27,7 @@ from diabetica_jax.pipeline.run import run as run_pipeline
 from diabetica_jax.serve import ServedModel, ServeLimits
 from diabetica_jax.serve import app as serve_app
 from diabetica_jax.serve import server as serve_server
+from diabetica_jax.serve.limits import MIB, BodyLimits
 from diabetica_jax.train.checkpoint import CheckpointError, CheckpointSaveError
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train as run_training
@@ -209,12 +210,14 @@ def serve(args) -> int:
     try:
         limits = ServeLimits(slots=args.slots, max_prompt_tokens=args.max_prompt_tokens,
                              max_new_tokens=args.max_tokens, max_waiting=args.max_waiting)
+        body_limits = BodyLimits(max_body_bytes=round(args.max_body_mb * MIB), body_timeout=args.body_timeout)
     except ValueError as e:
         raise ConfigFileError(f"serve: {e}") from None
     served = ServedModel.load(args.model or "", preset=args.preset, dtype=args.dtype, name=args.name, limits=limits,
                               warmup=not args.no_warmup)
     try:
-        app = serve_app.create_app(served, api_key_env=args.api_key_env)
+        app = serve_app.create_app(served, api_key_env=args.api_key_env, max_body_bytes=body_limits.max_body_bytes,
+                                   body_timeout=body_limits.body_timeout)
     except ValueError as e:
         raise ConfigFileError(f"--api-key-env: {e}") from None
     print(f"# serving {served.name!r} on http://{args.host}:{args.port} (web page at /, API at /v1); "

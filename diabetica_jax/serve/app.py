@@ -2,9 +2,10 @@
 
 Routes: POST /v1/chat/completions and /v1/completions (JSON, or server-sent events with `stream: true`),
 GET /v1/models, GET /health, GET / (the web page), the tokenizer as vLLM serves it (POST /tokenize and
-/detokenize, GET /tokenizer_info) and GET /openapi.json (the routes and fields). Every request is answered: bad input gets a 4xx
-with an OpenAI-style JSON error naming the field, a failure inside gets a 500 JSON error, and the server
-keeps running. A client that disconnects cancels its request, which frees its decode slot at the next step.
+/detokenize, GET /tokenizer_info) and GET /openapi.json (the routes and fields). Every request is answered:
+bad input gets a 4xx with an OpenAI-style JSON error naming the field, a failure inside gets a 500 JSON
+error, and the server keeps running. A client that disconnects cancels its request, which frees its decode slot at the next step.
+Request bodies are capped and must arrive in time (413, 408: serve/limits.py, which also logs disconnects).
 
 With an API key (read from an environment variable when the app is made; never logged) every /v1 and
 tokenizer route wants `Authorization: Bearer KEY`; the page, /health and /openapi.json stay open (the page
@@ -23,12 +24,14 @@ from importlib import resources
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from diabetica_jax.generate.batcher import BatcherError, Finished
 from diabetica_jax.serve import openapi, protocol, tokens
+from diabetica_jax.serve.limits import BodyGuard, BodyLimits
 from diabetica_jax.serve.model import ServedModel
 from diabetica_jax.serve.protocol import APIError, GenerationRequest
 from diabetica_jax.serve.text import TextStream, token_bytes
@@ -41,7 +44,10 @@ PAGE_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Op
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
-def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette:
+def create_app(served: ServedModel, api_key_env: str | None = None,
+               max_body_bytes: int = BodyLimits.max_body_bytes, body_timeout: float = BodyLimits.body_timeout
+               ) -> Starlette:
+    body_limits = BodyLimits(max_body_bytes, body_timeout)  # checked now: Starlette builds middleware lazily
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
@@ -118,8 +124,8 @@ def create_app(served: ServedModel, api_key_env: str | None = None) -> Starlette
         Route("/tokenize", tokenize, methods=["POST"]), Route("/detokenize", detokenize, methods=["POST"]),
         Route("/tokenizer_info", tokenizer_info), Route("/openapi.json", openapi_json),
     ]
-    app = Starlette(routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error,
-                                                       Exception: server_error})
+    app = Starlette(routes=routes, middleware=[Middleware(BodyGuard, limits=body_limits)],
+                    exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.served = served
     return app
 

@@ -26,6 +26,11 @@ def run(app, host: str = "127.0.0.1", port: int = 8000) -> None:
     if not is_loopback(host):
         log.warning("serving on %s: reachable from other machines; this is a research model, not a medical "
                     "device, and should sit behind authentication (--api-key-env) and TLS", host)
+    # uvicorn's other defaults are kept on purpose: h11 (its parser unless httptools is installed) holds at most
+    # 16 KiB of an unfinished request head before answering 400 (h11_max_incomplete_event_size), and an idle
+    # keep-alive connection closes after 5 s (timeout_keep_alive); bodies are capped and timed by serve/limits.py.
+    # No limit_concurrency: the batcher already answers 429 past --max-waiting, and a cap on connections would
+    # turn away /health probes and the page with 503s while long streams hold theirs.
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
