@@ -4,8 +4,9 @@ The batch has a fixed number of slots, each with its own rows in one KV cache of
 step is one compiled program whatever the mix of requests. A request waits in a queue until a slot is free;
 its prompt is then prefilled into that slot (left-padded to a power-of-two bucket, so prompt lengths share a
 handful of compiled programs) while the other slots keep their caches, and from the next step on it decodes
-with the rest. Each slot has its own write position, rope position, sampling settings and PRNG key, so a
-request computes what it would alone and a seeded request samples the same tokens whatever runs beside it.
+with the rest. Each slot has its own write position, rope position, sampling settings, logit bias and PRNG
+key, so a request computes what it would alone and a seeded request samples the same tokens whatever runs
+beside it. A freed slot's settings go back to greedy with no bias, so idle slots cost what greedy ones do.
 A request leaves its slot when it produces a stop token, reaches its token limit, or is cancelled (a client
 that went away); the slot is free for the next request at the next step.
 
@@ -33,12 +34,13 @@ import numpy as np
 from flax import nnx
 
 from diabetica_jax.generate.padding import MIN_BUCKET, bucket, left_pad
-from diabetica_jax.generate.sampling import RowSampling, SamplingParams, choose_rows
+from diabetica_jax.generate.sampling import LogitBias, RowSampling, SamplingParams, choose_rows
 from diabetica_jax.model.qwen import KVCache, Qwen
 
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20  # alternatives reported per token to requests that ask for logprobs (OpenAI's maximum)
+MAX_LOGIT_BIAS = 300  # logit_bias entries one request may set (OpenAI's limit)
 
 
 class BatcherError(RuntimeError):
@@ -56,6 +58,7 @@ class Slots(NamedTuple):
     seen: jax.Array  # [slots, vocab] bool: prompt and generated tokens (repetition penalty)
     counts: jax.Array  # [slots, vocab] int32: generated tokens (frequency / presence penalties)
     sampling: RowSampling  # [slots] each
+    bias: LogitBias  # [slots, MAX_LOGIT_BIAS] each
     keys: jax.Array  # [slots, 2] per-slot PRNG keys
 
 
@@ -73,14 +76,15 @@ class Ticket:
 
     `deliver` (optional) is called from the scheduler thread with each event (an int token id or a
     Finished); without it events queue up for `events()`. `cancel()` frees the slot at the next step.
-    Log-probabilities are the model's own (before penalties, temperature and filters), as OpenAI reports them.
+    Log-probabilities are the model's own (before penalties, logit bias, temperature and filters), as OpenAI
+    reports them.
     """
 
     _ids = itertools.count()
 
     def __init__(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: bool = False,
-                 deliver: Callable[[int | Finished], None] | None = None):
+                 deliver: Callable[[int | Finished], None] | None = None, logit_bias: dict[int, float] | None = None):
         self.id = next(self._ids)
         # with `logprobs`, each token's entry is stored here before the token is delivered:
         # (its log-probability, [(alternative id, log-probability)] best first)
@@ -88,6 +92,7 @@ class Ticket:
         self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.prompt, self.max_new_tokens, self.sampling = prompt, max_new_tokens, sampling
         self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
+        self.logit_bias = dict(logit_bias or {})  # {token id: added to its logit}
         self.tokens: list[int] = []
         self.finished: Finished | None = None
         self._cancelled = threading.Event()
@@ -154,15 +159,17 @@ class Batcher:
         self.max_waiting, self.prefills_per_step = max_waiting, prefills_per_step
         self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
         self.mesh = mesh
-        self.compilations = 0  # programs traced (one decode step, one prefill per prompt bucket)
+        self.compilations = 0  # programs traced (decode step, slot release, one prefill per prompt bucket)
         self.steps = 0  # decode steps run
         self.peak_active = 0  # most slots decoding at once
         self.admitted = 0  # requests prefilled into a slot
         self.finished = collections.Counter()  # requests ended, by Finished.reason
         self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)
         self._step = self._build_step()
+        self._release = self._build_release()
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._active: list[Ticket | None] = [None] * slots
+        self._freed: list[int] = []  # slots freed since the last device call, their settings not yet reset
         self._wake = threading.Condition()
         self._closed = False
         with self._mesh():
@@ -174,8 +181,10 @@ class Batcher:
 
     def submit(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
                *, frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: bool = False,
-               deliver: Callable[[int | Finished], None] | None = None) -> Ticket:
-        """Queue a request; raises BatcherError when it cannot be taken (nothing is queued then)."""
+               deliver: Callable[[int | Finished], None] | None = None,
+               logit_bias: dict[int, float] | None = None) -> Ticket:
+        """Queue a request; raises BatcherError when it cannot be taken (nothing is queued then).
+        logit_bias: {token id: value added to its logit} (OpenAI's field), at most MAX_LOGIT_BIAS entries."""
         if not prompt:
             raise BatcherError("the prompt has no tokens")
         if len(prompt) > self.max_prompt_tokens:
@@ -183,7 +192,9 @@ class Batcher:
                                f"{self.max_prompt_tokens}")
         if not 1 <= max_new_tokens <= self.max_new_tokens:
             raise BatcherError(f"max_new_tokens must be between 1 and {self.max_new_tokens}, not {max_new_tokens}")
-        ticket = Ticket(list(prompt), max_new_tokens, sampling, frequency_penalty, presence_penalty, logprobs, deliver)
+        self._check_logit_bias(logit_bias or {})
+        ticket = Ticket(list(prompt), max_new_tokens, sampling, frequency_penalty, presence_penalty, logprobs, deliver,
+                        logit_bias)
         with self._wake:
             if self._closed:
                 raise BatcherError("the batcher is shut down")
@@ -192,6 +203,16 @@ class Batcher:
             self._waiting.append(ticket)
             self._wake.notify()
         return ticket
+
+    def _check_logit_bias(self, bias: dict[int, float]) -> None:
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise BatcherError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS} are taken")
+        vocab = self.config.vocab_size
+        for token, value in bias.items():
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab:
+                raise BatcherError(f"logit_bias: token {token!r} is not a token id (0 to {vocab - 1})")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise BatcherError(f"logit_bias: token {token}'s bias {value!r} is not a finite number")
 
     def generate(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
                  ) -> list[int]:
@@ -237,6 +258,11 @@ class Batcher:
     def _run(self) -> None:
         with self._mesh():
             while True:
+                try:  # before the scheduler may sleep: idle slots keep no request's settings
+                    self._release_freed()
+                except Exception as e:
+                    log.exception("releasing slots failed")
+                    self._reset(e)
                 with self._wake:
                     while not self._closed and not self._waiting and not any(self._active):
                         self._wake.wait()
@@ -281,11 +307,13 @@ class Batcher:
         return []
 
     def _prefill_slot(self, slot: int, ticket: Ticket):
+        self._release_freed()  # first: a slot freed just now may be the one this request takes
         padded = left_pad([ticket.prompt], self.pad_id, bucketed=True)
         run = self._prefill(padded.tokens.shape[1])
         rows = RowSampling.of(ticket.sampling, ticket.frequency_penalty, ticket.presence_penalty)
+        bias = LogitBias.of(ticket.logit_bias, MAX_LOGIT_BIAS)
         self._slots, (token, chosen, top_ids, top) = run(self.params, self._slots, padded, jnp.int32(slot), rows,
-                                                         jax.random.PRNGKey(ticket.sampling.seed))
+                                                         bias, jax.random.PRNGKey(ticket.sampling.seed))
         if not ticket.want_logprobs:
             return int(token), None
         return int(token), _logprob_entry(chosen, top_ids, top)
@@ -294,6 +322,7 @@ class Batcher:
         active = np.array([t is not None for t in self._active])
         self.peak_active = max(self.peak_active, int(active.sum()))
         try:
+            self._release_freed()
             report = any(t is not None and t.want_logprobs for t in self._active)
             self._slots, (tokens, chosen, top_ids, top) = self._step(self.params, self._slots, jnp.asarray(active),
                                                                      jnp.asarray(report))
@@ -324,7 +353,20 @@ class Batcher:
             finished = Finished("length") if len(ticket.tokens) >= ticket.max_new_tokens else None
         if finished is not None:
             self._finish(ticket, finished)
-            self._active[slot] = None
+            self._free(slot)
+
+    def _free(self, slot: int) -> None:
+        self._active[slot] = None
+        self._freed.append(slot)
+
+    def _release_freed(self) -> None:
+        """Reset the freed slots' sampling settings and logit bias to neutral, in one device call."""
+        if not self._freed:
+            return
+        freed = np.zeros(self.num_slots, bool)
+        freed[self._freed] = True
+        self._freed.clear()
+        self._slots = self._release(self._slots, jnp.asarray(freed))
 
     def _finish(self, ticket: Ticket, finished: Finished) -> None:
         self.finished[finished.reason] += 1
@@ -336,13 +378,14 @@ class Batcher:
             if ticket is not None:
                 self._finish(ticket, Finished("error", f"{type(error).__name__}: {error}"))
                 self._active[slot] = None
+        self._freed.clear()  # empty slots are neutral already
         self._slots = self._empty_slots()
 
     def _drop_cancelled(self) -> None:
         for slot, ticket in enumerate(self._active):
             if ticket is not None and ticket.cancelled:
                 self._finish(ticket, Finished("cancelled"))
-                self._active[slot] = None
+                self._free(slot)
 
     # ---- the device programs -----------------------------------------------------------------------
 
@@ -359,14 +402,15 @@ class Batcher:
             cache=KVCache(jnp.zeros(shape, self.cache_dtype), jnp.zeros(shape, self.cache_dtype)),
             key_valid=jnp.zeros((n, self.max_len), bool), write_index=zeros(), position=zeros(), token=zeros(),
             seen=jnp.zeros((n, cfg.vocab_size), bool), counts=jnp.zeros((n, cfg.vocab_size), jnp.int32),
-            sampling=RowSampling.neutral(n), keys=jnp.zeros((n, 2), jnp.uint32),
+            sampling=RowSampling.neutral(n), bias=LogitBias.none(n, MAX_LOGIT_BIAS),
+            keys=jnp.zeros((n, 2), jnp.uint32),
         )
 
     def _build_prefill(self, width: int):
         graphdef = self.graphdef
 
         @functools.partial(jax.jit, donate_argnums=(1,))
-        def prefill(params, s: Slots, padded, slot, rows: RowSampling, key):
+        def prefill(params, s: Slots, padded, slot, rows: RowSampling, bias: LogitBias, key):
             self.compilations += 1  # runs at trace time only
             model = nnx.merge(graphdef, params)
 
@@ -381,9 +425,9 @@ class Batcher:
             logits, cache = model.decode_step(padded.tokens, padded.positions, cache, 0, key_valid)
             seen = jnp.zeros((1, self.config.vocab_size), bool).at[0, padded.tokens[0]].max(padded.valid[0])
             counts = jnp.zeros((1, self.config.vocab_size), jnp.int32)
-            rows1 = jax.tree.map(lambda a: a[None], rows)
+            rows1, bias1 = jax.tree.map(lambda a: a[None], (rows, bias))
             key, sub = jax.random.split(key)
-            token = choose_rows(logits, seen, counts, rows1, sub[None])
+            token = choose_rows(logits, seen, counts, rows1, sub[None], bias1)
             reported = _logprobs(logits, token, jnp.bool_(True))  # one row, once
             s = Slots(
                 cache=KVCache(put(s.cache.k, cache.k, 1), put(s.cache.v, cache.v, 1)),
@@ -391,6 +435,7 @@ class Batcher:
                 position=put(s.position, padded.positions[:, -1] + 1), token=put(s.token, token),
                 seen=put(s.seen, seen.at[0, token[0]].set(True)), counts=put(s.counts, counts.at[0, token[0]].add(1)),
                 sampling=jax.tree.map(lambda all_rows, one: put(all_rows, one), s.sampling, rows1),
+                bias=jax.tree.map(lambda all_rows, one: put(all_rows, one), s.bias, bias1),
                 keys=put(s.keys, key[None]),
             )
             return s, jax.tree.map(lambda a: a[0], reported)
@@ -410,7 +455,7 @@ class Batcher:
             key_valid = s.key_valid.at[slots, write].set(active | s.key_valid[slots, write])
             logits, cache = model.decode_step(s.token[:, None], s.position[:, None], s.cache, write, key_valid)
             split = jax.vmap(jax.random.split)(s.keys)
-            token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1])
+            token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1], s.bias)
             reported = _logprobs(logits, token, report)
             grow = active.astype(jnp.int32)
             s = s._replace(
@@ -421,6 +466,20 @@ class Batcher:
             return s, reported
 
         return step
+
+    def _build_release(self):
+        @functools.partial(jax.jit, donate_argnums=(0,))
+        def release(s: Slots, freed):
+            self.compilations += 1
+            neutral = (RowSampling.neutral(self.num_slots), LogitBias.none(self.num_slots, MAX_LOGIT_BIAS))
+
+            def reset(current, clean):
+                return jnp.where(freed.reshape((-1,) + (1,) * (current.ndim - 1)), clean, current)
+
+            sampling, bias = jax.tree.map(reset, (s.sampling, s.bias), neutral)
+            return s._replace(sampling=sampling, bias=bias)
+
+        return release
 
 
 def _logprobs(logits: jax.Array, token: jax.Array, report: jax.Array):
