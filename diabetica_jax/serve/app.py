@@ -225,7 +225,7 @@ class _Reply:
         self.ticket = self.served.batcher.submit(
             self.prompt, max_tokens, sampling, frequency_penalty=self.req.frequency_penalty,
             presence_penalty=self.req.presence_penalty, logprobs=self.req.logprobs,
-            **({'logit_bias': self.req.logit_bias} if self.req.logit_bias else {}),  # TODO-merge
+            logit_bias=self.req.logit_bias or None,
             deliver=lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event))
 
     def cancel(self) -> None:

@@ -23,13 +23,14 @@ import time
 import uuid
 from typing import Any
 
+from diabetica_jax.generate.batcher import MAX_LOGIT_BIAS
+
 ROLES = ("system", "user", "assistant")
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 MAX_STOP_SEQUENCES = 4
 MAX_PROMPTS = 64  # prompts in one /v1/completions request (each takes a decode slot)
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit on `logprobs`
 MAX_CHAT_LOGPROBS = 20  # the chat API's limit on `top_logprobs`
-MAX_LOGIT_BIAS = 300  # entries in `logit_bias`
 LOGIT_BIAS_RANGE = 100.0
 
 
