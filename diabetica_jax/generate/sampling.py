@@ -310,8 +310,7 @@ def _filter_candidates(values, logits, rows):
     here = jax.nn.logsumexp(jnp.where(in_top_k, scaled, -jnp.inf), axis=-1, keepdims=True)
     nucleus = _nucleus_on(rows)
     needs_whole = nucleus[:, 0] & ~_top_k_on(rows, vocab) & ~top_k_inside
-    whole = jax.lax.cond(jnp.any(needs_whole),
-                         lambda: jax.nn.logsumexp(_scaled(logits, rows), axis=-1, keepdims=True), lambda: here)
+    whole = jax.lax.cond(jnp.any(needs_whole), lambda: _log_mass(logits, rows, scaled[:, :1]), lambda: here)
     normaliser = jnp.where(top_k_inside[:, None], here, whole)
     cumulative = jnp.cumsum(jnp.where(in_top_k, jnp.exp(scaled - normaliser), 0.0), axis=-1)
     reached = jnp.sum(cumulative < rows.top_p[:, None], axis=-1, keepdims=True)  # index of the set's last member
@@ -320,6 +319,12 @@ def _filter_candidates(values, logits, rows):
     keep = in_top_k & (~nucleus | (scaled >= cutoff))
     exact = jnp.where(_top_k_on(rows, vocab), top_k_inside, nucleus_inside | ~nucleus[:, 0])
     return keep, exact
+
+
+def _log_mass(logits, rows, largest):
+    """logsumexp(logits / temperature) [b, 1] given its largest term `largest` [b, 1] (the best candidate's):
+    one fused pass, no [b, vocab] array of scaled logits made."""
+    return largest + jnp.log(jnp.sum(jnp.exp(_scaled(logits, rows) - largest), axis=-1, keepdims=True))
 
 
 def _top_k_whole_vocab(scaled, rows):
