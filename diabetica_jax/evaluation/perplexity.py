@@ -20,10 +20,9 @@ import numpy as np
 from flax import nnx
 
 from diabetica_jax.generate import left_pad
-from diabetica_jax.model.chunks import chunk_size
+from diabetica_jax.generate.scoring import next_token_logprobs
 
 MAX_TOKENS = 512  # longest passage scored, in tokens; longer ones are cut
-LOGIT_CHUNK = 32  # sequence positions projected to the vocabulary at once: [batch, 32, vocab] float32 at most
 NOT_AVAILABLE = "not available (the model gives no token log-likelihoods: an endpoint)"
 
 
@@ -43,25 +42,10 @@ def passage_nll(graphdef, state, token_lists: list[list[int]], pad_id: int,
 def _row_nll(graphdef):
     @jax.jit
     def run(state, tokens, positions, valid):
-        model = nnx.merge(graphdef, state)
-        hidden = model.hidden_states(tokens, positions, valid.astype(jnp.int32))
+        logprobs, _ = next_token_logprobs(nnx.merge(graphdef, state), tokens, positions, valid)
         # position t predicts token t+1 when both are real (left padding: real tokens are contiguous)
-        targets = jnp.roll(tokens, -1, axis=1)
         weights = (valid & jnp.roll(valid, -1, axis=1)).at[:, -1].set(False).astype(jnp.float32)
-        b, t, _ = hidden.shape
-        c = chunk_size(t, LOGIT_CHUNK)
-
-        def chunks(x):
-            return jnp.swapaxes(x.reshape((b, t // c, c) + x.shape[2:]), 0, 1)
-
-        def step(total, inputs):
-            h, y, w = inputs
-            logits = model.logits(h).astype(jnp.float32)
-            target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-            return total + jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * w, axis=1), None
-
-        nll, _ = jax.lax.scan(step, jnp.zeros((b,), jnp.float32), (chunks(hidden), chunks(targets), chunks(weights)))
-        return nll, jnp.sum(weights, axis=1).astype(jnp.int32)
+        return -jnp.sum(logprobs * weights, axis=1), jnp.sum(weights, axis=1).astype(jnp.int32)
 
     return run
 

@@ -4,8 +4,9 @@ Routes: POST /v1/chat/completions and /v1/completions (JSON, or server-sent even
 GET /v1/models, GET /health, GET / (the web page), the tokenizer as vLLM serves it (POST /tokenize and
 /detokenize, GET /tokenizer_info) and GET /openapi.json (the routes and fields). Every request is answered:
 bad input gets a 4xx with an OpenAI-style JSON error naming the field, a failure inside gets a 500 JSON
-error, and the server keeps running. A client that disconnects cancels its request, which frees its decode slot at the next step.
-Request bodies are capped and must arrive in time (413, 408: serve/limits.py, which also logs disconnects).
+error, and the server keeps running. A client that disconnects cancels its request, which frees its decode
+slot at the next step. Request bodies are capped and must arrive in time (413, 408: serve/limits.py, which
+also logs disconnects).
 
 With an API key (read from an environment variable when the app is made; never logged) every /v1 and
 tokenizer route wants `Authorization: Bearer KEY`; the page, /health and /openapi.json stay open (the page
@@ -145,13 +146,13 @@ async def _generate(served: ServedModel, request: Request, req: GenerationReques
     for i, prompt in enumerate(prompts):
         _check_prompt(served, prompt, max_tokens, "messages" if chat else "prompt",
                       "" if len(prompts) == 1 else f" (prompt {i})")
-    _check_token_ids(served, req.logit_bias, "logit_bias")
+    protocol.check_token_ids(req.logit_bias, served.vocab_size, "logit_bias")
     sampling = served.sampling(req.temperature, req.top_p, None if req.top_k is None else max(req.top_k, 0),
                                req.repetition_penalty, req.seed)
     replies = []
     try:
         for i, prompt in enumerate(prompts):
-            echoed = await _echo(served, req, prompts[i], req.prompts[i]) if req.echo else None
+            echoed = await _echo(served, req, prompt, req.prompts[i]) if req.echo else None
             replies.append(_Reply(served, req, i, prompt, echoed, chat))
             if max_tokens:
                 replies[-1].submit(max_tokens, sampling)
@@ -170,19 +171,13 @@ async def _generate(served: ServedModel, request: Request, req: GenerationReques
 def _check_prompt(served: ServedModel, prompt: list[int], max_tokens: int, field: str, which: str) -> None:
     """A prompt the server can take with `max_tokens` new tokens, or the 400 that says why not."""
     limits = served.limits
-    _check_token_ids(served, prompt, field)
+    protocol.check_token_ids(prompt, served.vocab_size, field)
     if len(prompt) > limits.max_prompt_tokens:
         raise APIError(400, f"the prompt{which} has {len(prompt)} tokens; this server takes at most "
                        f"{limits.max_prompt_tokens}", field, "context_length_exceeded")
     if len(prompt) + max_tokens > served.context_length:
         raise APIError(400, f"the prompt{which} ({len(prompt)} tokens) and max_tokens ({max_tokens}) pass the "
                        f"model's context of {served.context_length} positions", field, "context_length_exceeded")
-
-
-def _check_token_ids(served: ServedModel, ids, field: str) -> None:
-    bad = next((t for t in ids if t >= served.vocab_size), None)
-    if bad is not None:
-        raise APIError(400, f"'{field}' names token id {bad}; the vocabulary has {served.vocab_size} ids", field)
 
 
 async def _echo(served: ServedModel, req: GenerationRequest, tokens: list[int], prompt) -> tuple[str, list]:

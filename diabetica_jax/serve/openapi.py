@@ -3,7 +3,8 @@
 Schema-driven tools (schemathesis, client generators) read it; its bounds are the ones protocol.py enforces
 and this server's own limits (the most new tokens, the model's name), so a request the schema calls
 invalid is refused with a 4xx. Rules that span fields (max_tokens 0 only with echo, top_logprobs only with
-logprobs, a prompt plus max_tokens within the model's context) are in the descriptions.
+logprobs, stream_options only with stream, one prompt per stream) are if/then rules. The one rule a JSON
+schema cannot state is a prompt's length in tokens: a valid request may still get 400 context_length_exceeded.
 """
 
 from __future__ import annotations

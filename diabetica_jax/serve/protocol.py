@@ -166,6 +166,13 @@ def _is_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(as_integer(t) is not None and t >= 0 for t in value)
 
 
+def check_token_ids(ids, vocab_size: int, field: str) -> None:
+    """The 400 naming `field` when a token id in `ids` (non-negative ints) is past the vocabulary."""
+    bad = next((t for t in ids if t >= vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"'{field}' names token id {bad}; the vocabulary has ids 0 to {vocab_size - 1}", field)
+
+
 def as_integer(value: Any) -> int | None:
     """`value` as an int when JSON Schema calls it an integer (1 and 1.0 alike; never true/false), else None."""
     if isinstance(value, bool):

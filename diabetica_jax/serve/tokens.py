@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
-from diabetica_jax.serve.protocol import APIError, as_integer, parse_messages
+from diabetica_jax.serve.protocol import APIError, as_integer, check_token_ids, parse_messages
 
 
 async def tokenize(served, body: dict) -> dict:
@@ -31,12 +31,10 @@ async def tokenize(served, body: dict) -> dict:
 def detokenize(served, body: dict) -> dict:
     _check_model(served, body)
     tokens = body.get("tokens")
-    if not isinstance(tokens, list) or any(as_integer(t) is None for t in tokens):
+    if not isinstance(tokens, list) or any(as_integer(t) is None or t < 0 for t in tokens):
         raise APIError(400, "'tokens' must be a list of token ids", "tokens")
     tokens = [as_integer(t) for t in tokens]
-    bad = next((t for t in tokens if not 0 <= t < served.vocab_size), None)
-    if bad is not None:
-        raise APIError(400, f"'tokens' holds {bad}; the vocabulary has ids 0 to {served.vocab_size - 1}", "tokens")
+    check_token_ids(tokens, served.vocab_size, "tokens")
     return {"prompt": served.tokenizer.decode(tokens)}
 
 
