@@ -179,10 +179,7 @@ def test_the_demo_run_folders_come_from_the_recipe():
 
 
 # Commands the README shows right that the code refuses (a bug outside the CLI): strict, so the fix shows here.
-KNOWN_BUGS = {
-    "engine.executor_options=": "data/curate/config.py declares executor_options as a bare `dict`, a type "
-                                "configuration._coerce does not support: any value is refused",
-}
+KNOWN_BUGS: dict[str, str] = {}  # a command's first word -> why it fails (an xfail, strict)
 
 
 def _params():

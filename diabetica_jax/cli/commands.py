@@ -11,6 +11,7 @@ from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config
 from diabetica_jax.data.curate.config import load_curate_config
+from diabetica_jax.data.curate.engines import UnitsLost
 from diabetica_jax.data.curate.pipeline import curate as run_curation
 from diabetica_jax.evaluation.compare import load_reports, write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
@@ -37,8 +38,8 @@ from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
 # Errors that mean "your input is wrong": reported in one line, exit code 2.
 USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, InputError,
                FileNotFoundError)
-# A run that stopped for a reason outside its inputs (a full disk): reported in one line, exit code 1.
-RUN_FAILURES = (CheckpointSaveError,)
+# A run that stopped for a reason outside its inputs (a full disk, cluster tasks lost): one line, exit code 1.
+RUN_FAILURES = (CheckpointSaveError, UnitsLost)
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 # A config's kind (cli.choices.CONFIG_KINDS) is the folder it lives in: configs/recipes/ or configs/train/.
 _KIND_OF_FOLDER = {"recipes": "recipe", "train": "train"}

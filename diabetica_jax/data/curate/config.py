@@ -170,6 +170,8 @@ class OutputSection:
 
 
 ENGINES = ("local", "datatrove")
+# what an executor option may be: YAML scalars, a list of them, or a mapping (Slurm's sbatch_args)
+OptionValue = str | int | float | bool | list[str] | dict[str, str | int | float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +179,18 @@ class EngineSection:
     name: Literal[ENGINES] = field(
         "local", "what runs the per-record scan: local (a process pool on this machine) or datatrove (its local, "
         "Slurm or Ray executor; pip install 'diabetica-jax[engine]')")
-    workers: int = field(0, "scan processes (0: one per CPU core; 1: in this process, no pool)")
-    unit_mb: int = field(16, "JSONL inputs larger than this are scanned in slices of about this many MB")
+    workers: int = field(0, "scan processes (0: one per CPU core; 1: in this process, no pool); datatrove: tasks "
+                            "running at once")
+    unit_mb: int = field(16, "inputs larger than this are scanned in slices of about this many MB")
     executor: Literal[("local", "slurm", "ray")] = field("local", "datatrove's executor (engine datatrove)")
-    executor_options: dict = field({}, "arguments of datatrove's Slurm or Ray executor (partition, time, ...)")
+    executor_options: dict[str, OptionValue] = field(
+        {}, "arguments of datatrove's executor, checked before anything is submitted (slurm: partition, time "
+            "(quoted), cpus_per_task, mem_per_cpu_gb, venv_path, sbatch_args, ...; ray: cpus_per_task, ...); "
+            "on the command line engine.executor_options.partition=cpu")
+    timeout_s: float | None = field(None, "datatrove: stop with the units that have no result when none finished "
+                                          "for this many seconds (a hung task; default: no limit)")
+    resume: bool = field(True, "datatrove: a rerun of an interrupted curation with the same inputs and settings "
+                               "reuses the units already finished (false: start afresh)")
     work_dir: str | None = field(None, "where units spill their records (default OUT/work; on a cluster: a path "
                                        "every node shares)", path=True)
 
@@ -188,6 +198,21 @@ class EngineSection:
         require_positive(self, "unit_mb")
         if self.workers < 0:
             raise FieldError("workers", f"must be >= 0, got {self.workers}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise FieldError("timeout_s", f"must be a positive number of seconds, got {self.timeout_s}")
+        if self.name == "local":
+            if self.executor != "local":
+                raise FieldError("executor", f"{self.executor} runs through datatrove: set engine.name=datatrove")
+            if self.executor_options:
+                raise FieldError("executor_options", "only read with engine.name=datatrove")
+            return
+        from diabetica_jax.data.curate import datatrove_engine
+
+        try:
+            datatrove_engine.require_datatrove()
+        except ImportError as e:
+            raise FieldError("name", str(e)) from None
+        datatrove_engine.check_options(self.executor, dict(self.executor_options))
 
     def processes(self) -> int:
         import os

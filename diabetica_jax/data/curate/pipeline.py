@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # a scan worker costs a second or two to start: inputs smaller than this are scanned in this process
 POOL_MIN_BYTES = 8 << 20
+# what a unit's spill and summary hold: a change invalidates an interrupted run's finished units
+SPILL_FORMAT = 1
 
 
 @dataclasses.dataclass
@@ -75,13 +77,13 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     work = out / "work"
     if cfg.engine.work_dir:  # a shared directory may serve several outputs: one folder each
         work = Path(cfg.engine.work_dir) / f"{out.name}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
-    if work.exists():  # a killed earlier run's spill
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     inputs = list(cfg.inputs) + (demo_inputs() if cfg.demo else [])
     benchmark_items = _benchmark_items(cfg)
+    ctx = ScanContext(cfg, benchmark_items, str(work))
+    units = plan_units(inputs, cfg.engine.unit_mb << 20)
+    resume = _prepare_work_dir(work, cfg, ctx, units)
     clock = time.perf_counter()
-    summaries = _scan(inputs, ScanContext(cfg, benchmark_items, str(work)), cfg, work, progress)
+    summaries = _scan(units, ctx, cfg, work, progress, resume)
     seconds = {"scan": time.perf_counter() - clock}
     stages = _scan_stages(summaries)
     collected = stages[0].entered
@@ -110,15 +112,58 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     else:
         card = _finish_with_teacher(out, cfg, summaries, decisions, stages, collected, benchmark_items, progress,
                                     semdedup_stats, seconds)
+    _keep_engine_logs(work, out)
     shutil.rmtree(work, ignore_errors=True)
     return card
 
 
-def _scan(inputs: list[InputSection], ctx: ScanContext, cfg: CurateConfig, work: Path, progress: bool):
+def _prepare_work_dir(work: Path, cfg: CurateConfig, ctx: ScanContext, units: list) -> bool:
+    """Empty `work` for this run, unless an interrupted run with the same inputs, settings and units left its
+    finished units there and the engine keeps them (datatrove's result files, with engine.resume): then keep
+    them and return True."""
+    manifest = work / "manifest.json"
+    inputs = [(str(Path(u.input.path).resolve()), *_file_stamp(Path(u.input.path))) for u in units]
+    key = hashlib.sha1(repr((ctx.key(), [repr(u) for u in units], inputs, cfg.engine.name, cfg.engine.executor,
+                             SPILL_FORMAT)).encode()).hexdigest()
+    reusable = cfg.engine.name == "datatrove" and cfg.engine.resume
+    if reusable and manifest.is_file() and manifest.read_text() == key:
+        log.warning("%s: resuming an interrupted curation: units already finished are not scanned again", work)
+        return True
+    if work.exists():  # a killed earlier run's spill, or one of other inputs or settings
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    manifest.write_text(key)
+    return False
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time) of an input file; a directory or a hub name: (0, 0)."""
+    if not path.is_file():
+        return 0, 0
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _keep_engine_logs(work: Path, out: Path) -> None:
+    """datatrove's and Slurm's task logs of every engine job move to OUT/engine_logs/JOB before the work
+    directory (spill, results) is removed."""
+    jobs = work / "datatrove"
+    if not jobs.is_dir():
+        return
+    for job in sorted(p for p in jobs.iterdir() if p.is_dir()):
+        kept = out / "engine_logs" / job.name
+        if kept.exists():
+            shutil.rmtree(kept)
+        kept.mkdir(parents=True)
+        for name in ("logs", "slurm_logs", "stats", "errors", "launch_script.slurm"):
+            if (job / name).exists():
+                shutil.move(str(job / name), str(kept / name))
+
+
+def _scan(units: list, ctx: ScanContext, cfg: CurateConfig, work: Path, progress: bool, resume: bool):
     """Every unit's summary, in unit order, from a process pool (or datatrove) when the input is large."""
     from diabetica_jax.data.curate.engines import map_units
 
-    units = plan_units(inputs, cfg.engine.unit_mb << 20)
     size = sum(Path(u.input.path).stat().st_size if u.end is None else u.end - u.start
                for u in units if Path(u.input.path).is_file())
     workers = cfg.engine.processes()
@@ -126,7 +171,8 @@ def _scan(inputs: list[InputSection], ctx: ScanContext, cfg: CurateConfig, work:
         workers = 1
     return map_units(_ScanCall(ctx), units, engine=cfg.engine.name, workers=workers, work_dir=work,
                      progress=progress, desc="scan", executor=cfg.engine.executor,
-                     executor_options=dict(cfg.engine.executor_options))
+                     executor_options=dict(cfg.engine.executor_options), resume=resume,
+                     timeout=cfg.engine.timeout_s)
 
 
 class _ScanCall:
