@@ -3,10 +3,12 @@
     python bench/faults.py [--out bench/results/faults_cpu.json] [-- extra pytest arguments]
     python bench/faults.py --ledger LEDGER.json   # the table of a run made with DIABETICA_FAULTS_TABLE=LEDGER.json
 
-It runs `pytest tests/faults` (kill -9 mid-step, mid-save, during export, curation and evaluation; damaged
-checkpoints; a full disk; endpoint timeouts, 5xx, 429, malformed and empty replies; SIGTERM to one of two
-processes; bad inputs through every command) with the suite's ledger (tests/faults/conftest.py) writing its
-counts, then prints them as the README's markdown table, with the counts per test file, and saves them.
+It runs `pytest tests/faults` and the fault and bad-input tests of the serve and cluster suites (kill -9
+mid-step, mid-save, during export, curation and evaluation; damaged checkpoints; a full disk; endpoint
+timeouts, 5xx, 429, malformed and empty replies; SIGTERM to one of two processes; lost and hung Slurm tasks;
+bad inputs through every command and bad requests to `serve`) with the ledger (tests/fault_ledger.py)
+writing its counts, then prints them as the README's markdown table, with the counts per test file, and
+saves them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/faults is all faults and CLI bad inputs; from the others, the tests marked so (serve's refused requests,
+# lost and hung cluster tasks, executor options)
+SUITE = ["tests/faults", "tests/test_serve.py", "tests/test_serve_conformance.py", "tests/test_serve_limits.py",
+         "tests/test_clusters.py"]
 ROWS = [("faults injected", "faults_injected"), ("faults survived", "faults_survived"),
         ("bad inputs tried", "bad_inputs_tried"), ("bad inputs refused with a clear error", "bad_inputs_refused_clearly"),
         ("records checked after a fault", "records_checked"), ("records lost", "records_lost"),
@@ -43,8 +49,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Path(tmp) / "ledger.json"
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pytest", "tests/faults", "-p", "no:cacheprovider",
-                               *args.pytest_args], cwd=REPO, env={**os.environ, "DIABETICA_FAULTS_TABLE": str(ledger)})
+        done = subprocess.run([sys.executable, "-m", "pytest", *SUITE, "-m", "fault or bad_input",
+                               "-p", "no:cacheprovider", *args.pytest_args], cwd=REPO, env={**os.environ, "DIABETICA_FAULTS_TABLE": str(ledger)})
         seconds = time.perf_counter() - started
         if not ledger.is_file():
             print("the suite wrote no ledger (did it collect any test?)", file=sys.stderr)

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 # afterwards ("--- Logging error ---" in a later test's stderr): import it here, at collection.
 import transformers  # noqa: E402, F401
 from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
+from fault_ledger import ledger, pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402, F401
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # The paper's public benchmark files: DIABETICA_BENCHMARKS, else ../shared/benchmarks/diabetica beside the checkout.

@@ -85,6 +85,7 @@ def test_executor_options_come_from_the_command_line_and_yaml(tmp_path):
     ([*SLURM, "engine.executor_options.cpus_per_task=many"], "engine.executor_options.cpus_per_task: expected int"),
     ([*SLURM, "engine.timeout_s=0"], "engine.timeout_s: must be a positive number of seconds"),
 ])
+@pytest.mark.bad_input
 def test_bad_executor_options_are_refused_before_submission(overrides, expected, slurm):
     with pytest.raises(ConfigFileError) as error:
         load_curate_config(None, overrides, ["x.jsonl"])
@@ -104,6 +105,7 @@ def test_slurm_array_gives_the_local_records_and_keeps_its_logs(corpus, local_ou
     assert not (out / "work").exists()
 
 
+@pytest.mark.fault
 def test_a_lost_task_names_its_unit_and_a_rerun_runs_only_it(corpus, local_outcome, slurm, tmp_path, capsys,
                                                             monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_LOSE", "1")  # array task 1 ends without running, as after `scancel 1000_1`
@@ -118,6 +120,7 @@ def test_a_lost_task_names_its_unit_and_a_rerun_runs_only_it(corpus, local_outco
     assert _outcome(tmp_path / "out") == local_outcome
 
 
+@pytest.mark.fault
 def test_a_hung_task_is_stopped_by_the_timeout(corpus, slurm, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_HANG", "0")  # array task 0 never ends
     argv = ["curate", "--input", str(corpus), "--out", str(tmp_path / "out"), *SLURM,

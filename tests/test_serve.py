@@ -182,6 +182,7 @@ def test_32_concurrent_requests_are_each_answered_once(client, served, server):
      400, "tools"),
     ({"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
 ])
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, client, served, body, status, param):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = httpx.post(f"{server.url}/v1/chat/completions", content=content, timeout=30)

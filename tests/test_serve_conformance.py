@@ -211,6 +211,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
      "repetition_penalty"),
     ("text", '{"model": "MODEL", "prompt": "hi", "logit_bias": {"5": NaN}}', "logit_bias.5"),
 ])
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_non_finite_numbers_are_refused_naming_the_field(http, served, route, body, param):
     path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
     reply = http.post(path, content=body.replace("MODEL", served.name).encode(), headers={"content-type": "application/json"})
@@ -237,6 +238,7 @@ def test_non_finite_numbers_are_refused_naming_the_field(http, served, route, bo
     ("text", {"logprobs": 6}, "logprobs"),
     ("text", {"prompt": "x" * 10, "max_tokens": 64, "echo": "yes"}, "echo"),
 ])
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_fields_not_honoured_are_refused_with_a_400_naming_them(http, served, route, extra, param):
     base = {"model": served.name, **(CHAT if route == "chat" else {"prompt": "hi", "max_tokens": 2})}
     path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
@@ -269,6 +271,7 @@ def test_developer_messages_are_system_messages(http, served):
     assert ask("developer")["usage"] == ask("system")["usage"]
 
 
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_prompt_and_max_tokens_are_checked_against_the_models_context(http, served, checkpoint, caplog):
     ids = served.text_tokens("glucose " * 600)[:480]
     reply = http.post("/v1/completions", json={"model": served.name, "prompt": ids, "max_tokens": 40})

@@ -114,6 +114,7 @@ def _json_body(size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_a_body_declared_over_the_cap_is_refused_before_it_is_sent(server):
     with _connect(server) as sock:
         sock.sendall(_head({"Content-Type": "application/json", "Content-Length": str(2 * 10**9)}))  # no body
@@ -124,6 +125,7 @@ def test_a_body_declared_over_the_cap_is_refused_before_it_is_sent(server):
         assert _closed_by_server(sock)
 
 
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_a_chunked_body_is_refused_once_it_passes_the_cap(server):
     # never ended: a server that held the body whole to measure it would still be waiting for the rest
     with _connect(server) as sock:
@@ -150,6 +152,7 @@ def test_bodies_within_the_cap_are_read_and_keep_their_connection(server):
 
 
 @pytest.mark.parametrize("client", ["trickles", "stalls"])
+@pytest.mark.bad_input  # a request serve must refuse: a row of the fault table
 def test_a_slow_body_gets_408_and_its_connection_closed_while_others_are_served(server, served, client):
     with _connect(server) as sock:
         # Content-Length says 1000 bytes; a trickling client sends one every 0.1 s (each arrives well before any

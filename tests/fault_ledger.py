@@ -1,6 +1,6 @@
-"""The fault-injection suite's ledger: every test here is one injected fault (`@pytest.mark.fault`) or one bad
-input tried through the CLI (`@pytest.mark.bad_input`); a passing test survived the fault or refused the input
-clearly. Tests that compare records report how many went missing with `ledger.lost(n)` (and assert 0).
+"""The fault-injection ledger: every test marked `fault` is one injected fault, every test marked `bad_input` one
+bad input tried through the CLI (tests/faults/) or the HTTP API (the serve tests that send a request `serve` must
+refuse); a passing test survived the fault or refused the input clearly. tests/conftest.py registers these hooks. Tests that compare records report how many went missing with `ledger.lost(n)` (and assert 0).
 
 At the end of the session the table is printed; with DIABETICA_FAULTS_TABLE=PATH it is also written there as JSON
 (bench/faults.py does this and prints the README's table).
