@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 # first import could happen inside a test that captures stderr, leaving the handler on a stream pytest closes
 # afterwards ("--- Logging error ---" in a later test's stderr): import it here, at collection.
 import transformers  # noqa: E402, F401
-from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 from fault_ledger import ledger, pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402, F401
+from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # The paper's public benchmark files: DIABETICA_BENCHMARKS, else ../shared/benchmarks/diabetica beside the checkout.
