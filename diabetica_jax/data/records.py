@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 KINDS = ("mcq", "qa", "dialogue", "passage", "cloze")
@@ -63,8 +64,19 @@ _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
 
 
 def record_id(source: str, file: str, row: Any, content: str) -> str:
-    digest = hashlib.sha1(f"{source}\x00{file}\x00{row}\x00{content}".encode()).hexdigest()[:16]
-    return f"{source}-{digest}"
+    """`source-<16 hex>`: a hash of where the record came from (`file` as `id_path` gives it, its row) and what it
+    says. surrogatepass: a path from a file system that is not UTF-8 still hashes."""
+    key = f"{source}\x00{file}\x00{row}\x00{content}"
+    return f"{source}-{hashlib.sha1(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+
+def id_path(path: str | Path) -> str:
+    """An input's path as record ids hash it: resolved (symbolic links, `..`, the working directory), then taken
+    relative to the input's root (the input itself when it is a directory, the file's folder when it is a file),
+    so that ids do not change with how the path is spelled or where the data folder lies."""
+    resolved = Path(path).resolve()
+    root = resolved if resolved.is_dir() else resolved.parent
+    return resolved.relative_to(root).as_posix()
 
 
 @dataclasses.dataclass

@@ -49,6 +49,29 @@ def undecodable(error: UnicodeDecodeError) -> str:
     return f"undecodable bytes: {error.reason}"
 
 
+# What no record's text may hold: C0 control characters other than the whitespace ones (tab, line feed, vertical
+# tab, form feed, carriage return) and DEL, which mean binary data, not prose; and lone UTF-16 surrogates (a JSON
+# escape such as \ud800 without its pair), which have no UTF-8 form, so the record could not be written out.
+_BAD_CHARACTER = re.compile("[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def bad_character(text: str) -> str | None:
+    """Why `text` cannot be a record's text ('binary data: control character U+0000'), or None when it can."""
+    found = _BAD_CHARACTER.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    if 0xD800 <= code <= 0xDFFF:
+        return f"not valid Unicode: a lone surrogate U+{code:04X}"
+    return f"binary data: control character U+{code:04X}"
+
+
+def escape_bad_characters(text: str) -> str:
+    """`text` with the characters `bad_character` refuses written as \\uXXXX escapes: safe to write as UTF-8 and
+    to show in a reject."""
+    return _BAD_CHARACTER.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 _SPACE = re.compile(r"\s+")
 # everything but letters, digits and whitespace (str.isalnum / str.isspace, checked code point by code point)
 _NOT_WORD = re.compile(r"[^\w\s]|_")

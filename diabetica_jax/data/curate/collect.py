@@ -1,6 +1,7 @@
 """Collect: read heterogeneous files into Records; anything unreadable becomes a Reject with its reason.
 
-A malformed row (bad JSON, bad bytes, missing fields) is a Reject naming its file and row, and the run goes on.
+A malformed row (bad JSON, bad bytes, missing fields, nested too deep, binary data or a lone surrogate in a field:
+tables.row_problem) is a Reject naming its file and row, and the run goes on.
 A file that cannot be read at all is the wrong file more likely than a damaged record: curation refuses an
 empty or binary input before any work (tables.detect_format, which the scan plan calls in the driver for an
 input whose format comes from its name). Where it is only found here, in a scan worker (an input given an
@@ -8,7 +9,11 @@ explicit `format`, or damage that shows only while reading: a truncated JSON doc
 the file becomes a single Reject with the reason, so the data card counts it.
 
 Formats: JSONL / JSON, CSV, XLSX, Parquet, Hugging Face `datasets` saved to disk, and plain text or
-Markdown documents (split into passages). Encodings: UTF-8, UTF-8 with BOM, GBK.
+Markdown documents (split into passages). Encodings: UTF-8, UTF-8 with BOM, GBK. A large JSONL, CSV or
+Parquet file may come in `tables.Part`s, slices planned by scan.plan_units: its rows keep their numbers.
+
+Record ids hash the input's path as records.id_path gives it (resolved, relative to the input's root), so
+they do not depend on how the path was typed; provenance keeps the path as given.
 
 Row shapes understood (field names can be remapped per input):
   messages / conversations (chat turns)      -> dialogue (qa when one user and one assistant turn)
@@ -20,6 +25,7 @@ Row shapes understood (field names can be remapped per input):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -29,21 +35,37 @@ from typing import Any
 from diabetica_jax.configuration import InputError
 from diabetica_jax.data.curate.config import InputSection
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
-from diabetica_jax.data.records import KINDS, Record, Reject, record_id
-from diabetica_jax.data.tables import check_content, detect_format, hub_rows, jsonl_rows, read_rows
-from diabetica_jax.data.text import decode, language, undecodable
+from diabetica_jax.data.records import KINDS, Record, Reject, id_path, record_id
+from diabetica_jax.data.tables import (
+    MAX_NESTING,
+    Part,
+    check_content,
+    detect_format,
+    hub_rows,
+    missing_input,
+    raw_text,
+    read_rows,
+    row_problem,
+)
+from diabetica_jax.data.text import bad_character, decode, language, undecodable
 
 _BLANK = re.compile(r"[(（]\s*[)）]")
 
 
-def collect(spec: InputSection) -> Iterator[Record | Reject]:
+def collect(spec: InputSection, part: Part | None = None) -> Iterator[Record | Reject]:
+    """The records of an input, or of one `Part` of it, and a Reject for each row (or file) that cannot be one."""
     path = Path(spec.path)
     if spec.format == "hf_hub":  # a dataset name on the Hugging Face hub, read when a network is there
-        yield from _collect_rows(hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path)
+        yield from _collect_rows(hub_rows(spec.path), spec, spec.source or spec.path.replace("/", "_"), spec.path,
+                                 spec.path)
         return
     if not path.exists():
-        raise FileNotFoundError(f"{path}: input not found")
+        raise FileNotFoundError(missing_input(path))
     source = spec.source or path.stem
+    if part is not None:  # planned in the driver, which checked the file's format and first bytes
+        yield from _collect_rows(_whole_file(read_rows(path, part.format, part), path), spec, source, str(path),
+                                 id_path(path))
+        return
     try:
         fmt = spec.format if spec.format != "auto" else detect_format(path)  # detect_format checks the content
         if spec.format != "auto":
@@ -54,7 +76,7 @@ def collect(spec: InputSection) -> Iterator[Record | Reject]:
     if fmt == "text":
         yield from _passages(path, source)
         return
-    yield from _collect_rows(_whole_file(read_rows(path, fmt), path), spec, source, str(path))
+    yield from _collect_rows(_whole_file(read_rows(path, fmt), path), spec, source, str(path), id_path(path))
 
 
 def _file_reject(path: Path, error: InputError) -> Reject:
@@ -69,29 +91,22 @@ def _whole_file(rows, path: Path):
         yield None, _file_reject(path, e)
 
 
-def collect_jsonl_range(spec: InputSection, start: int, end: int, first_row: int, encoding: str | None,
-                        error: UnicodeDecodeError | None) -> Iterator[Record | Reject]:
-    """`collect` of the whole lines in bytes [start, end) of a JSONL input, the first being line `first_row`,
-    given the encoding verdict taken over the whole file (scan.plan_units cuts large files so)."""
-    path = Path(spec.path)
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    yield from _collect_rows(jsonl_rows(path, data, encoding, error, first_row), spec, spec.source or path.stem,
-                             str(path))
-
-
-def _collect_rows(rows, spec: InputSection, source: str, origin: str) -> Iterator[Record | Reject]:
+def _collect_rows(rows, spec: InputSection, source: str, origin: str, id_file: str) -> Iterator[Record | Reject]:
+    """Records of `rows`; `origin` is the file as provenance names it, `id_file` as record ids hash it."""
     for row_index, row in rows:
         where = {"file": origin, "row": row_index}
         if isinstance(row, Reject):
             yield row
             continue
+        problem = row_problem(row)  # before anything walks the row or writes its text out
+        if problem is not None:
+            yield Reject("collect", problem, where, raw=raw_text(row))
+            continue
         try:
-            yield row_to_record(row, spec, source, where)
+            yield row_to_record(row, spec, source, where, id_file)
         except (KeyError, ValueError, TypeError, MCQParseError) as e:
             reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            yield Reject("collect", reason, where, raw=json.dumps(row, ensure_ascii=False, default=str)[:2000])
+            yield Reject("collect", reason, where, raw=raw_text(row))
 
 
 # ---- a row -> a record ---------------------------------------------------------------------------
@@ -106,7 +121,9 @@ def _field(row: dict, spec: InputSection, name: str, required: bool = True) -> s
     return str(value).strip()
 
 
-def row_to_record(row: dict, spec: InputSection, source: str, where: dict) -> Record:
+def row_to_record(row: dict, spec: InputSection, source: str, where: dict, id_file: str | None = None) -> Record:
+    """The record of a row read from `where` (id_file: the file as its id hashes it; where["file"] when None)."""
+    make = functools.partial(_make, id_file=where["file"] if id_file is None else id_file)
     kind = spec.kind
     if kind != "auto" and kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
@@ -115,15 +132,15 @@ def row_to_record(row: dict, spec: InputSection, source: str, where: dict) -> Re
         messages = _messages(turns)
         n_user = sum(m["role"] == "user" for m in messages)
         kind = kind if kind != "auto" else ("qa" if n_user == 1 and len(messages) <= 3 else "dialogue")
-        return _make(source, where, kind, messages=messages)
+        return make(source, where, kind, messages=messages)
     if kind == "passage" or (kind == "auto" and spec.column("text") in row and spec.column("question") not in row):
         text = _field(row, spec, "text")
-        return _make(source, where, "passage", text=text)
+        return make(source, where, "passage", text=text)
     if spec.column("instruction") in row and spec.column("question") not in row:
         question = _field(row, spec, "instruction")
         extra = _field(row, spec, "input", required=False)
         question = f"{question}\n{extra}" if extra else question
-        return _make(source, where, kind if kind != "auto" else "qa", messages=_qa(question, _field(row, spec, "output")))
+        return make(source, where, kind if kind != "auto" else "qa", messages=_qa(question, _field(row, spec, "output")))
     question, answer = _field(row, spec, "question"), _field(row, spec, "answer")
     parsed = _try_mcq(question) if kind in ("auto", "mcq") else None
     if kind == "mcq" and parsed is None:
@@ -132,10 +149,10 @@ def row_to_record(row: dict, spec: InputSection, source: str, where: dict) -> Re
         stem, options = parsed
         letter = parse_answer(answer, options)
         messages = _qa(render(stem, options), f"{letter}. {options[letter]}")
-        return _make(source, where, "mcq", messages=messages, options=options, answer=letter)
+        return make(source, where, "mcq", messages=messages, options=options, answer=letter)
     if kind == "cloze" or (kind == "auto" and _BLANK.search(question)):
-        return _make(source, where, "cloze", messages=_qa(question, answer))
-    return _make(source, where, kind if kind != "auto" else "qa", messages=_qa(question, answer))
+        return make(source, where, "cloze", messages=_qa(question, answer))
+    return make(source, where, kind if kind != "auto" else "qa", messages=_qa(question, answer))
 
 
 def _try_mcq(question: str) -> tuple[str, dict[str, str]] | None:
@@ -154,12 +171,19 @@ _ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant
 
 
 def _messages(turns: Any) -> list[dict[str, str]]:
-    if isinstance(turns, str):
-        turns = json.loads(turns)
+    if isinstance(turns, str):  # a chat column of a CSV or a workbook, as JSON text: checked as rows are
+        try:
+            turns = json.loads(turns)
+        except RecursionError:
+            raise ValueError(f"messages nested deeper than {MAX_NESTING} levels") from None
+        if (problem := row_problem({"messages": turns})) is not None:
+            raise ValueError(problem)
     if not isinstance(turns, list) or not turns:
         raise ValueError("messages must be a non-empty list of turns")
     out = []
     for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {i} is not an object with a role and content")
         role = _ROLE_ALIASES.get(str(turn.get("role", turn.get("from", ""))).lower())
         content = turn.get("content", turn.get("value"))
         if role is None:
@@ -172,21 +196,23 @@ def _messages(turns: Any) -> list[dict[str, str]]:
     return out
 
 
-def _make(source: str, where: dict, kind: str, **fields) -> Record:
+def _make(source: str, where: dict, kind: str, id_file: str, **fields) -> Record:
     body = fields.get("text") or json.dumps(fields.get("messages"), ensure_ascii=False)
-    return Record(id=record_id(source, where["file"], where.get("row"), body), source=source, kind=kind,
+    return Record(id=record_id(source, id_file, where.get("row"), body), source=source, kind=kind,
                   language=language(body), provenance=dict(where), **fields)
 
 
 # ---- documents -> passages ---------------------------------------------------------------------
 
 def _passages(path: Path, source: str, max_chars: int = 1200) -> Iterator[Record | Reject]:
+    """Passages of a text document: paragraphs up to max_chars under their heading; a passage with binary data
+    in it (a NUL past the first bytes detect_format sniffs) is a Reject with its row."""
     try:
         text, _ = decode(path.read_bytes())
     except UnicodeDecodeError as e:
         yield Reject("collect", undecodable(e), {"file": str(path)})
         return
-    heading, chunk, index = "", [], 0
+    heading, chunk, index, id_file = "", [], 0, id_path(path)
 
     def flush():
         nonlocal chunk, index
@@ -195,7 +221,10 @@ def _passages(path: Path, source: str, max_chars: int = 1200) -> Iterator[Record
         if body:
             index += 1
             where = {"file": str(path), "row": index - 1, "heading": heading}
-            return _make(source, where, "passage", text=f"{heading}\n{body}".strip() if heading else body)
+            text = f"{heading}\n{body}".strip() if heading else body
+            if (problem := bad_character(text)) is not None:
+                return Reject("collect", problem, where, raw=raw_text(text))
+            return _make(source, where, "passage", id_file, text=text)
         return None
 
     for paragraph in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):

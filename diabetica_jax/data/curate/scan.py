@@ -1,7 +1,9 @@
 """The per-record half of curation, run on slices of the input in parallel.
 
-A `Unit` is a picklable slice of the inputs: a whole file, or a byte range of whole lines of a large
-JSONL file (`plan_units`). `scan_unit` reads its records and applies every stage whose verdict
+A `Unit` is a picklable slice of the inputs (`plan_units`): a whole file, or a `tables.Part` of a file
+larger than the unit size: a byte range of whole lines of JSONL, a byte range of whole records of CSV (read
+after the header record), a range of row groups of Parquet. Rows keep their numbers in the whole file, so
+what a unit yields does not depend on the cut. `scan_unit` reads its records and applies every stage whose verdict
 depends on the record alone, in the pipeline's order:
 
     collect      rows -> records (unreadable rows are rejects)
@@ -23,59 +25,84 @@ depend on how the input was cut into units or how many processes scanned them.
 from __future__ import annotations
 
 import codecs
+import csv
 import dataclasses
 import hashlib
+import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from diabetica_jax.data.curate import filters
-from diabetica_jax.data.curate.collect import collect, collect_jsonl_range
+from diabetica_jax.data.curate.collect import collect
 from diabetica_jax.data.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.records import Record, Reject, dumps, reason_class
-from diabetica_jax.data.tables import detect_format
+from diabetica_jax.data.tables import Part, detect_format, missing_input
 from diabetica_jax.data.text import decode, normalize, normalized_units, unit_ngrams
 
-DEFAULT_UNIT_BYTES = 16 << 20  # a JSONL file larger than this is scanned in slices of about this size
+DEFAULT_UNIT_BYTES = 16 << 20  # a JSONL, CSV or Parquet file larger than this is scanned in slices of about this size
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """A slice of one input: all of it, or bytes [start, end) of a JSONL file (whole lines, the first
-    being line `first_row`), with the file's encoding verdict taken once over all its bytes."""
+    """A slice of one input: all of it (part None), or a `tables.Part` of it."""
 
     index: int
     input: InputSection
-    start: int = 0
-    end: int | None = None
-    first_row: int = 0
-    encoding: str | None = None
-    encoding_error: UnicodeDecodeError | None = None
+    part: Part | None = None
+
+    # the bytes [start, end) the unit reads (end None: the whole input), its first row, the file's encoding
+    start = property(lambda self: 0 if self.part is None else self.part.start)
+    end = property(lambda self: None if self.part is None else self.part.end)
+    first_row = property(lambda self: 0 if self.part is None else self.part.first_row)
+    encoding = property(lambda self: None if self.part is None else self.part.encoding)
 
     def __repr__(self) -> str:
-        span = "" if self.end is None else f" bytes {self.start}-{self.end} (line {self.first_row})"
+        part, span = self.part, ""
+        if part is not None and part.groups is not None:
+            span = f" row groups {part.groups[0]}-{part.groups[1] - 1} (row {part.first_row})"
+        elif part is not None:
+            span = f" bytes {part.start}-{part.end} ({'line' if part.format == 'jsonl' else 'row'} {part.first_row})"
         return f"Unit({self.index}: {self.input.path}{span})"
 
 
 def plan_units(inputs: list[InputSection], unit_bytes: int = DEFAULT_UNIT_BYTES) -> list[Unit]:
-    """The inputs cut into units, in input order."""
+    """The inputs cut into units, in input order: a file is cut into parts of about unit_bytes when it is larger
+    (JSONL, CSV, Parquet) and its format allows more than one."""
     units: list[Unit] = []
     for entry in inputs:
         path = Path(entry.path)
         if entry.format != "hf_hub" and not path.exists():  # before any work, not in a worker
-            raise FileNotFoundError(f"{path}: input not found")
+            raise FileNotFoundError(missing_input(path))
         if entry.format == "hf_hub" or not path.is_file():  # a saved dataset's directory, a hub name
             units.append(Unit(len(units), entry))
             continue
         fmt = detect_format(path) if entry.format == "auto" else entry.format
-        if fmt != "jsonl" or path.stat().st_size <= unit_bytes:
-            units.append(Unit(len(units), entry))
-            continue
-        encoding, error = _file_encoding(path)
-        for start, end, first_row in _line_ranges(path, unit_bytes):
-            units.append(Unit(len(units), entry, start, end, first_row, encoding, error))
+        parts: list[Part | None] = _parts(path, fmt, unit_bytes) if path.stat().st_size > unit_bytes else []
+        if len(parts) < 2:  # read whole
+            parts = [None]
+        units += [Unit(len(units) + i, entry, part) for i, part in enumerate(parts)]
     return units
+
+
+def _parts(path: Path, fmt: str, unit_bytes: int) -> list[Part]:
+    """The parts of one file, or [] when it is read whole (a format that is not cut; a file the reader should
+    refuse as a whole, which it does with one reject naming it)."""
+    if fmt == "parquet":
+        return _row_group_parts(path, unit_bytes)
+    if fmt not in ("jsonl", "csv"):
+        return []
+    encoding, error = _file_encoding(path)
+    if fmt == "jsonl":
+        return [Part("jsonl", start, end, row, encoding=encoding, error=error)
+                for start, end, row in _line_ranges(path, unit_bytes)]
+    try:
+        header_end, ranges = _csv_ranges(path, unit_bytes)
+    except csv.Error:  # a field past the csv module's limit: the reader refuses the file, once
+        return []
+    return [Part("csv", start, end, row, header_end=header_end, encoding=encoding, error=error)
+            for start, end, row in ranges]
 
 
 def _file_encoding(path: Path) -> tuple[str | None, UnicodeDecodeError | None]:
@@ -112,6 +139,64 @@ def _line_ranges(path: Path, unit_bytes: int):
             yield start, end, row
             row += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
             start = end
+
+
+def _csv_ranges(path: Path, unit_bytes: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(where the header record ends, [(start, end, first row)]): consecutive byte ranges of about unit_bytes
+    that end after a whole record. The csv module finds the record ends, so quoted fields with newlines in them
+    are never cut, and records end where csv.DictReader ends them (a line ends at \\n, \\r or \\r\\n); rows
+    are numbered as it numbers them: the first record is the header, blank lines are no rows. The bytes are read
+    as Latin-1, one character a byte: the quote, comma and line-end bytes are never part of a UTF-8 or GBK
+    character, so the records are the same as in the decoded text."""
+    with open(path, "rb") as f:
+        text = io.TextIOWrapper(f, encoding="latin-1", newline="")
+        offset = 0
+
+        def lines():
+            nonlocal offset
+            for line in text:
+                offset += len(line)
+                yield line
+
+        records = csv.reader(lines())
+        next(records, None)
+        header_end = start = offset
+        ranges, first, rows = [], 0, 0
+        for record in records:
+            if not record:  # a blank line: DictReader skips it
+                continue
+            rows += 1
+            if offset - start >= unit_bytes:
+                ranges.append((start, offset, first))
+                start, first = offset, rows
+        if offset > start:  # the last records, and any blank lines after them
+            ranges.append((start, offset, first))
+    return header_end, ranges
+
+
+def _row_group_parts(path: Path, unit_bytes: int) -> list[Part]:
+    """Parts of consecutive row groups spanning about unit_bytes each, from the Parquet footer; [] when the
+    footer cannot be read (the reader then refuses the file, once)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return []
+    parts, first_group, first_row, rows, start, end = [], 0, 0, 0, None, 0
+    for group in range(meta.num_row_groups):
+        g = meta.row_group(group)
+        columns = [g.column(c) for c in range(g.num_columns)]
+        # a column chunk starts at its dictionary page when it has one, else at its first data page
+        begins = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in columns]
+        lo = min(begins, default=end)
+        end = max((b + c.total_compressed_size for b, c in zip(begins, columns)), default=lo)
+        start = lo if start is None else start
+        rows += g.num_rows
+        if end - start >= unit_bytes or group == meta.num_row_groups - 1:
+            parts.append(Part("parquet", start, end, first_row, groups=(first_group, group + 1)))
+            first_group, first_row, start = group + 1, rows, None
+    return parts
 
 
 @dataclasses.dataclass
@@ -159,9 +244,7 @@ _SCANNERS: dict[str, _Scanner] = {}
 
 
 def _unit_items(unit: Unit):
-    if unit.end is None:
-        return collect(unit.input)
-    return collect_jsonl_range(unit.input, unit.start, unit.end, unit.first_row, unit.encoding, unit.encoding_error)
+    return collect(unit.input, unit.part)
 
 
 def scan_unit(unit: Unit, ctx: ScanContext) -> UnitSummary:
