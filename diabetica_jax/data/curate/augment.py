@@ -200,7 +200,8 @@ def _where(record: Record, task: str, **extra) -> dict:
 
 def _new_record(record: Record, task: str, where: dict, index: str, kind: str, messages: list[dict], **fields):
     body = json.dumps(messages, ensure_ascii=False)
-    return Record(id=record_id(f"{record.source}+teacher", where["file"], f"{where.get('row')}/{index}", body),
+    # from the source record's id (stable however its input path was spelled), not the path
+    return Record(id=record_id(f"{record.source}+teacher", record.id, f"{where.get('row')}/{index}", body),
                   source=f"{record.source}+teacher", kind=kind,
                   language=language("\n".join(m["content"] for m in messages)), provenance=where,
                   messages=messages, **fields)
@@ -223,7 +224,7 @@ def _passage_to_qa(record: Record, teacher: CachedChat, cfg: AugmentSection) -> 
                 "augment", "generated pair has an empty question or answer", where,
                 raw=json.dumps(pair, ensure_ascii=False))))
             continue
-        candidate = Record(id=record_id(f"{record.source}+teacher", where["file"], f"{where.get('row')}/{i}", question),
+        candidate = Record(id=record_id(f"{record.source}+teacher", record.id, f"{where.get('row')}/{i}", question),
                            source=f"{record.source}+teacher", kind="qa", language=language(question + answer),
                            provenance=where,
                            messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
