@@ -430,31 +430,39 @@ def _build(curated_dir, paths, key, tokenizer, workers, progress, chunk) -> Toke
     import grain
     from tqdm.auto import tqdm
 
+    def fill(tmp: Path) -> dict:
+        source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+        n = len(source)
+        count = workers if workers is not None else (os.cpu_count() or 1) if n >= PARALLEL_FROM else 1
+        size = chunk or max(1000, min(20_000, -(-n // (4 * max(count, 1)))))
+        tasks = [(start, min(n, start + size)) for start in range(0, n, size)]
+        count = max(1, min(count, len(tasks)))
+        log.info("token store %s: tokenizing %d records of %s (%d process%s)", key, n, curated_dir, count,
+                 "es" if count > 1 else "")
+        return _write(tmp, source, tasks, tokenizer, count, paths,
+                      tqdm(total=n, desc="tokenizing curated records", unit="record",
+                           disable=None if progress is None else not progress))
+
+    return TokenCorpus.load(_store(curated_dir, paths, key, tokenizer_fingerprint(tokenizer), fill))
+
+
+def _store(curated_dir: Path, paths: list[Path], key: str, tokenizer_print: str, fill) -> Path:
+    """The store `key` of these shards: the existing one, or `fill(tmp)` (which writes the files and returns the
+    meta counts) renamed into place; under the lock, stale stores removed after."""
     shards = shard_fingerprint(paths)
     root = _writable_root(curated_dir)
     final = root / key
     with _locked(root / f".lock-{key}"):
         if _valid(final, key):
-            return TokenCorpus.load(final)
+            return final
         for partial in [*root.glob(f".tmp-{key}-*"), final]:  # a killed writer's leftovers (we hold the lock)
             shutil.rmtree(partial, ignore_errors=True)
-        source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
-        n = len(source)
-        if workers is None:
-            workers = (os.cpu_count() or 1) if n >= PARALLEL_FROM else 1
-        chunk = chunk or max(1000, min(20_000, -(-n // (4 * max(workers, 1)))))
-        tasks = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
-        workers = max(1, min(workers, len(tasks)))
-        log.info("token store %s: tokenizing %d records of %s (%d process%s)", key, n, curated_dir, workers,
-                 "es" if workers > 1 else "")
         started = time.perf_counter()
         tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            meta = _write(tmp, source, tasks, tokenizer, workers, paths,
-                          tqdm(total=n, desc="tokenizing curated records", unit="record",
-                               disable=None if progress is None else not progress))
-            meta.update(format=FORMAT, key=key, tokenizer=tokenizer_fingerprint(tokenizer), shards=shards,
+            meta = fill(tmp)
+            meta.update(format=FORMAT, key=key, tokenizer=tokenizer_print, shards=shards,
                         built_seconds=round(time.perf_counter() - started, 2))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
             try:
@@ -466,10 +474,91 @@ def _build(curated_dir, paths, key, tokenizer, workers, progress, chunk) -> Toke
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log.info("token store %s: %d records, %d tokens in %.1f s", key, n, meta["tokens"],
+        log.info("token store %s: %d records, %d tokens in %.1f s", key, meta["records"], meta["tokens"],
                  time.perf_counter() - started)
     _remove_stale(root, key, shards)
-    return TokenCorpus.load(final)
+    return final
+
+
+# -- built in parts, by curation's tasks ------------------------------------------------------------------------
+
+
+class StorePart:
+    """Records tokenized into a part of a token store, batch by batch, in a directory of their own: curation's
+    per-unit tasks write one each, and `assemble_token_store` joins them, in record order, into the store
+    `build_token_store` would have written (the same files; encoding does not depend on the batch)."""
+
+    def __init__(self, directory: Path, tokenizer):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.tokenizer = directory, tokenizer
+        self.tokens, self.masks = open(directory / "tokens", "wb"), open(directory / "loss_mask", "wb")
+        self.lengths, self.columns, self.unsupported = [], {name: [] for name in COLUMNS}, None
+
+    def add(self, records: list[Record]) -> None:
+        encoder = _Encoder(self.tokenizer)
+        encoder.add_many(records)
+        done = encoder.finish()
+        done["tokens"].astype(np.int32).tofile(self.tokens)
+        done["loss_mask"].astype(np.uint8).tofile(self.masks)
+        self.lengths.append(done["lengths"])
+        for name in COLUMNS:
+            self.columns[name].append(done["columns"][name])
+        self.unsupported = self.unsupported or done["unsupported"]
+
+    def close(self) -> np.ndarray:
+        """Writes the part's per-record columns; returns its records' token lengths."""
+        self.tokens.close()
+        self.masks.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        np.save(self.directory / "lengths.npy", lengths)
+        for name, dtype in COLUMNS.items():
+            np.save(self.directory / f"{name}.npy", np.concatenate(self.columns[name]).astype(dtype)
+                    if self.columns[name] else np.zeros(0, dtype))
+        (self.directory / "part.json").write_text(json.dumps({"unsupported_template": self.unsupported}))
+        return lengths
+
+
+def assemble_token_store(curated_dir: str | Path, tokenizer_print: str, parts: list[Path]) -> Path:
+    """The token store of a curated directory's shards from the `StorePart`s of its records, in order (written by
+    tasks; `tokenizer_print` is `tokenizer_fingerprint` of the tokenizer they used). Streams the parts: its memory
+    does not grow with the records. Returns the store's directory."""
+    curated_dir = Path(curated_dir)
+    paths = _shard_paths(curated_dir)
+    key = store_key(tokenizer_print, shard_fingerprint(paths))
+    return _store(curated_dir, paths, key, tokenizer_print, lambda tmp: _join(tmp, parts))
+
+
+def _join(tmp: Path, parts: list[Path]) -> dict:
+    counts = [len(np.load(part / "lengths.npy", mmap_mode="r")) for part in parts]
+    n, tokens, max_token, unsupported = sum(counts), 0, -1, None
+    outputs = {name: _npy_writer(tmp / f"{name}.npy", dtype, n) for name, dtype in COLUMNS.items()}
+    offsets = _npy_writer(tmp / "offsets.npy", np.int64, n + 1)
+    np.zeros(1, np.int64).tofile(offsets)
+    with open(tmp / "tokens", "wb") as all_tokens, open(tmp / "loss_mask", "wb") as all_masks:
+        for part in parts:
+            for name, out in (("tokens", all_tokens), ("loss_mask", all_masks)):
+                with open(part / name, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            lengths = np.load(part / "lengths.npy")
+            (tokens + np.cumsum(lengths)).astype(np.int64).tofile(offsets)
+            tokens += int(lengths.sum())
+            for name, out in outputs.items():
+                column = np.load(part / f"{name}.npy")
+                column.tofile(out)
+                if name == "max_id":
+                    max_token = max(max_token, int(column.max(initial=-1)))
+            unsupported = unsupported or json.loads((part / "part.json").read_text())["unsupported_template"]
+    for out in [*outputs.values(), offsets]:
+        out.close()
+    return {"records": n, "tokens": tokens, "max_token": max_token, "unsupported_template": unsupported}
+
+
+def _npy_writer(path: Path, dtype, length: int):
+    """An open .npy file of `length` items of `dtype`, its header written: the caller appends the raw items."""
+    f = open(path, "wb")
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": (length,)})
+    return f
 
 
 def _encoded(source, tasks, tokenizer, workers: int, paths):

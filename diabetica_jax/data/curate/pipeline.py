@@ -21,12 +21,15 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from diabetica_jax.data.curate import filters, resolve
 from diabetica_jax.data.curate.augment import augment
 from diabetica_jax.data.curate.benchmarks import load_benchmark_items
 from diabetica_jax.data.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.curate.refine import refine
 from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
+from diabetica_jax.data.curate.write import FinishUnit, ShardTask, plan_shards, write_parts
 from diabetica_jax.data.records import Record, Reject, count_by, dumps, reason_class
 from diabetica_jax.llm import make_backend
 
@@ -88,29 +91,40 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     stages = _scan_stages(summaries)
     collected = stages[0].entered
 
-    decisions = resolve.exact_and_near(summaries, cfg.dedup)
-    for name in ("exact_dedup", "near_dedup"):
-        stages.append(_stage_from_labels(name, stages[-1].kept, _labels_after(decisions, name),
-                                         resolve.stage_reasons(decisions, name)))
+    offsets = _offsets(summaries)
+    run = _Tasks(cfg, work, summaries, progress)
+    partitions = resolve.partition_count(offsets[-1], cfg.dedup.bands, run.workers)
+    dedup = resolve.exact_and_near(offsets, cfg.dedup, work, partitions, run)
+    log.info("dedup: %s", dedup)
     semdedup_stats: dict = {"enabled": cfg.semantic_dedup.enabled}
+    codes = (resolve.EXACT, resolve.NEAR, resolve.SEMANTIC, resolve.LEAK)
     if cfg.semantic_dedup.enabled:
-        _semantic_dedup(summaries, decisions, cfg, semdedup_stats)
-        stages.append(_stage_from_labels("semantic_dedup", stages[-1].kept, _labels_after(decisions, "semantic_dedup"),
-                                         resolve.stage_reasons(decisions, "semantic_dedup")))
-    resolve.apply_leaks(decisions)
-    stages.append(_stage_from_labels("decontaminate", stages[-1].kept, _labels_after(decisions, "decontaminate"),
-                                     resolve.stage_reasons(decisions, "decontaminate")))
+        _semantic_dedup(summaries, offsets, work, cfg, semdedup_stats)
+    else:
+        codes = tuple(c for c in codes if c != resolve.SEMANTIC)
+    writes = cfg.augment.backend == "none" and cfg.refine.backend == "none"  # else the teacher's stages first
+    finished = run(FinishUnit(str(work), offsets, cfg.dedup.num_perm, codes, writes, cfg.output.tokenizer),
+                   list(range(len(summaries))), "finish")
+    by_stage = Counter({name: sum(sum(s.rejected[name].values()) for s in summaries) for name in _SCAN_STAGES})
+    for code in codes:
+        name, kept, reasons = resolve.STAGES[code], Counter(), Counter()
+        for f in finished:
+            kept.update(f["counts"][name][0])
+            reasons.update(f["counts"][name][1])
+        stages.append(_stage_from_labels(name, stages[-1].kept, kept, reasons))
+        by_stage[name] = stages[-1].rejected
+    kept_labels = kept
     seconds["resolve"] = time.perf_counter() - clock - seconds["scan"]
 
-    from diabetica_jax.data.curate.write import write_outputs
-
-    if cfg.augment.backend == "none" and cfg.refine.backend == "none":
-        card = write_outputs(out, cfg, _spilled_kept(summaries, decisions), stages[-1].kept,
-                             _spilled_rejects(summaries, decisions), _kept_labels(decisions), stages, collected,
-                             {"enabled": False}, {"enabled": False}, progress, semdedup_stats=semdedup_stats,
-                             seconds=seconds)
+    if writes:
+        shutil.rmtree(work / "shards", ignore_errors=True)  # a killed run's
+        started = time.perf_counter()
+        plan = plan_shards([f["kept"] for f in finished], cfg.output.shards)
+        shards = run(ShardTask(str(work), len(plan)), plan, "shards")
+        card = write_parts(out, cfg, work, shards, finished, stages[-1].kept, +by_stage, kept_labels, stages,
+                           collected, progress, semdedup_stats=semdedup_stats, seconds=seconds, clock=started)
     else:
-        card = _finish_with_teacher(out, cfg, summaries, decisions, stages, collected, benchmark_items, progress,
+        card = _finish_with_teacher(out, cfg, summaries, work, stages, collected, benchmark_items, progress,
                                     semdedup_stats, seconds)
     _keep_engine_logs(work, out)
     shutil.rmtree(work, ignore_errors=True)
@@ -188,7 +202,7 @@ class _ScanCall:
 def _scan_stages(summaries: list[UnitSummary]) -> list[StageLog]:
     """collect, relevance and quality, added up over the units."""
     stages, entered = [], sum(s.items for s in summaries)
-    for name in ("collect", "relevance", "quality"):
+    for name in _SCAN_STAGES:
         kept, reasons = Counter(), Counter()
         for s in summaries:
             kept.update(s.kept_labels[name])
@@ -198,68 +212,74 @@ def _scan_stages(summaries: list[UnitSummary]) -> list[StageLog]:
     return stages
 
 
-_ORDER = ("exact_dedup", "near_dedup", "semantic_dedup", "decontaminate")
+_SCAN_STAGES = ("collect", "relevance", "quality")
 
 
-def _labels_after(decisions: resolve.Decisions, stage: str) -> Counter:
-    return resolve.labels_kept_after(decisions, set(_ORDER[: _ORDER.index(stage) + 1]))
+def _offsets(summaries: list[UnitSummary]) -> list[int]:
+    """The global row of each unit's first record that reached dedup, and their total at the end."""
+    if [s.index for s in summaries] != list(range(len(summaries))):
+        raise AssertionError("unit summaries out of order")  # their files are named by index
+    offsets = [0]
+    for s in summaries:
+        offsets.append(offsets[-1] + s.records)
+    return offsets
 
 
-def _kept_labels(decisions: resolve.Decisions) -> Counter:
-    return resolve.labels_kept_after(decisions, set(_ORDER))
+class _Tasks:
+    """`run(fn, items, name)`: fn over items as tasks of the scan's engine (on a cluster: its nodes), each phase
+    in its own folder of the work dir. The local engine runs them in this process when the spill is small,
+    as the scan does below POOL_MIN_BYTES: a pool costs more to start than such phases take."""
+
+    def __init__(self, cfg: CurateConfig, work: Path, summaries: list[UnitSummary], progress: bool):
+        self.cfg, self.work, self.progress = cfg, work, progress
+        self.workers = cfg.engine.processes()
+        if cfg.engine.name == "local" and sum(Path(s.spill).stat().st_size for s in summaries) < POOL_MIN_BYTES:
+            self.workers = 1
+
+    def __call__(self, fn, items: list, name: str) -> list:
+        from diabetica_jax.data.curate.engines import map_units
+
+        engine = self.cfg.engine
+        return map_units(fn, items, engine=engine.name, workers=self.workers, work_dir=self.work / "tasks" / name,
+                         progress=self.progress, desc=name, executor=engine.executor,
+                         executor_options=dict(engine.executor_options))
 
 
-def _spill_lines(summaries: list[UnitSummary]) -> Iterator[tuple[int | None, str]]:
-    """(index among the records that reached dedup, or None for a reject, line body) over every spill file."""
-    index = 0
-    for summary in summaries:
-        with open(summary.spill, encoding="utf-8") as f:
-            for line in f:
-                tag, body = line[0], line[2:-1]
-                if tag == "R":
-                    yield index, body
-                    index += 1
-                else:
-                    yield None, body
+def _spilled_records(work: Path, unit: int, code: np.ndarray, wanted) -> Iterator[tuple[int, Record]]:
+    """(row in the unit, Record) of the unit's records that reached dedup and whose stage code is `wanted`."""
+    from diabetica_jax.data.curate.write import _spill
+
+    for row, body in _spill(resolve.unit_file(work, unit, "spill")):
+        if row is not None and code[row] == wanted:
+            yield row, Record.from_json(json.loads(body))
 
 
-def _spilled_kept(summaries, decisions) -> Iterator[str]:
-    for index, body in _spill_lines(summaries):
-        if index is not None and decisions.stage[index] == resolve.KEPT:
-            yield body
-
-
-def _spilled_rejects(summaries, decisions) -> Iterator[str]:
-    for index, body in _spill_lines(summaries):
-        if index is None:
-            yield body
-        elif decisions.stage[index] != resolve.KEPT:
-            record = json.loads(body)
-            yield dumps(Reject(decisions.stage[index], decisions.reason[index], record["provenance"],
-                               record=record).to_json())
-
-
-def _spilled_records(summaries, decisions, stages: set[str]) -> Iterator[tuple[int, Record]]:
-    """(index, Record) of the records that reached dedup and whose stage is in `stages`."""
-    for index, body in _spill_lines(summaries):
-        if index is not None and decisions.stage[index] in stages:
-            yield index, Record.from_json(json.loads(body))
-
-
-def _semantic_dedup(summaries, decisions, cfg: CurateConfig, stats: dict) -> None:
+def _semantic_dedup(summaries, offsets: list[int], work: Path, cfg: CurateConfig, stats: dict) -> None:
+    """SemDeDup over every record exact and near dedup kept, here (it needs them at once); its drops go to
+    dedup/semantic.json for the finish tasks."""
     from diabetica_jax.data.curate.semdedup import semantic_dedup
 
-    indexed = list(_spilled_records(summaries, decisions, {resolve.KEPT}))
+    decisions = resolve.UnitDecisions(work, offsets, cfg.dedup.num_perm)
+    indexed = []
+    for unit in range(len(summaries)):
+        code, _ = decisions.stages(unit, leaks=False)
+        indexed += [(offsets[unit] + row, r) for row, r in _spilled_records(work, unit, code, resolve.KEPT)]
     _, rejects = semantic_dedup([r for _, r in indexed], cfg.semantic_dedup, stats)
     index_of = {record.id: i for i, record in indexed}
-    resolve.drop(decisions, {index_of[r.record["id"]]: r.reason for r in rejects}, "semantic_dedup")
+    dropped = {index_of[r.record["id"]]: r.reason for r in rejects}
+    (resolve.dedup_dir(work) / "semantic.json").write_text(json.dumps(dropped, ensure_ascii=False), encoding="utf-8")
 
 
-def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, decisions, stages: list[StageLog], collected: int,
+def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, work: Path, stages: list[StageLog], collected: int,
                          benchmark_items, progress: bool, semdedup_stats: dict, seconds: dict) -> dict:
-    """Augmentation and refinement need the kept records at once: read them back from the spill."""
-    records = [r for _, r in _spilled_records(summaries, decisions, {resolve.KEPT})]
-    all_rejects = [Reject(**json.loads(line)) for line in _spilled_rejects(summaries, decisions)]
+    """Augmentation and refinement need the kept records at once: read them back from the spill, and the
+    rejects from the finish tasks' parts."""
+    records, all_rejects = [], []
+    for unit in range(len(summaries)):
+        code = np.load(resolve.unit_file(work, unit, "stage.npy"))
+        records += [r for _, r in _spilled_records(work, unit, code, resolve.KEPT)]
+        with open(resolve.unit_file(work, unit, "rejects.jsonl"), encoding="utf-8") as f:
+            all_rejects += [Reject(**json.loads(line)) for line in f]
 
     generated: list[Record] = []
     augment_stats = {"enabled": cfg.augment.backend != "none"}

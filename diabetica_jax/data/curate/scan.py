@@ -16,9 +16,11 @@ depends on the record alone, in the pipeline's order:
 
 Each record is normalised once and its comparison units computed once for all of these. The unit's
 records go to a spill file in the work directory, one line each, in input order:
-`R\\t<record JSON>` for a record that reached dedup, `X\\t<reject JSON>` for one dropped here; the
-`UnitSummary` returned holds only compact arrays. `resolve.py` makes the order-dependent decisions
-(exact and near duplicates: keep the first) over all summaries in unit order, so the result does not
+`R\\t<record JSON>` for a record that reached dedup, `X\\t<reject JSON>` for one dropped here. What
+the order-dependent stages need of the records that reached dedup (ids, labels, exact keys,
+signatures, LSH band entries, leaks) goes to files beside it (resolve.save_unit), and the
+`UnitSummary` returned holds only counts. `resolve.py`'s tasks make the order-dependent decisions
+(exact and near duplicates: keep the first) over those files in unit order, so the result does not
 depend on how the input was cut into units or how many processes scanned them.
 """
 
@@ -32,9 +34,7 @@ import io
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
-from diabetica_jax.data.curate import filters
+from diabetica_jax.data.curate import filters, resolve
 from diabetica_jax.data.curate.collect import collect
 from diabetica_jax.data.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.records import Record, Reject, dumps, reason_class
@@ -215,18 +215,16 @@ class ScanContext:
 
 @dataclasses.dataclass
 class UnitSummary:
-    """What the driver needs of a scanned unit; the records themselves are in `spill`."""
+    """What the driver needs of a scanned unit: counts. The records are in `spill`, what dedup needs of them
+    in the unit's files beside it (resolve.save_unit)."""
 
     index: int
     spill: str
     items: int  # records and unreadable rows collected
     rejected: dict[str, Counter]  # stage -> reason class -> count (collect, relevance, quality)
     kept_labels: dict[str, Counter]  # stage -> (source, kind, language) -> records kept after it
-    ids: list[str]  # of the records that reached dedup, in order
-    labels: list[tuple[str, str, str]]  # (source, kind, language) of each of them
-    keys: np.ndarray  # [n] S20: exact-dedup keys
-    signatures: np.ndarray  # [n, num_perm] uint32 MinHash signatures
-    leaks: dict[int, str]  # local index -> benchmark overlap reason (applied if the record survives dedup)
+    records: int  # that reached dedup (the spill's R lines)
+    leaks: int  # of them that overlap a benchmark (dropped if they survive dedup)
 
 
 class _Scanner:
@@ -290,8 +288,8 @@ def scan_unit(unit: Unit, ctx: ScanContext) -> UnitSummary:
             unit_lists.append(u)
             out.write("R\t" + dumps(item.to_json()) + "\n")
     signatures = filters.minhash_many(unit_lists, cfg.dedup.shingle, scanner.a, scanner.b)
-    return UnitSummary(unit.index, str(spill), items, rejected, kept, ids, labels,
-                       np.asarray(keys, dtype="S20").reshape(-1), signatures, leaks)
+    resolve.save_unit(ctx.work_dir, unit.index, ids, labels, keys, signatures, leaks, cfg.dedup.bands)
+    return UnitSummary(unit.index, str(spill), items, rejected, kept, len(ids), len(leaks))
 
 
 def _drop(out, rejected: dict[str, Counter], stage: str, record: Record, reason: str) -> None:

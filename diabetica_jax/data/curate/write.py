@@ -152,6 +152,138 @@ def record_from_row(row: dict[str, Any]) -> Record:
     return Record(**data)
 
 
+@dataclasses.dataclass
+class FinishUnit:
+    """A task per unit: every record's final stage (resolve.UnitDecisions) saved for the shard tasks, the unit's
+    part of rejects.jsonl (its spill's rejects in input order), with `tokenize` its kept records' part of the
+    token store (token_store.StorePart, under work/tokens/), and the counts the data card adds up."""
+
+    work: str
+    offsets: list[int]
+    num_perm: int
+    stages: tuple[int, ...]  # stage codes counted for the card (semantic dedup's only when it ran)
+    tokenize: bool = False
+    tokenizer: str | None = None  # output.tokenizer (None: the default)
+
+    def __call__(self, unit: int) -> dict:
+        from diabetica_jax.data.curate import resolve
+        from diabetica_jax.data.records import Reject
+
+        code, reason = resolve.UnitDecisions(self.work, self.offsets, self.num_perm).stages(unit)
+        np.save(resolve.unit_file(self.work, unit, "stage.npy"), code)
+        stage = code.tolist()
+        part, batch, fingerprint = None, [], None
+        if self.tokenize:
+            from diabetica_jax.data.token_store import StorePart
+
+            tokenizer, fingerprint = _tokenizer(self.tokenizer)
+            part = StorePart(token_part(self.work, unit), tokenizer)
+        with open(resolve.unit_file(self.work, unit, "rejects.jsonl"), "w", encoding="utf-8") as out:
+            for row, body in _spill(resolve.unit_file(self.work, unit, "spill")):
+                if row is None:
+                    out.write(body + "\n")
+                elif stage[row]:
+                    record = json.loads(body)
+                    out.write(dumps(Reject(resolve.STAGES[stage[row]], reason[row], record["provenance"],
+                                           record=record).to_json()) + "\n")
+                elif part is not None:
+                    batch.append(Record.from_json(json.loads(body)))
+                    if len(batch) == 256:
+                        part.add(batch)
+                        batch = []
+        result = {"kept": stage.count(resolve.KEPT), "counts": resolve.stage_counts(
+            code, reason, *resolve.unit_labels(self.work, unit), self.stages)}
+        if part is not None:
+            if batch:
+                part.add(batch)
+            values, counts = np.unique(part.close(), return_counts=True)
+            result.update(tokenizer=fingerprint, lengths=dict(zip(values.tolist(), counts.tolist())))
+        return result
+
+
+def token_part(work: str | Path, unit: int) -> Path:
+    return Path(work) / "tokens" / f"unit-{unit:06d}"
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path: str | None):
+    """(tokenizer, its fingerprint), loaded once per process."""
+    if path not in _TOKENIZERS:
+        from diabetica_jax.data.token_store import tokenizer_fingerprint
+        from diabetica_jax.hf.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+        _TOKENIZERS[path] = tokenizer, tokenizer_fingerprint(tokenizer)
+    return _TOKENIZERS[path]
+
+
+def _spill(path: Path):
+    """(row among the unit's records that reached dedup, or None for a reject, line body) of each spill line."""
+    row = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line[0] == "R":
+                yield row, line[2:-1]
+                row += 1
+            else:
+                yield None, line[2:-1]
+
+
+def kept_lines(work: str | Path, unit: int) -> Iterable[str]:
+    """The unit's kept records' JSON lines, in order (after FinishUnit saved its stages)."""
+    from diabetica_jax.data.curate import resolve
+
+    stage = np.load(resolve.unit_file(work, unit, "stage.npy")).tolist()
+    for row, body in _spill(resolve.unit_file(work, unit, "spill")):
+        if row is not None and not stage[row]:
+            yield body
+
+
+def plan_shards(kept: list[int], count: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """What `write_shard_lines` would put in each shard, as (shard, [(unit, first, end) kept records of the
+    unit]): `count` shards of equal size, the last smaller, fewer when there are fewer records."""
+    total = sum(kept)
+    count = max(1, min(count, total or 1))
+    per_shard = math.ceil(total / count) if total else 0
+    starts = np.concatenate([[0], np.cumsum(kept)]).tolist()
+    plan = []
+    for shard in range(count):
+        lo, hi = min(shard * per_shard, total), min((shard + 1) * per_shard, total)
+        plan.append((shard, [(unit, max(lo - a, 0), min(hi, b) - a) for unit, (a, b) in enumerate(zip(starts, starts[1:]))
+                             if a < hi and b > lo]))
+    return plan
+
+
+@dataclasses.dataclass
+class ShardTask:
+    """A task per output shard: its kept records, streamed from the units' spills, into work/shards/."""
+
+    work: str
+    count: int
+
+    def __call__(self, item: tuple[int, list[tuple[int, int, int]]]) -> dict:
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        shard, pieces = item
+        directory = Path(self.work) / "shards"
+        directory.mkdir(exist_ok=True)
+        writer = ArrayRecordWriter(str(directory / SHARD_PATTERN.format(index=shard, count=self.count)), "group_size:1")
+        samples, written = [], 0
+        for unit, first, end in pieces:
+            for k, line in enumerate(kept_lines(self.work, unit)):
+                if k >= end:
+                    break
+                if k >= first:
+                    writer.write(line.encode("utf-8"))
+                    written += 1
+                    if len(samples) < 20:
+                        samples.append(line)
+        writer.close()
+        return {"shard": shard, "records": written, "samples": samples}
+
+
 def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects: Iterable[str], kept_labels: Counter,
                   stages, collected: int, augment_stats: dict, refine_stats: dict, progress: bool = True, *,
                   semdedup_stats: dict | None = None, seconds: dict | None = None) -> dict:
@@ -159,7 +291,6 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
     held whole); `kept_labels` counts the kept records by (source, kind, language); `seconds` the time
     the earlier phases took (the card adds its own). Returns the card, which is written last."""
     (out / DATA_CARD).unlink(missing_ok=True)  # the directory is no finished curation until the new card is there
-    seconds = dict(seconds or {})
     clock = time.perf_counter()
     samples: list[str] = []
 
@@ -177,10 +308,65 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
             f.write(line + "\n")
             by_stage[json.loads(line)["stage"]] += 1
     os.replace(partial, out / "rejects.jsonl")
-    (out / "samples.jsonl").write_text("".join(line + "\n" for line in samples), encoding="utf-8")
+    return _write_card(out, cfg, shards, samples, kept_count, by_stage, kept_labels, stages, collected, augment_stats,
+                       refine_stats, progress, semdedup_stats, dict(seconds or {}), clock)
 
+
+def write_parts(out: Path, cfg, work: Path, shards: list[dict], finished: list[dict], kept_count: int,
+                by_stage: Counter, kept_labels: Counter, stages, collected: int, progress: bool = True, *,
+                semdedup_stats: dict | None = None, seconds: dict | None = None, clock: float | None = None) -> dict:
+    """`write_outputs` from what the tasks wrote, by moving and copying bytes: ShardTask's shards (results
+    `shards`, in order) moved into place, FinishUnit's rejects parts (results `finished`, one per unit) joined
+    into rejects.jsonl and their token store parts into the store. `clock`: when the shard tasks started (the
+    card's write seconds count from there)."""
+    from diabetica_jax.data.curate.resolve import unit_file
+
+    (out / DATA_CARD).unlink(missing_ok=True)
+    clock = time.perf_counter() if clock is None else clock
+    directory, final = out / ("shards" + PARTIAL), out / "shards"
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.move(str(work / "shards"), str(directory))  # a rename when the work dir is under out (the default)
+    shutil.rmtree(final, ignore_errors=True)
+    directory.rename(final)
+    paths = [final / SHARD_PATTERN.format(index=s["shard"], count=len(shards)) for s in shards]
+    partial = out / ("rejects.jsonl" + PARTIAL)
+    with open(partial, "wb") as f:
+        for unit in range(len(finished)):
+            with open(unit_file(work, unit, "rejects.jsonl"), "rb") as part:
+                shutil.copyfileobj(part, f, 1 << 20)
+    os.replace(partial, out / "rejects.jsonl")
+    samples = [line for s in shards for line in s["samples"]][:20]
+
+    def lengths() -> tuple[np.ndarray, np.ndarray]:
+        from diabetica_jax.data.token_store import assemble_token_store
+
+        prints = {f["tokenizer"] for f in finished}
+        assemble_token_store(out, prints.pop() if prints else _tokenizer(cfg.output.tokenizer)[1],
+                             [token_part(work, unit) for unit in range(len(finished))])
+        total = Counter()
+        for f in finished:
+            total.update(f["lengths"])
+        values = np.asarray(sorted(total), dtype=np.int64)
+        return values, np.asarray([total[v] for v in values.tolist()], dtype=np.int64)
+
+    return _write_card(out, cfg, paths, samples, kept_count, by_stage, kept_labels, stages, collected,
+                       {"enabled": False}, {"enabled": False}, progress, semdedup_stats, dict(seconds or {}), clock,
+                       lengths)
+
+
+def _write_card(out: Path, cfg, shards: list[Path], samples: list[str], kept_count: int, by_stage: Counter,
+                kept_labels: Counter, stages, collected: int, augment_stats: dict, refine_stats: dict, progress: bool,
+                semdedup_stats: dict | None, seconds: dict, clock: float, lengths=None) -> dict:
+    """samples.jsonl, the token store, the `datasets` copy and the data card (last) beside written shards.
+    `lengths()` writes the token store and returns the kept records' token lengths as (values, counts); by
+    default the store is built from the shards (`_token_lengths`)."""
+    (out / "samples.jsonl").write_text("".join(line + "\n" for line in samples), encoding="utf-8")
     seconds["write"] = time.perf_counter() - clock
-    lengths = _token_lengths(out, cfg.output.tokenizer, cfg.engine.processes(), progress)
+    if lengths is None:
+        values, counts = np.unique(_token_lengths(out, cfg.output.tokenizer, cfg.engine.processes(), progress),
+                                   return_counts=True)
+    else:
+        values, counts = lengths()
     if not cfg.output.hf_dataset:  # nor a stale copy of an earlier run's
         shutil.rmtree(out / HF_DATASET_DIR, ignore_errors=True)
     seconds["tokens"] = time.perf_counter() - clock - seconds["write"]
@@ -199,10 +385,7 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
         "augment": augment_stats,
         "refine": refine_stats,
         "semantic_dedup": semdedup_stats or {"enabled": False},
-        "tokens": {"total": int(lengths.sum()), "mean": float(lengths.mean()) if len(lengths) else 0.0,
-                   "p50": float(np.percentile(lengths, 50)) if len(lengths) else 0.0,
-                   "p95": float(np.percentile(lengths, 95)) if len(lengths) else 0.0,
-                   "max": int(lengths.max(initial=0))},
+        "tokens": token_summary(values, counts),
         "shards": [str(p.relative_to(out)) for p in shards],
         "hf_dataset": (write_hf_dataset(out, kept_count, progress) if cfg.output.hf_dataset
                        else "not written: output.hf_dataset is false"),
@@ -213,11 +396,36 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
     if card["kept"] + card["rejected"] != card["collected"] + card["generated"]:
         raise AssertionError("data card does not add up: kept + rejected != collected + generated")
     (out / "data_card.md").write_text(_markdown(card), encoding="utf-8")
-    _plot(out / "data_card.png", card, lengths.tolist())
+    _plot(out / "data_card.png", card, values, counts)
     partial = out / (DATA_CARD + PARTIAL)
     partial.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(partial, out / DATA_CARD)
     return card
+
+
+def token_summary(values: np.ndarray, counts: np.ndarray) -> dict:
+    """The card's token statistics from the distinct lengths and how many records have each: what numpy gives
+    over the lengths themselves (np.percentile's default linear interpolation), without holding a length per
+    record."""
+    n = int(counts.sum())
+    if not n:
+        return {"total": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0}
+    total = int((values * counts).sum())
+    ends = np.cumsum(counts)
+
+    def at(rank: int) -> int:  # the rank-th smallest length
+        return int(values[np.searchsorted(ends, rank, side="right")])
+
+    def percentile(q: float) -> float:
+        h = (n - 1) * (q / 100)
+        below = int(np.floor(h))
+        if h >= n - 1:
+            return float(at(n - 1))
+        a, b, gamma = at(below), at(below + 1), h - below
+        diff = b - a
+        return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
+
+    return {"total": total, "mean": total / n, "p50": percentile(50), "p95": percentile(95), "max": int(values[-1])}
 
 
 def _token_lengths(out: Path, tokenizer_path: str | None, workers: int, progress: bool) -> np.ndarray:
@@ -297,7 +505,8 @@ def _refine_kind_lines(by_kind: dict) -> list[str]:
     return lines + [""]
 
 
-def _plot(path: Path, card: dict, lengths: list[int]) -> None:
+def _plot(path: Path, card: dict, lengths: np.ndarray, counts: np.ndarray) -> None:
+    """The card's figure; `lengths` are the distinct token lengths, `counts` how many records have each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,7 +533,7 @@ def _plot(path: Path, card: dict, lengths: list[int]) -> None:
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=8)
     ax = axes[1, 1]
-    ax.hist(lengths or [0], bins=30, color="tab:green")
+    ax.hist(lengths if len(lengths) else [0], bins=30, weights=counts if len(lengths) else None, color="tab:green")
     ax.set_title("token length of kept records")
     ax.set_xlabel("tokens")
     fig.suptitle(f"curation: {card['collected']} collected, {card['kept']} kept, {card['rejected']} rejected")
