@@ -161,10 +161,8 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 def _keep_engine_logs(work: Path, out: Path) -> None:
     """datatrove's and Slurm's task logs of every engine job move to OUT/engine_logs/JOB before the work
     directory (spill, results) is removed."""
-    jobs = work / "datatrove"
-    if not jobs.is_dir():
-        return
-    for job in sorted(p for p in jobs.iterdir() if p.is_dir()):
+    # the scan's jobs are in WORK/datatrove, the later phases' in WORK/tasks/PHASE/datatrove
+    for job in sorted(p for p in work.rglob("*") if p.is_dir() and p.parent.name == "datatrove"):
         kept = out / "engine_logs" / job.name
         if kept.exists():
             shutil.rmtree(kept)
