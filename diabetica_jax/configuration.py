@@ -10,7 +10,9 @@ the README's config reference); `path` metadata marks the fields holding file pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +22,13 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+# A config is a few levels of sections and lists, and at most a few thousand values. YAML aliases let a short file
+# stand for an exponentially large tree (a "billion laughs": nine aliases of nine aliases ...), and nesting
+# thousands deep overflows Python's stack in PyYAML, in build() and in repr(): past these bounds a config is
+# refused where it is read, before anything walks it.
+MAX_DEPTH = 32  # nested mappings and lists (dotted override keys too)
+MAX_NODES = 100_000  # values, with every alias expanded
 
 
 class ConfigFileError(ValueError):
@@ -44,12 +53,32 @@ class FieldError(ValueError):
         self.key, self.message = key, message
 
 
+_REPR = reprlib.Repr()  # a few items of a few levels: never the whole of a large (or alias-expanded) value
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """repr(value) for an error message, at most `limit` characters, built without walking all of `value`."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_positive(section: Any, *names: str) -> None:
     """FieldError for the first of the section's fields `names` that is not > 0."""
     for name in names:
         value = getattr(section, name)
         if value <= 0:
-            raise FieldError(name, f"must be positive, got {value}")
+            raise FieldError(name, f"must be positive, got {shown(value)}")
+
+
+def require_at_most(section: Any, limit: int, *names: str, why: str = "") -> None:
+    """FieldError for the first of the section's fields `names` above `limit` (a size no hardware could hold: refused
+    before any work, not as an allocation failure once the run started). `why` says where the bound comes from."""
+    for name in names:
+        value = getattr(section, name)
+        if value > limit:
+            raise FieldError(name, f"{value} is beyond the largest possible, {limit}" + (f" ({why})" if why else ""))
 
 
 def field(default: Any, help: str, path: bool | Callable[[dict], bool] = False, **kwargs: Any) -> Any:
@@ -84,14 +113,104 @@ def read_text_file(path: str | Path, what: str = "file", error: type[Exception] 
                     f"a {what} belongs") from e
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that no config is: nested past MAX_DEPTH, past MAX_NODES with its aliases expanded, or an
+    alias inside the node it names (a structure that contains itself). `key`: the dotted key where, if any."""
+
+    def __init__(self, problem: str, mark, key: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.key = key if len(key) <= 60 else key[:57] + "..."
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: each node's size and depth with aliases expanded are added up as the file is
+    composed (an alias adds its node's figures, known already), so the bounds hold before anything is built, in
+    time linear in the file however far its aliases would expand. A refusal names the dotted key it happened at."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._keys: list[str] = []  # the dotted key of the node being composed, part by part
+        self._extent: dict[yaml.Node, tuple[int, int]] = {}  # node -> (nodes, depth), aliases expanded
+
+    def _refuse(self, problem: str, mark) -> _Refused:
+        return _Refused(problem, mark, "".join(self._keys).lstrip("."))
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            if node not in self._extent:  # still being composed: the alias is inside its own anchor
+                raise self._refuse(f"alias *{event.anchor} is inside the node it names (a structure that contains "
+                                   "itself)", event.start_mark)
+            return node
+        # a mapping's value comes with its key's node, a list item with its position, a mapping's key with None
+        self._keys.append(f".{index.value}" if isinstance(index, yaml.ScalarNode) else
+                          f"[{index}]" if isinstance(index, int) else "")
+        try:
+            if len(self._keys) > MAX_DEPTH:  # before PyYAML's own recursion goes deeper
+                raise self._refuse(f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            nodes = 1 + sum(self._extent[c][0] for c in children)
+            depth = 1 + max((self._extent[c][1] for c in children), default=0)
+            if depth > MAX_DEPTH:
+                raise self._refuse(f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded",
+                                   node.start_mark)
+            if nodes > MAX_NODES:
+                raise self._refuse(f"holds more than {MAX_NODES} values once its aliases are expanded (an alias "
+                                   "bomb?); a config needs far fewer", node.start_mark)
+        finally:
+            self._keys.pop()
+        self._extent[node] = (nodes, depth)
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:  # a date like 2024-13-45, an integer of 5,000 digits: at the node it comes from
+            raise yaml.constructor.ConstructorError(None, None, str(e), node.start_mark) from e
+
+
+def parse_yaml(text: str) -> Any:
+    """The value of one YAML document, within MAX_DEPTH and MAX_NODES; yaml.YAMLError otherwise (yaml_problem()
+    words it in one line)."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (the key, line and column) and what; PyYAML's own message spans four lines."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return str(error).replace("\n", " ")
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    if isinstance(error, _Refused):
+        where = at(error.problem_mark)
+        return f"{error.key} ({where}): {error.problem}" if error.key else f"{where}: {error.problem}"
+    mark = error.problem_mark or error.context_mark
+    text = f"{at(mark)}: {error.problem or error.context}" if mark else str(error.problem or error.context)
+    if error.context and error.problem:
+        text += f" ({error.context}" + (f" at {at(error.context_mark)}" if error.context_mark else "") + ")"
+    return f"not valid YAML at {text}"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's mapping. Missing, a folder, not UTF-8 text (a binary file), not YAML, empty (nothing but
-    comments: a truncated or wrong file; write `{}` for all defaults) or not a mapping: ConfigFileError."""
+    comments: a truncated or wrong file; write `{}` for all defaults), not a mapping, or past the bounds (MAX_DEPTH,
+    MAX_NODES): ConfigFileError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(read_text_file(path, "config file", ConfigFileError))
+        data = parse_yaml(read_text_file(path, "config file", ConfigFileError))
     except yaml.YAMLError as e:
-        raise ConfigFileError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigFileError(f"{path}: {yaml_problem(e)}") from e
     if data is None:
         raise ConfigFileError(f"{path}: empty config file (no settings, only blanks or comments); write `{{}}` "
                               "in it for all the defaults, or check that this is the file you meant")
@@ -105,17 +224,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigFileError(f"override {item!r}: expected KEY=VALUE, e.g. loop.steps=100")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as e:
-            raise ConfigFileError(f"override {item!r}: cannot parse value ({e})") from e
-        node = data
+            raise ConfigFileError(f"override {shown(item)}: expected KEY=VALUE, e.g. loop.steps=100")
         parts = key.split(".")
+        if len(parts) > MAX_DEPTH:
+            raise ConfigFileError(f"override {shown(item)}: a key of {len(parts)} dotted parts; configs nest at "
+                                  f"most {MAX_DEPTH} deep")
+        try:
+            value = parse_yaml(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigFileError(f"override {shown(item)}: cannot parse the value ({yaml_problem(e)})") from e
+        node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigFileError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigFileError(f"override {shown(item)}: {part!r} is not a section")
         node[parts[-1]] = value
     return data
 
@@ -179,7 +301,7 @@ def _joined(base: Path, value: Any) -> Any:
 def build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     """Instantiate dataclass `cls` from `data`, checking keys and types recursively."""
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigFileError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -214,15 +336,15 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
                 return _coerce(option, value, source, key)
             except ConfigFileError as e:
                 errors.append(str(e))
-        raise ConfigFileError(errors[0] if errors else f"{source}: {key}: unexpected value {value!r}")
+        raise ConfigFileError(errors[0] if errors else f"{source}: {key}: unexpected value {shown(value)}")
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
-            raise ConfigFileError(f"{source}: {key}: {value!r} is not one of {list(typing.get_args(hint))}")
+            raise ConfigFileError(f"{source}: {key}: {shown(value)} is not one of {list(typing.get_args(hint))}")
         return value
     if origin is dict:
         key_type, value_type = typing.get_args(hint)
         if not isinstance(value, dict):
-            raise ConfigFileError(f"{source}: {key}: expected a mapping, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected a mapping, got {shown(value)}")
         return {_coerce(key_type, k, source, f"{key}.{k}"): _coerce(value_type, v, source, f"{key}.{k}")
                 for k, v in value.items()}
     if origin in (list, tuple):
@@ -230,16 +352,16 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigFileError(f"{source}: {key}: expected a list, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected a list, got {shown(value)}")
         items = [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigFileError(f"{source}: {key}: expected true or false, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigFileError(f"{source}: {key}: expected an integer, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
@@ -248,11 +370,13 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigFileError(f"{source}: {key}: expected a number, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected a number, got {shown(value)}")
+        if not math.isfinite(value):  # .nan / .inf (or "nan", "inf"): no setting means that, and NaN trains silently
+            raise ConfigFileError(f"{source}: {key}: must be a finite number, got {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigFileError(f"{source}: {key}: expected a string, got {value!r}")
+            raise ConfigFileError(f"{source}: {key}: expected a string, got {shown(value)}")
         return value
     if hint is Any:
         return value

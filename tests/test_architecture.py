@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diabetica_jax"
 # Lowest first. Packages in one layer are siblings: neither may import the other.
 LAYERS = [
     {"configuration", "demo"},  # config plumbing; embedded demo corpus and benchmark files
+    {"run_lock"},  # one process at a time in a run or output directory
     {"parallel"},  # meshes and sharding rules
     {"model"},  # the Flax model family
     {"hf"},  # Hugging Face checkpoints and tokenizers <-> the model

@@ -9,7 +9,7 @@ import jax
 
 from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
-from diabetica_jax.configuration import ConfigFileError, InputError, load_config
+from diabetica_jax.configuration import ConfigFileError, InputError, load_config, shown
 from diabetica_jax.data.curate.config import load_curate_config
 from diabetica_jax.data.curate.engines import UnitsLost
 from diabetica_jax.data.curate.pipeline import curate as run_curation
@@ -58,15 +58,23 @@ def _parse_mesh(text: str | None) -> dict[str, int] | None:
     return sizes
 
 
-def _model_and_tokenizer(args):
-    """A checkpoint directory (--model) or a preset with random weights (--preset, default tiny)."""
+def _tokenizer(args):
+    """The tokenizer of --model, or the embedded one. Read before the weights, so that prompts are checked before
+    the model loads; the checkpoint's config.json first, so that its errors come as loading the model reports them."""
+    if args.model:
+        hf.read_config(args.model)
+    return hf.load_tokenizer(args.model)
+
+
+def _model(args):
+    """A checkpoint directory (--model) or a preset with random weights (--preset, default tiny), and the mesh."""
     mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
     runtime = {"dtype": args.dtype, "attention": args.attention}
     if args.model:
         model, cfg = hf.load(args.model, mesh=mesh, allow_pickle=args.allow_pickle, **runtime)
-        return model, cfg, hf.load_tokenizer(args.model), mesh
+        return model, cfg, mesh
     cfg = QwenConfig.preset(args.preset, **runtime)
-    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, hf.load_tokenizer(None), mesh
+    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, mesh
 
 
 def _sampling(args) -> SamplingParams:
@@ -75,12 +83,20 @@ def _sampling(args) -> SamplingParams:
 
 
 def generate(args) -> int:
-    model, cfg, tokenizer, mesh = _model_and_tokenizer(args)
+    tokenizer = _tokenizer(args)
     prompts = args.prompt or [DEFAULT_PROMPT]
     if args.raw:
         ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     else:
         ids = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    for prompt, prompt_ids in zip(prompts, ids):
+        if not prompt_ids:  # the engine needs a token to start from; say which prompt and tokenizer gave none
+            tokenizer_name = f"the tokenizer of {args.model}" if args.model else "the embedded Qwen2 tokenizer"
+            why = ("it is empty" if not prompt else
+                   "its vocabulary matches none of the text: check the checkpoint's tokenizer files")
+            raise InputError(f"--prompt {shown(prompt)}: {tokenizer_name} turns it into no token ids ({why}); "
+                             "there is nothing to generate from")
+    model, cfg, mesh = _model(args)
     outputs = engine_for(model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
     source = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
     print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new tokens max")
@@ -90,7 +106,8 @@ def generate(args) -> int:
 
 
 def chat(args) -> int:
-    model, _, tokenizer, mesh = _model_and_tokenizer(args)
+    tokenizer = _tokenizer(args)
+    model, _, mesh = _model(args)
     repl(engine_for(model, tokenizer, mesh), tokenizer, _sampling(args), args.max_new_tokens, args.system)
     return 0
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import FieldError, field, require_positive
+from diabetica_jax.configuration import FieldError, field, require_at_most, require_positive, shown
 from diabetica_jax.data.records import KINDS
 
 PACKING = ("none", "first_fit", "best_fit")
 OVERLONG = ("truncate", "drop")
 LOSS_ON = ("assistant", "all")
+# Sizes past these are typos (100000000000 for 1000), refused before the run allocates anything: 2**31 tokens per
+# optimizer step is a hundred times the largest published batch (16M tokens, Llama 3 405B), 2**20 tokens the longest
+# context of any Qwen model (Qwen2.5-1M), and no host runs a thousand loader processes.
+MAX_TOKENS_PER_STEP = 2**31
+MAX_SEQ_LEN = 2**20
+MAX_WORKERS = 1024
+MAX_PACKING_BINS = 2**16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +49,21 @@ class DataSection:
 
     def __post_init__(self):
         require_positive(self, "seq_len", "global_batch", "grad_accum", "epochs", "packing_bins", "min_bucket")
+        require_at_most(self, MAX_SEQ_LEN, "seq_len", "min_bucket", why="2**20 tokens, the longest context of any "
+                        "Qwen model")
+        require_at_most(self, MAX_TOKENS_PER_STEP // self.seq_len, "global_batch",
+                        why=f"at seq_len={self.seq_len}: at most 2**31 tokens per step")
+        require_at_most(self, MAX_WORKERS, "workers")
+        require_at_most(self, MAX_PACKING_BINS, "packing_bins")
         if self.pack is not None:  # the deprecated name: fold it into packing so the rest of the code sees one
             if self.packing != "first_fit" and self.packing != self.pack:
-                raise FieldError("pack", f"{self.pack!r} contradicts packing={self.packing!r} (pack is the old name "
+                raise FieldError("pack", f"{shown(self.pack)} contradicts packing={shown(self.packing)} (pack is the old name "
                                          "of packing: set only packing)")
             object.__setattr__(self, "packing", self.pack)
             object.__setattr__(self, "pack", None)
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown:
-            raise FieldError("kinds", f"{unknown} are not record kinds; choose from {list(KINDS)}")
+            raise FieldError("kinds", f"{shown(unknown)} are not record kinds; choose from {list(KINDS)}")
         if self.workers < 0:
             raise FieldError("workers", f"must be >= 0, got {self.workers}")
         if self.global_batch % self.grad_accum:

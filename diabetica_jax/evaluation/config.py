@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from diabetica_jax.configuration import FieldError, field, require_positive
+from diabetica_jax.configuration import FieldError, field, require_positive, shown
 from diabetica_jax.evaluation.task_names import CLINICAL_TASKS, MODES, PAPER_TASKS, TASKS, TEXT_TASKS  # noqa: F401 (re-exported)
 from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
@@ -81,7 +81,7 @@ class EvalConfig:
                 raise FieldError("tasks", f"{section.task}: two files named {', '.join(same)}; the report keys "
                                  "files by name, so rename one")
         if len(set(self.modes)) != len(self.modes):
-            raise FieldError("modes", f"{self.modes}: a mode named twice")
+            raise FieldError("modes", f"{shown(self.modes)}: a mode named twice")
         require_positive(self, "batch_size", "seeds", "judge_max_tokens")
         if self.judge_temperature < 0:
             raise FieldError("judge_temperature", f"must be at least 0, not {self.judge_temperature}")

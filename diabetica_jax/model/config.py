@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from diabetica_jax.configuration import read_text_file
+from diabetica_jax.configuration import read_text_file, shown
 from diabetica_jax.model.layers import LoRASpec, RopeScaling
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -46,6 +47,16 @@ ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "save_matmuls")
 # The linear layers of a decoder layer, by their HF names; LoRA targets are chosen among them.
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# The largest a config.json size may be: far past every released model (the largest dense ones have ~128 layers,
+# hidden 16-25k, vocabularies of ~260k, contexts of 10M), so that a damaged or hostile file (num_hidden_layers:
+# 1000000) is refused when it is read, not after minutes of sizing a model that no memory could hold.
+SIZE_LIMITS = {"vocab_size": 2**22, "hidden_size": 2**17, "intermediate_size": 2**20, "num_hidden_layers": 2**12,
+               "num_attention_heads": 2**12, "num_key_value_heads": 2**12, "head_dim": 2**12,
+               "max_position_embeddings": 2**24}
+MAX_PARAMS = 2**41  # 2.2 trillion parameters: four times the largest dense model trained (PaLM, 540B)
+MAX_RMS_NORM_EPS = 0.1  # added to a mean square of activations ~1: past this it is no longer a small guard
 
 
 class ConfigError(ValueError):
@@ -146,7 +157,7 @@ class QwenConfig:
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json", **runtime: Any) -> "QwenConfig":
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a JSON object of settings at the top level, got "
-                              f"{type(raw).__name__} {_short(raw)}")
+                              f"{type(raw).__name__} {shown(raw)}")
 
         def need(key: str) -> Any:
             if key not in raw or raw[key] is None:
@@ -156,13 +167,17 @@ class QwenConfig:
             return raw[key]
 
         def size(key: str, default: int | None = None) -> int:
-            """A positive integer field; `default` when absent or null (None: required)."""
+            """A positive integer field, at most SIZE_LIMITS[key]; `default` when absent or null (None: required)."""
             value = need(key) if default is None else (raw.get(key) or default)
-            return _integer(value, source, key, minimum=1)
+            value = _integer(value, source, key, minimum=1)
+            if value > SIZE_LIMITS[key]:
+                raise ConfigError(f"{source}: {key}: {value} is beyond any model (at most {SIZE_LIMITS[key]}); "
+                                  "a damaged config.json?")
+            return value
 
         archs = raw.get("architectures") or []
         if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-            raise ConfigError(f"{source}: architectures: expected a list of class names, got {_short(archs)}")
+            raise ConfigError(f"{source}: architectures: expected a list of class names, got {shown(archs)}")
         if archs:
             if archs[0] not in SUPPORTED_ARCHITECTURES:
                 raise ConfigError(
@@ -174,17 +189,17 @@ class QwenConfig:
             model_type = need("model_type")
             if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
                 raise ConfigError(
-                    f"{source}: model_type={model_type!r} is not supported; supported model types: "
+                    f"{source}: model_type={shown(model_type)} is not supported; supported model types: "
                     f"{sorted(SUPPORTED_MODEL_TYPES)}"
                 )
             family = SUPPORTED_MODEL_TYPES[model_type]
 
         act = raw.get("hidden_act", "silu")
         if act != "silu":
-            raise ConfigError(f"{source}: hidden_act={act!r} is not supported (only 'silu')")
+            raise ConfigError(f"{source}: hidden_act={shown(act)} is not supported (only 'silu')")
         for moe_key in ("num_experts", "num_local_experts"):
             if raw.get(moe_key):
-                raise ConfigError(f"{source}: {moe_key}={raw[moe_key]} (mixture of experts) is not supported")
+                raise ConfigError(f"{source}: {moe_key}={shown(raw[moe_key])} (mixture of experts) is not supported")
 
         if _flag(raw, "mlp_bias", source):
             raise ConfigError(f"{source}: mlp_bias=true (biases on the MLP projections) is not supported")
@@ -210,7 +225,11 @@ class QwenConfig:
             qkv_bias = False
         else:
             qkv_bias = _flag(raw, "attention_bias", source)
-        return cls(
+        rms_norm_eps = _number(_or(raw.get("rms_norm_eps"), 1e-6), source, "rms_norm_eps")
+        if not 0 < rms_norm_eps <= MAX_RMS_NORM_EPS:  # <= 0 divides by zero (NaN) or by a negative (garbage)
+            raise ConfigError(f"{source}: rms_norm_eps: must be in (0, {MAX_RMS_NORM_EPS}] (models use 1e-5 or "
+                              f"1e-6), got {rms_norm_eps}")
+        cfg = cls(
             family=family,
             vocab_size=size("vocab_size"),
             hidden_size=hidden,
@@ -220,7 +239,7 @@ class QwenConfig:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             rope_theta=rope_theta,
-            rms_norm_eps=_number(_or(raw.get("rms_norm_eps"), 1e-6), source, "rms_norm_eps"),
+            rms_norm_eps=rms_norm_eps,
             tie_word_embeddings=_flag(raw, "tie_word_embeddings", source),
             qkv_bias=qkv_bias,
             qk_norm=family == "qwen3",
@@ -231,6 +250,10 @@ class QwenConfig:
             source_dtype=_source_dtype(raw),
             **runtime,
         )
+        if cfg.num_params() > MAX_PARAMS:
+            raise ConfigError(f"{source}: hidden_size, intermediate_size, num_hidden_layers and vocab_size make "
+                              f"{cfg.num_params():.3g} parameters, beyond any model (at most {MAX_PARAMS:.3g})")
+        return cfg
 
     def to_hf_dict(self, torch_dtype: str = "float32") -> dict[str, Any]:
         """config.json content readable by transformers 4.x (rope_theta, rope_scaling) and 5.x (rope_parameters)."""
@@ -278,6 +301,8 @@ class QwenConfig:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        except RecursionError as e:  # json's decoder recurses once per level of [[[[...]]]]
+            raise ConfigError(f"{path}: nested too deeply to be a config.json") from e
         return cls.from_hf_dict(raw, source=str(path), **runtime)
 
     @classmethod
@@ -297,15 +322,10 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _integer(value: Any, source: str, key: str, minimum: int | None = None) -> int:
     """An integer config.json value (a float with no fraction, as some writers store sizes, counts too)."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-        raise ConfigError(f"{source}: {key}: expected an integer, got {_short(value)}")
+        raise ConfigError(f"{source}: {key}: expected an integer, got {shown(value)}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ConfigError(f"{source}: {key}: must be at least {minimum}, got {value}")
@@ -313,14 +333,17 @@ def _integer(value: Any, source: str, key: str, minimum: int | None = None) -> i
 
 
 def _number(value: Any, source: str, key: str) -> float:
-    """A numeric value; a numeric string too (PyYAML reads a preset's 1e-6, without a dot, as a string)."""
+    """A finite numeric value; a numeric string too (PyYAML reads a preset's 1e-6, without a dot, as a string).
+    Python's json reads NaN and Infinity, which no config.json field can mean."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{source}: {key}: expected a number, got {_short(value)}")
+        raise ConfigError(f"{source}: {key}: expected a number, got {shown(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}: must be a finite number, got {value}")
     return float(value)
 
 
@@ -330,7 +353,7 @@ def _flag(raw: dict[str, Any], key: str, source: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ConfigError(f"{source}: {key}: expected true or false, got {_short(value)}")
+        raise ConfigError(f"{source}: {key}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -362,15 +385,15 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
         if not block:
             continue
         if not isinstance(block, dict):
-            raise ConfigError(f"{source}: {field}={block!r} is not a mapping")
+            raise ConfigError(f"{source}: {field}={shown(block)} is not a mapping")
         kind = block.get("rope_type", block.get("type", "default"))
         if kind not in SUPPORTED_ROPE_TYPES:
             raise ConfigError(
-                f"{source}: {field} rope_type={kind!r} is not supported; supported rope types: {list(SUPPORTED_ROPE_TYPES)}"
+                f"{source}: {field} rope_type={shown(kind)} is not supported; supported rope types: {list(SUPPORTED_ROPE_TYPES)}"
             )
         prf = block.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
         if prf not in (None, 1, 1.0):
-            raise ConfigError(f"{source}: {field} partial_rotary_factor={prf!r} is not supported (only 1.0)")
+            raise ConfigError(f"{source}: {field} partial_rotary_factor={shown(prf)} is not supported (only 1.0)")
     if params and params.get("rope_theta") is not None:
         theta = _number(params["rope_theta"], source, "rope_parameters.rope_theta")
     elif raw.get("rope_theta") is not None:
@@ -379,6 +402,8 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
         theta = _number(scaling["rope_theta"], source, "rope_scaling.rope_theta")
     else:
         theta = 10000.0
+    if theta <= 1:  # the rotation frequencies are theta ** (-2i / head_dim): they must fall from 1, not rise or stay
+        raise ConfigError(f"{source}: rope_theta: must be greater than 1 (models use 1e4 to 1e6), got {theta}")
     field, block = ("rope_scaling", scaling) if scaling else ("rope_parameters", params)
     kind = block.get("rope_type", block.get("type", "default")) if block else "default"
     if kind == "default":
@@ -386,7 +411,7 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
 
     def number(key: str) -> float:
         if block.get(key) is None:
-            raise ConfigError(f"{source}: {field} rope_type={kind!r} needs {key!r}, which is missing")
+            raise ConfigError(f"{source}: {field} rope_type={shown(kind)} needs {key!r}, which is missing")
         return _number(block[key], source, f"{field}.{key}")
 
     factor = number("factor")
@@ -395,6 +420,8 @@ def _rope(raw: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
     if kind == "linear":
         return theta, RopeScaling("linear", factor)
     low, high = number("low_freq_factor"), number("high_freq_factor")
+    if low <= 0:
+        raise ConfigError(f"{source}: {field} low_freq_factor={low} must be positive")
     if high <= low:
         raise ConfigError(f"{source}: {field} high_freq_factor={high} must exceed low_freq_factor={low}")
     # transformers: a top-level original_max_position_embeddings takes priority, then the block's, then
@@ -425,7 +452,7 @@ def _rope_scaling_dict(scaling: RopeScaling | None) -> dict[str, Any] | None:
 def _refuse_sliding_window(raw: dict[str, Any], source: str, num_layers: int) -> None:
     layer_types = raw.get("layer_types")
     if layer_types and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
-        raise ConfigError(f"{source}: layer_types: expected a list of attention kinds, got {_short(layer_types)}")
+        raise ConfigError(f"{source}: layer_types: expected a list of attention kinds, got {shown(layer_types)}")
     if layer_types:
         sliding = [i for i, t in enumerate(layer_types) if t != "full_attention"]
         if sliding:

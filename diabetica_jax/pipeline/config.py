@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any, Literal
 
-from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, to_dict
+from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, shown, to_dict
 from diabetica_jax.data.curate.config import CurateConfig
 from diabetica_jax.evaluation.config import EvalConfig, TaskSection
 from diabetica_jax.model.config import COMPUTE_DTYPES
@@ -36,7 +36,7 @@ class StageSection:
 
     def __post_init__(self):
         if not NAME.fullmatch(self.name):
-            raise FieldError("name", f"{self.name!r}: letters, digits, '-' and '_' only (it names a folder)")
+            raise FieldError("name", f"{shown(self.name)}: letters, digits, '-' and '_' only (it names a folder)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.pipeline.config import RunConfig, stage_train_config
+from diabetica_jax.run_lock import hold_lock
 
 log = logging.getLogger(__name__)
 STAGES = ("curate", "train", "eval", "export")
@@ -74,6 +75,8 @@ def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     cfg = without_unavailable_checks(cfg)
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
+    # before a stage could clear a folder another run is working in; released when run() returns
+    _lock = hold_lock(run_dir, "pipeline run")
     statuses: dict[str, str] = {}
     timings: dict[str, float] = {}
 

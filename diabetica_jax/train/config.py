@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_positive
+from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_at_most, require_positive, shown
 from diabetica_jax.data.config import DataSection
 from diabetica_jax.model.config import (
     ATTENTION_BACKENDS,
@@ -14,6 +14,8 @@ from diabetica_jax.model.config import (
     LINEAR_LAYERS,
     REMAT_POLICIES,
 )
+
+MAX_LORA_RANK = 2**16  # wider than the hidden size of any model; a bigger rank is a typo, refused before it allocates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +46,13 @@ class LoRASection:
     def __post_init__(self):
         if self.rank < 0:
             raise FieldError("rank", f"must be >= 0, got {self.rank}")
+        require_at_most(self, MAX_LORA_RANK, "rank", why="no layer of any model is that wide")
+        require_positive(self, "alpha")  # 0 switches the adapters off, < 0 reverses them: neither is a setting
         if not 0.0 <= self.dropout < 1.0:
             raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
         unknown = sorted(set(self.targets) - set(LINEAR_LAYERS))
         if unknown:
-            raise FieldError("targets", f"{unknown} are not linear layers; choose from {list(LINEAR_LAYERS)}")
+            raise FieldError("targets", f"{shown(unknown)} are not linear layers; choose from {list(LINEAR_LAYERS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +78,18 @@ class OptimSection:
     clip_norm: float = field(1.0, "global gradient-norm clip (0 disables)")
 
     def __post_init__(self):
-        require_positive(self, "lr")
+        require_positive(self, "lr", "eps")  # eps 0 divides by zero where a gradient is 0 (unused embedding rows)
         if self.warmup_steps < 0:
             raise FieldError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise FieldError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {self.min_lr_ratio}")
+        for name in ("b1", "b2"):  # Adam's bias correction divides by 1 - b**step: 0 at b = 1, NaN from step 1
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise FieldError(name, f"must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.clip_norm < 0:
+            raise FieldError("clip_norm", f"must be >= 0 (0 disables clipping), got {self.clip_norm}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,8 @@ class LoopSection:
         if self.steps <= 0 and self.steps != -1:
             raise FieldError("steps", f"must be positive, or -1 (from the data), got {self.steps}")
         require_positive(self, "log_every", "checkpoint_every", "keep_checkpoints", "loss_chunk")
+        if self.peak_tflops is not None:
+            require_positive(self, "peak_tflops")
 
 
 @dataclasses.dataclass(frozen=True)

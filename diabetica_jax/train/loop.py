@@ -19,6 +19,7 @@ import jax
 
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.parallel import make_mesh
+from diabetica_jax.run_lock import LOCK_FILE, hold_lock
 from diabetica_jax.train.checkpoint import CheckpointHooks, Checkpoints
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.feed import count_steps, make_feed
@@ -113,8 +114,16 @@ def _resume(checkpoints: Checkpoints, setup, data_iterator) -> tuple[TrainState 
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
           name: str = "train") -> TrainResult:
     """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present.
-    `name` labels the progress bar (a multi-stage run's stage name)."""
-    run_dir = Path(run_dir)
+    `name` labels the progress bar (a multi-stage run's stage name). Another training in RUN_DIR at the same time
+    is refused (run_lock.DirectoryInUse) before any work."""
+    # each process of a multi-host job locks a file of its own (.lock, .lock.1, ...): a second job in the directory
+    # is then refused in every one of its processes, not in process 0 alone while the others wait for it
+    index = jax.process_index()
+    with hold_lock(run_dir, "training", LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"):
+        return _train(cfg, Path(run_dir), progress, stop_after, name)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | None, name: str) -> TrainResult:
     check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
     # the batch sharding and this process's rows are fixed for the run; the sequence length may change between

@@ -32,6 +32,7 @@ from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units,
 from diabetica_jax.data.curate.write import FinishUnit, ShardTask, plan_shards, write_parts
 from diabetica_jax.data.records import Record, Reject, count_by, dumps, reason_class
 from diabetica_jax.llm import make_backend
+from diabetica_jax.run_lock import hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     """Run every stage; write shards, rejects.jsonl and the data card under `out`; return the card."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _lock = hold_lock(out, "curation")  # another curation into `out` is refused; released when curate() returns
     work = out / "work"
     if cfg.engine.work_dir:  # a shared directory may serve several outputs: one folder each
         work = Path(cfg.engine.work_dir) / f"{out.name}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
