@@ -227,7 +227,7 @@ def test_curation_killed_between_shards_keeps_the_earlier_shards_whole_and_rerun
     # the shards readers see are the earlier run's, whole and unmixed; its card is gone: no finished curation
     assert [r.id for r in shard_records(out)] == earlier_ids
     assert not (out / "data_card.json").exists()
-    assert len(list((out / "shards.partial").glob("curated-*"))) == 1  # the new first shard, set aside
+    assert len(list((out / "work" / "shards").glob("curated-*"))) == 1  # the new first shard, set aside
     _rerun(args)
     _assert_same_curation(out, curated_reference, ledger)
     assert not (out / "shards.partial").exists()

@@ -31,6 +31,7 @@ from diabetica_jax.data.curate.refine import refine
 from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
 from diabetica_jax.data.curate.write import FinishUnit, ShardTask, plan_shards, write_parts
 from diabetica_jax.data.records import Record, Reject, count_by, dumps, reason_class
+from diabetica_jax.data.shards import DATA_CARD
 from diabetica_jax.llm import make_backend
 from diabetica_jax.run_lock import hold_lock
 
@@ -79,6 +80,7 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _lock = hold_lock(out, "curation")  # another curation into `out` is refused; released when curate() returns
+    (out / DATA_CARD).unlink(missing_ok=True)  # `out` holds no finished curation until this run writes its card
     work = out / "work"
     if cfg.engine.work_dir:  # a shared directory may serve several outputs: one folder each
         work = Path(cfg.engine.work_dir) / f"{out.name}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
@@ -242,7 +244,7 @@ class _Tasks:
         engine = self.cfg.engine
         return map_units(fn, items, engine=engine.name, workers=self.workers, work_dir=self.work / "tasks" / name,
                          progress=self.progress, desc=name, executor=engine.executor,
-                         executor_options=dict(engine.executor_options))
+                         executor_options=dict(engine.executor_options), timeout=engine.timeout_s)
 
 
 def _spilled_records(work: Path, unit: int, code: np.ndarray, wanted) -> Iterator[tuple[int, Record]]:
