@@ -184,7 +184,7 @@ def _pool(fn, units, workers, method):
 
 def run_map_units(fn, units, workers, work_dir, engine):
     sys.path.insert(0, str(ROOT))
-    from diabetica_jax.data.curate.engines import map_units
+    from diabetica_jax.curate.engines import map_units
 
     return map_units(fn, units, engine=engine, workers=workers, work_dir=work_dir, progress=False), (
         True if engine == "local" else "files")

@@ -32,8 +32,8 @@ def child(corpus: str, out: str, result: str, overrides: list[str]) -> None:
     import psutil
 
     import diabetica_jax
-    from diabetica_jax.data.curate import pipeline, resolve, write
-    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.curate import pipeline, resolve, write
+    from diabetica_jax.curate.config import load_curate_config
 
     me, phase = psutil.Process(), ["other"]
     peaks: dict[str, dict] = {}

@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()
 
+    from diabetica_jax.curate.config import load_curate_config
+    from diabetica_jax.curate.pipeline import curate
     from diabetica_jax.data.config import DataSection
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
     from diabetica_jax.data.loader import PackPlan, TokenStore, packed_batches, read_records
     from diabetica_jax.hf.tokenizer import embedded_tokenizer
 

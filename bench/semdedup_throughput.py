@@ -119,8 +119,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
 
-    from diabetica_jax.data.curate.config import SemanticDedupSection
-    from diabetica_jax.data.curate.semdedup import semantic_dedup
+    from diabetica_jax.curate.config import SemanticDedupSection
+    from diabetica_jax.curate.semdedup import semantic_dedup
 
     records, copies = synthetic_records(args.records, args.planted)
     cfg = SemanticDedupSection(enabled=True, model=args.model, threshold=args.threshold, batch_size=args.batch_size,

@@ -82,7 +82,7 @@ class SyntheticRecords:
 
 
 def write_set(directory: Path, n: int) -> float:
-    from diabetica_jax.data.curate.write import write_shards
+    from diabetica_jax.curate.write import write_shards
 
     start = time.perf_counter()
     write_shards(directory, SyntheticRecords(n), 16)

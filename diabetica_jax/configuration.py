@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import reprlib
 import types
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+
+def cache_dir() -> Path:
+    """This user's cache of converted tokenizers and token stores: $DIABETICA_JAX_CACHE, else
+    $XDG_CACHE_HOME/diabetica_jax (~/.cache/diabetica_jax)."""
+    root = os.environ.get("DIABETICA_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "diabetica_jax")
+    return Path(root)
 
 T = TypeVar("T")
 

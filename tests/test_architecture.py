@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diabetica_jax"
 LAYERS = [
     {"configuration", "demo"},  # config plumbing; embedded demo corpus and benchmark files
     {"run_lock"},  # one process at a time in a run or output directory
-    {"parallel"},  # meshes and sharding rules
+    {"data", "parallel"},  # records, tables, shards, loss masks, the token store, the Grain loader; meshes and rules
     {"model"},  # the Flax model family
     {"hf"},  # Hugging Face checkpoints and tokenizers <-> the model
     {"generate"},  # KV-cache engine
     {"llm"},  # chat backends (OpenAI-compatible, local engine) behind a cache
-    {"data"},  # records, tables, curation, loss masks, the Grain loader
+    {"curate"},  # curation: scan, dedup, teacher stages, shards and the data card
     {"train", "evaluation"},  # training; benchmarks
     {"pipeline", "serve"},  # the whole chain; the OpenAI-compatible server and web page
     {"cli"},  # the command line
@@ -85,6 +85,9 @@ def test_named_rules():
     assert {_top(m) for m in importers("pipeline")} <= {"cli"}
     model_imports = {_top(t) for m, imports in graph.items() if _top(m) == "model" for t in imports}
     assert not model_imports & {"data", "train"}
+    # the data library (records, shards, the loader) stands on configuration alone
+    data_imports = {_top(t) for m, imports in graph.items() if _top(m) == "data" for t in imports}
+    assert data_imports <= {"data", "configuration"}, data_imports
 
 
 def test_no_import_cycles():

@@ -13,11 +13,11 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from diabetica_jax.configuration import ConfigFileError
-from diabetica_jax.data.curate.answers import unigram_f1
-from diabetica_jax.data.curate.augment import concluded_option, parse_dialogue, ungrounded_turns
-from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.grounding import cloze_alignment, is_span, numbers, turn_support
-from diabetica_jax.data.curate.pipeline import curate
+from diabetica_jax.curate.answers import unigram_f1
+from diabetica_jax.curate.augment import concluded_option, parse_dialogue, ungrounded_turns
+from diabetica_jax.curate.config import load_curate_config
+from diabetica_jax.curate.grounding import cloze_alignment, is_span, numbers, turn_support
+from diabetica_jax.curate.pipeline import curate
 from diabetica_jax.data.records import Record
 
 PASSAGES = {
@@ -322,8 +322,8 @@ def test_new_augment_settings_are_validated():
 
 
 def test_a_failed_teacher_call_rejects_the_output_not_the_passage(tmp_path):
-    from diabetica_jax.data.curate.augment import augment
-    from diabetica_jax.data.curate.config import AugmentSection
+    from diabetica_jax.curate.augment import augment
+    from diabetica_jax.curate.config import AugmentSection
     from diabetica_jax.llm import CachedChat, LLMError
 
     class Refusing:

@@ -14,8 +14,8 @@ from test_curate_stream import _config, _outcome
 
 from diabetica_jax.cli import main
 from diabetica_jax.configuration import ConfigFileError
-from diabetica_jax.data.curate import datatrove_engine, pipeline
-from diabetica_jax.data.curate.config import load_curate_config
+from diabetica_jax.curate import datatrove_engine, pipeline
+from diabetica_jax.curate.config import load_curate_config
 from diabetica_jax.demo.synthetic_qa import write_corpus
 
 pytest.importorskip("datatrove", reason="the cluster executors need: pip install 'diabetica-jax[engine]'")

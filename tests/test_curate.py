@@ -7,9 +7,9 @@ import pytest
 from conftest import DIABETICA
 from fake_openai import FakeOpenAI
 
-from diabetica_jax.data.curate.collect import collect
-from diabetica_jax.data.curate.config import InputSection, load_curate_config
-from diabetica_jax.data.curate.pipeline import curate
+from diabetica_jax.curate.collect import collect
+from diabetica_jax.curate.config import InputSection, load_curate_config
+from diabetica_jax.curate.pipeline import curate
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.records import Record, Reject
 

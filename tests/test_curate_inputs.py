@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from diabetica_jax.data.curate import pipeline, scan
-from diabetica_jax.data.curate.collect import collect
-from diabetica_jax.data.curate.config import load_curate_config
+from diabetica_jax.curate import pipeline, scan
+from diabetica_jax.curate.collect import collect
+from diabetica_jax.curate.config import load_curate_config
 from diabetica_jax.data.records import Record
 from diabetica_jax.data.shards import shard_records
 

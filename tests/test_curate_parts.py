@@ -10,9 +10,9 @@ import grain
 import numpy as np
 import pytest
 
-from diabetica_jax.data.curate import pipeline
-from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.write import plan_shards, write_shard_lines
+from diabetica_jax.curate import pipeline
+from diabetica_jax.curate.config import load_curate_config
+from diabetica_jax.curate.write import plan_shards, write_shard_lines
 from diabetica_jax.data.shards import check_curated
 from diabetica_jax.data.token_store import build_token_store, open_token_store
 from diabetica_jax.demo import CORPUS_DIR, DEMO_FILES

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diabetica_jax.data.curate import filters, pipeline
-from diabetica_jax.data.curate.collect import collect
-from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.scan import plan_units
+from diabetica_jax.curate import filters, pipeline
+from diabetica_jax.curate.collect import collect
+from diabetica_jax.curate.config import load_curate_config
+from diabetica_jax.curate.scan import plan_units
 from diabetica_jax.data.records import Record
 from diabetica_jax.data.shards import shard_records
 from diabetica_jax.data.tables import read_rows
@@ -156,7 +156,7 @@ def test_line_ranges_cover_the_file_with_the_right_row_numbers(tmp_path, newline
     units_ = plan_units(list(cfg.inputs), 2048)
     assert len(units_) > 5 and units_[0].start == 0 and units_[-1].end == path.stat().st_size
     assert all(u.end == v.start for u, v in zip(units_, units_[1:]))
-    from diabetica_jax.data.curate.scan import _unit_items
+    from diabetica_jax.curate.scan import _unit_items
 
     sliced = [(item.provenance["row"], item.id if isinstance(item, Record) else item.reason)
               for u in units_ for item in _unit_items(u)]
@@ -173,7 +173,7 @@ def test_a_gbk_file_cut_into_units_reads_as_gbk(tmp_path):
     cfg = _config([path])
     units_ = plan_units(list(cfg.inputs), 4096)
     assert len(units_) > 2 and {u.encoding for u in units_} == {"gbk"}
-    from diabetica_jax.data.curate.scan import _unit_items
+    from diabetica_jax.curate.scan import _unit_items
 
     texts = [item.messages[0]["content"] for u in units_ for item in _unit_items(u)]
     assert texts == [json.loads(r)["question"] for r in rows]
@@ -181,7 +181,7 @@ def test_a_gbk_file_cut_into_units_reads_as_gbk(tmp_path):
 
 def test_band_grouping_survives_a_hash_collision():
     """Two different band keys made to share the 64-bit mix that sorts them still land in different groups."""
-    from diabetica_jax.data.curate.filters import _MIX, _group_rows
+    from diabetica_jax.curate.filters import _MIX, _group_rows
 
     with np.errstate(over="ignore"):  # uint64 products wrap, as in the mix
         a, b, a2 = np.uint64(5), np.uint64(7), np.uint64(9)

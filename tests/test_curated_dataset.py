@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from diabetica_jax.configuration import load_config
-from diabetica_jax.data.curate.config import CurateConfig
-from diabetica_jax.data.curate.pipeline import curate
-from diabetica_jax.data.curate.write import record_from_row, write_hf_dataset
+from diabetica_jax.curate.config import CurateConfig
+from diabetica_jax.curate.pipeline import curate
+from diabetica_jax.curate.write import record_from_row, write_hf_dataset
 from diabetica_jax.data.shards import shard_paths
 
 

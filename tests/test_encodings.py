@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from diabetica_jax.data.curate.collect import collect
-from diabetica_jax.data.curate.config import InputSection
+from diabetica_jax.curate.collect import collect
+from diabetica_jax.curate.config import InputSection
 from diabetica_jax.data.records import Record, Reject
 from diabetica_jax.data.tables import read_rows
 from diabetica_jax.data.text import decode

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from diabetica_jax.data.curate.engines import UnitError, imap_units, map_units
+from diabetica_jax.curate.engines import UnitError, imap_units, map_units
 
 UNITS = [("part", index) for index in range(10)]
 EXPECTED = [{"unit": index, "square": index * index} for index in range(10)]

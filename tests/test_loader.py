@@ -120,8 +120,8 @@ def test_tokens_outside_the_model_vocabulary_are_refused(hf_checkpoints, tmp_pat
     from train_helpers import tiny_config
 
     from diabetica_jax.configuration import ConfigFileError
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.curate.config import load_curate_config
+    from diabetica_jax.curate.pipeline import curate
     from diabetica_jax.train.loop import train
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
@@ -132,8 +132,8 @@ def test_tokens_outside_the_model_vocabulary_are_refused(hf_checkpoints, tmp_pat
 
 def test_steps_from_the_data(tmp_path):
     from diabetica_jax.configuration import ConfigFileError
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.curate.config import load_curate_config
+    from diabetica_jax.curate.pipeline import curate
     from diabetica_jax.train.feed import count_steps
 
     with pytest.raises(ConfigFileError, match="needs data.source: curated"):

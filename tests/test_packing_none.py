@@ -196,7 +196,7 @@ def test_none_loss_is_the_token_mean_over_the_batch_examples(hf_checkpoints):
 def _curated(directory):
     """A small curated directory: passages of mixed lengths for the Numbered tokenizer, and chat records that
     data.kinds: [passage] leaves out."""
-    from diabetica_jax.data.curate.write import write_shards
+    from diabetica_jax.curate.write import write_shards
 
     lengths = np.random.RandomState(2).randint(3, 65, 26)
     records = [_record("passage", k, text=f"{k}:{n}") for k, n in enumerate(lengths)]

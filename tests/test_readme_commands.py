@@ -120,7 +120,7 @@ def _load(args, config: str | None) -> None:
     without the checks that input files exist (the README's inputs are placeholders)."""
     from diabetica_jax.cli import commands
     from diabetica_jax.configuration import build, config_data, load_config
-    from diabetica_jax.data.curate.config import CurateConfig
+    from diabetica_jax.curate.config import CurateConfig
     from diabetica_jax.evaluation.config import EvalConfig
     from diabetica_jax.pipeline.config import load_run_config
     from diabetica_jax.train.config import TrainConfig

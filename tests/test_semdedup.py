@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from diabetica_jax.data.curate import semdedup
-from diabetica_jax.data.curate.config import DedupSection, SemanticDedupSection, load_curate_config
-from diabetica_jax.data.curate.filters import near_dedup
-from diabetica_jax.data.curate.pipeline import curate
+from diabetica_jax.curate import semdedup
+from diabetica_jax.curate.config import DedupSection, SemanticDedupSection, load_curate_config
+from diabetica_jax.curate.filters import near_dedup
+from diabetica_jax.curate.pipeline import curate
 from diabetica_jax.data.records import Record
 
 # ---- the search, on synthetic embeddings ---------------------------------------------------------------

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diabetica_jax.data.curate import resolve
-from diabetica_jax.data.curate.config import DedupSection
-from diabetica_jax.data.curate.filters import near_duplicates
+from diabetica_jax.curate import resolve
+from diabetica_jax.curate.config import DedupSection
+from diabetica_jax.curate.filters import near_duplicates
 
 
 def _corpus(cfg: DedupSection, n: int, seed: int):

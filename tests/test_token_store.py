@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from train_helpers import Numbered
 
+from diabetica_jax.curate.write import write_shards
 from diabetica_jax.data.chat import EmptyLossMask, UnsupportedTemplate, encode_record
 from diabetica_jax.data.config import DataSection
-from diabetica_jax.data.curate.write import write_shards
 from diabetica_jax.data.loader import (
     FrozenIteratorState,
     PackPlan,
@@ -43,8 +43,8 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The embedded demo corpus, curated."""
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.curate.config import load_curate_config
+    from diabetica_jax.curate.pipeline import curate
 
     out = tmp_path_factory.mktemp("demo") / "curated"
     curate(load_curate_config(None), out, progress=False)

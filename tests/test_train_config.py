@@ -57,7 +57,7 @@ def test_section_checks_name_the_key_where_the_section_is_nested():
 
 
 def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch):
-    from diabetica_jax.data.curate.config import CurateConfig
+    from diabetica_jax.curate.config import CurateConfig
 
     folder = tmp_path / "configs"
     folder.mkdir()
@@ -153,7 +153,7 @@ def test_readme_configuration_reference_is_current():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from diabetica_jax.data.curate.config import load_curate_config
+    from diabetica_jax.curate.config import load_curate_config
     from diabetica_jax.evaluation.config import EvalConfig
     from diabetica_jax.pipeline.config import load_run_config
 

@@ -111,8 +111,8 @@ def two_processes(config, run_dir, *extra):
 def curated_training(tmp_path: Path, *overrides: str) -> list[str]:
     """Curate the embedded demo corpus under tmp_path and return train overrides for the tiny preset on it
     (two fsdp devices, synchronous checkpoints, no TensorBoard); `overrides` come last and win."""
-    from diabetica_jax.data.curate.config import load_curate_config
-    from diabetica_jax.data.curate.pipeline import curate
+    from diabetica_jax.curate.config import load_curate_config
+    from diabetica_jax.curate.pipeline import curate
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
     return ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",

@@ -10,9 +10,9 @@ import jax
 from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config, shown
-from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.engines import UnitsLost
-from diabetica_jax.data.curate.pipeline import curate as run_curation
+from diabetica_jax.curate.config import load_curate_config
+from diabetica_jax.curate.engines import UnitsLost
+from diabetica_jax.curate.pipeline import curate as run_curation
 from diabetica_jax.evaluation.compare import load_reports, write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError

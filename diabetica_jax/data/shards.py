@@ -1,6 +1,6 @@
 """Where a curated directory keeps its records: ArrayRecord shards, one JSON record each, in order.
 
-Curation writes them (data/curate/write.py); training, the token store and evaluation tools read them. Every
+Curation writes them (curate/write.py); training, the token store and evaluation tools read them. Every
 reader goes through `parse_record`, so a directory whose records are not of this version's schema (written by
 another version of diabetica-jax, or edited by hand) is refused naming the shard and the record, and
 `check_curated` holds the shards against the data card before training reads them.

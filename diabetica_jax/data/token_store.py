@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diabetica_jax.configuration import cache_dir
 from diabetica_jax.data.chat import (
     IM_START,
     EmptyLossMask,
@@ -369,8 +370,6 @@ class TokenView:
 def _roots(curated_dir: Path) -> list[Path]:
     """Where stores of a curated directory live: beside its shards, else (a read-only curated directory) in the
     user cache, under a hash of the directory's path."""
-    from diabetica_jax.hf.tokenizer import cache_dir
-
     where = hashlib.sha256(str(curated_dir.resolve()).encode()).hexdigest()[:16]
     return [curated_dir / STORE_DIR, cache_dir() / "token_stores" / where]
 

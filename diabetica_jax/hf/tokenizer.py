@@ -8,10 +8,10 @@ tokens and a ChatML chat template, and cached on disk.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diabetica_jax.configuration import cache_dir
 from diabetica_jax.hf.errors import HFCheckpointError
 
 if TYPE_CHECKING:  # transformers (and torch, which it pulls in) load on first use: commands that never
@@ -39,13 +39,6 @@ CHATML_TEMPLATE = (
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 QWEN_MODEL_TYPES = ("qwen2", "qwen3")  # the families whose vocabulary the embedded tokenizer is
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DIABETICA_JAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "diabetica_jax"
-    )
-    return Path(root)
 
 
 def _qwen2_ranks_file() -> Path:

@@ -7,7 +7,7 @@ import re
 from typing import Any, Literal
 
 from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, shown, to_dict
-from diabetica_jax.data.curate.config import CurateConfig
+from diabetica_jax.curate.config import CurateConfig
 from diabetica_jax.evaluation.config import EvalConfig, TaskSection
 from diabetica_jax.model.config import COMPUTE_DTYPES
 from diabetica_jax.train.config import TrainConfig

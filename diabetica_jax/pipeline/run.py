@@ -70,7 +70,7 @@ class Stage:
 
 def run(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Curate, train, evaluate (base and trained), export; return what each stage did."""
-    from diabetica_jax.data.curate.pipeline import curate, demo_inputs
+    from diabetica_jax.curate.pipeline import curate, demo_inputs
 
     cfg = without_unavailable_checks(cfg)
     run_dir = Path(run_dir).absolute()

@@ -112,7 +112,7 @@ def _passages(n: int) -> list:
 
 def _curated(tmp: Path, shards: int = 2, card: bool = True) -> Path:
     """A curated directory as curation leaves it: shards and a data card listing them."""
-    from diabetica_jax.data.curate.write import write_shards
+    from diabetica_jax.curate.write import write_shards
 
     out = tmp / "curated"
     paths = write_shards(out, _passages(4), shards)
@@ -213,7 +213,7 @@ def _(tmp):
 def _(tmp):
     """Records of another schema (a chat pair as prompt/response, no kind or language), as another version
     might have written them."""
-    from diabetica_jax.data.curate.write import write_shard_lines
+    from diabetica_jax.curate.write import write_shard_lines
 
     curated = tmp / "curated"
     old = [json.dumps({"id": f"r{k}", "prompt": "What lowers glucose?", "response": "Insulin."}) for k in range(3)]

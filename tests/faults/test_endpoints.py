@@ -27,8 +27,8 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from diabetica_jax.configuration import load_config
-from diabetica_jax.data.curate.config import load_curate_config
-from diabetica_jax.data.curate.pipeline import curate
+from diabetica_jax.curate.config import load_curate_config
+from diabetica_jax.curate.pipeline import curate
 from diabetica_jax.data.records import Record
 from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.runner import evaluate
@@ -88,7 +88,7 @@ def no_drawing():
     store and plot, evaluation's plots): seconds per run, and nothing these tests look at."""
     import numpy as np
 
-    from diabetica_jax.data.curate import write
+    from diabetica_jax.curate import write
     from diabetica_jax.evaluation import runner
 
     with pytest.MonkeyPatch.context() as patch:

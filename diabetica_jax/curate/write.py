@@ -166,7 +166,7 @@ class FinishUnit:
     tokenizer: str | None = None  # output.tokenizer (None: the default)
 
     def __call__(self, unit: int) -> dict:
-        from diabetica_jax.data.curate import resolve
+        from diabetica_jax.curate import resolve
         from diabetica_jax.data.records import Reject
 
         code, reason = resolve.UnitDecisions(self.work, self.offsets, self.num_perm).stages(unit)
@@ -233,7 +233,7 @@ def _spill(path: Path):
 
 def kept_lines(work: str | Path, unit: int) -> Iterable[str]:
     """The unit's kept records' JSON lines, in order (after FinishUnit saved its stages)."""
-    from diabetica_jax.data.curate import resolve
+    from diabetica_jax.curate import resolve
 
     stage = np.load(resolve.unit_file(work, unit, "stage.npy")).tolist()
     for row, body in _spill(resolve.unit_file(work, unit, "spill")):
@@ -319,7 +319,7 @@ def write_parts(out: Path, cfg, work: Path, shards: list[dict], finished: list[d
     `shards`, in order) moved into place, FinishUnit's rejects parts (results `finished`, one per unit) joined
     into rejects.jsonl and their token store parts into the store. `clock`: when the shard tasks started (the
     card's write seconds count from there)."""
-    from diabetica_jax.data.curate.resolve import unit_file
+    from diabetica_jax.curate.resolve import unit_file
 
     (out / DATA_CARD).unlink(missing_ok=True)
     clock = time.perf_counter() if clock is None else clock

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from diabetica_jax.data.curate import filters, resolve
-from diabetica_jax.data.curate.augment import augment
-from diabetica_jax.data.curate.benchmarks import load_benchmark_items
-from diabetica_jax.data.curate.config import CurateConfig, InputSection
-from diabetica_jax.data.curate.refine import refine
-from diabetica_jax.data.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
-from diabetica_jax.data.curate.write import FinishUnit, ShardTask, plan_shards, write_parts
+from diabetica_jax.curate import filters, resolve
+from diabetica_jax.curate.augment import augment
+from diabetica_jax.curate.benchmarks import load_benchmark_items
+from diabetica_jax.curate.config import CurateConfig, InputSection
+from diabetica_jax.curate.refine import refine
+from diabetica_jax.curate.scan import ScanContext, UnitSummary, plan_units, scan_unit
+from diabetica_jax.curate.write import FinishUnit, ShardTask, plan_shards, write_parts
 from diabetica_jax.data.records import Record, Reject, count_by, dumps, reason_class
 from diabetica_jax.data.shards import DATA_CARD
 from diabetica_jax.llm import make_backend
@@ -178,7 +178,7 @@ def _keep_engine_logs(work: Path, out: Path) -> None:
 
 def _scan(units: list, ctx: ScanContext, cfg: CurateConfig, work: Path, progress: bool, resume: bool):
     """Every unit's summary, in unit order, from a process pool (or datatrove) when the input is large."""
-    from diabetica_jax.data.curate.engines import map_units
+    from diabetica_jax.curate.engines import map_units
 
     size = sum(Path(u.input.path).stat().st_size if u.end is None else u.end - u.start
                for u in units if Path(u.input.path).is_file())
@@ -239,7 +239,7 @@ class _Tasks:
             self.workers = 1
 
     def __call__(self, fn, items: list, name: str) -> list:
-        from diabetica_jax.data.curate.engines import map_units
+        from diabetica_jax.curate.engines import map_units
 
         engine = self.cfg.engine
         return map_units(fn, items, engine=engine.name, workers=self.workers, work_dir=self.work / "tasks" / name,
@@ -249,7 +249,7 @@ class _Tasks:
 
 def _spilled_records(work: Path, unit: int, code: np.ndarray, wanted) -> Iterator[tuple[int, Record]]:
     """(row in the unit, Record) of the unit's records that reached dedup and whose stage code is `wanted`."""
-    from diabetica_jax.data.curate.write import _spill
+    from diabetica_jax.curate.write import _spill
 
     for row, body in _spill(resolve.unit_file(work, unit, "spill")):
         if row is not None and code[row] == wanted:
@@ -259,7 +259,7 @@ def _spilled_records(work: Path, unit: int, code: np.ndarray, wanted) -> Iterato
 def _semantic_dedup(summaries, offsets: list[int], work: Path, cfg: CurateConfig, stats: dict) -> None:
     """SemDeDup over every record exact and near dedup kept, here (it needs them at once); its drops go to
     dedup/semantic.json for the finish tasks."""
-    from diabetica_jax.data.curate.semdedup import semantic_dedup
+    from diabetica_jax.curate.semdedup import semantic_dedup
 
     decisions = resolve.UnitDecisions(work, offsets, cfg.dedup.num_perm)
     indexed = []
@@ -314,7 +314,7 @@ def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, work: Path, st
     if len(records) + len(all_rejects) != total_in:
         raise AssertionError(f"curation lost records: kept {len(records)} + rejected {len(all_rejects)} != {total_in}")
 
-    from diabetica_jax.data.curate.write import write_outputs
+    from diabetica_jax.curate.write import write_outputs
 
     labels = Counter((r.source, r.kind, r.language) for r in records)
     return write_outputs(out, cfg, (dumps(r.to_json()) for r in records), len(records),

@@ -5,7 +5,7 @@ unit describes a slice of the input (a file, or a byte range of a JSONL file), t
 per-record CPU work, spills the unit's records into the work directory and returns a compact,
 picklable summary. The driver then resolves all summaries in unit order. This module runs the scan:
 
-    from diabetica_jax.data.curate.engines import map_units
+    from diabetica_jax.curate.engines import map_units
     summaries = map_units(scan_unit, units, workers=2, work_dir=work)             # local default
     summaries = map_units(scan_unit, units, engine="datatrove", work_dir=work)    # datatrove, local executor
 
@@ -87,9 +87,9 @@ from pathlib import Path
 from typing import Any
 
 from diabetica_jax.configuration import InputError
-from diabetica_jax.data.curate.datatrove_engine import EXECUTORS as DATATROVE_EXECUTORS
-from diabetica_jax.data.curate.datatrove_engine import INSTALL as DATATROVE_INSTALL
-from diabetica_jax.data.curate.datatrove_engine import UnitError, UnitsLost, describe
+from diabetica_jax.curate.datatrove_engine import EXECUTORS as DATATROVE_EXECUTORS
+from diabetica_jax.curate.datatrove_engine import INSTALL as DATATROVE_INSTALL
+from diabetica_jax.curate.datatrove_engine import UnitError, UnitsLost, describe
 
 ENGINES = ("local", "datatrove")
 __all__ = ["ENGINES", "DATATROVE_EXECUTORS", "DATATROVE_INSTALL", "UnitError", "UnitsLost", "imap_units",
@@ -164,7 +164,7 @@ def imap_units(
         return
     if work_dir is None:
         raise ValueError("engine='datatrove' needs work_dir (results travel through files there)")
-    from diabetica_jax.data.curate import datatrove_engine
+    from diabetica_jax.curate import datatrove_engine
 
     yield from datatrove_engine.imap(
         fn, units, workers=workers, job_dir=job_dir(work_dir, desc), progress=progress, desc=desc,

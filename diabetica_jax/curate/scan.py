@@ -34,9 +34,9 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from diabetica_jax.data.curate import filters, resolve
-from diabetica_jax.data.curate.collect import collect
-from diabetica_jax.data.curate.config import CurateConfig, InputSection
+from diabetica_jax.curate import filters, resolve
+from diabetica_jax.curate.collect import collect
+from diabetica_jax.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.records import Record, Reject, dumps, reason_class
 from diabetica_jax.data.tables import Part, detect_format, missing_input
 from diabetica_jax.data.text import decode, normalize, normalized_units, unit_ngrams

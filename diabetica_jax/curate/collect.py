@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from diabetica_jax.configuration import InputError
-from diabetica_jax.data.curate.config import InputSection
+from diabetica_jax.curate.config import InputSection
 from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question, render
 from diabetica_jax.data.records import KINDS, Record, Reject, id_path, record_id
 from diabetica_jax.data.tables import (

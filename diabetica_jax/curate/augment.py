@@ -41,9 +41,9 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from diabetica_jax.data.curate.answers import recall
-from diabetica_jax.data.curate.config import AugmentSection
-from diabetica_jax.data.curate.grounding import cloze_alignment, is_span, turn_support
+from diabetica_jax.curate.answers import recall
+from diabetica_jax.curate.config import AugmentSection
+from diabetica_jax.curate.grounding import cloze_alignment, is_span, turn_support
 from diabetica_jax.data.mcq import picked_option
 from diabetica_jax.data.records import Record, Reject, record_id
 from diabetica_jax.data.text import language, units

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diabetica_jax.data.curate.filters import BenchmarkItem
+from diabetica_jax.curate.filters import BenchmarkItem
 from diabetica_jax.data.mcq import MCQParseError, parse_question, render
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.tables import detect_format, read_rows

@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from diabetica_jax.data.curate.config import DedupSection
+from diabetica_jax.curate.config import DedupSection
 
 KEPT, EXACT, NEAR, SEMANTIC, LEAK = range(5)
 STAGES = ("", "exact_dedup", "near_dedup", "semantic_dedup", "decontaminate")  # by code

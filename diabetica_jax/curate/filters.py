@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from diabetica_jax.data.curate.config import DecontaminationSection, DedupSection, QualitySection, RelevanceSection
+from diabetica_jax.curate.config import DecontaminationSection, DedupSection, QualitySection, RelevanceSection
 from diabetica_jax.data.records import Record, Reject
 from diabetica_jax.data.text import ngrams, normalize, units
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diabetica_jax.data.curate.config import SemanticDedupSection
+from diabetica_jax.curate.config import SemanticDedupSection
 from diabetica_jax.data.records import Record, Reject
 
 log = logging.getLogger(__name__)

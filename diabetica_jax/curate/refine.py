@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from diabetica_jax.data.curate.answers import recall, unigram_f1
-from diabetica_jax.data.curate.config import RefineSection
+from diabetica_jax.curate.answers import recall, unigram_f1
+from diabetica_jax.curate.config import RefineSection
 from diabetica_jax.data.mcq import picked_option
 from diabetica_jax.data.records import Record
 from diabetica_jax.llm import CachedChat, LLMError

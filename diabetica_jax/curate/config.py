@@ -206,7 +206,7 @@ class EngineSection:
             if self.executor_options:
                 raise FieldError("executor_options", "only read with engine.name=datatrove")
             return
-        from diabetica_jax.data.curate import datatrove_engine
+        from diabetica_jax.curate import datatrove_engine
 
         try:
             datatrove_engine.require_datatrove()
