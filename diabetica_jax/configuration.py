@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from diabetica_jax.errors import UserError
+
 
 def cache_dir() -> Path:
     """This user's cache of converted tokenizers and token stores: $DIABETICA_JAX_CACHE, else
@@ -40,11 +42,11 @@ MAX_DEPTH = 32  # nested mappings and lists (dotted override keys too)
 MAX_NODES = 100_000  # values, with every alias expanded
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UserError, ValueError):
     """A configuration that cannot be used; the message names the source and the dotted key."""
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input file or directory a user gave that cannot be used (missing, empty, binary, wrong columns, from
     another version or model). The message names the file (and the record, row or key) and says what to do; the
     CLI prints it as one line and exits with 2."""

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diabetica_jax"
 
 # Lowest first. Packages in one layer are siblings: neither may import the other.
 LAYERS = [
+    {"errors"},  # the two kinds of error the CLI reports in one line
     {"configuration", "demo"},  # config plumbing; embedded demo corpus and benchmark files
     {"run_lock"},  # one process at a time in a run or output directory
     {"data", "parallel"},  # records, tables, shards, loss masks, the token store, the Grain loader; meshes and rules
@@ -87,7 +88,7 @@ def test_named_rules():
     assert not model_imports & {"data", "train"}
     # the data library (records, shards, the loader) stands on configuration alone
     data_imports = {_top(t) for m, imports in graph.items() if _top(m) == "data" for t in imports}
-    assert data_imports <= {"data", "configuration"}, data_imports
+    assert data_imports <= {"data", "configuration", "errors"}, data_imports
 
 
 def test_no_import_cycles():
@@ -127,3 +128,28 @@ def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path):
                       "    from ..evaluation import runner\n")
     found = _imports(source, "diabetica_jax.data.probe")
     assert {"diabetica_jax.train.loop", "diabetica_jax.cli", "diabetica_jax.evaluation.runner"} <= found
+
+
+def test_every_error_the_cli_reports_in_one_line_has_one_of_two_bases():
+    """The CLI names two classes (exit 2 for UserError, 1 for RunFailure); each package's own errors derive
+    from them, so a new error class cannot be forgotten in a hand-written list."""
+    from diabetica_jax.configuration import ConfigFileError, InputError
+    from diabetica_jax.curate.engines import UnitsLost
+    from diabetica_jax.errors import MissingInput, RunFailure, UserError
+    from diabetica_jax.evaluation.data import EvalDataError
+    from diabetica_jax.evaluation.rubric import RubricError
+    from diabetica_jax.hf import HFCheckpointError
+    from diabetica_jax.model import ConfigError
+    from diabetica_jax.run_lock import DirectoryInUse
+    from diabetica_jax.train.checkpoint import CheckpointError, CheckpointSaveError, DamagedCheckpoint
+
+    for kind in (ConfigFileError, InputError, MissingInput, EvalDataError, RubricError, HFCheckpointError,
+                 ConfigError, DirectoryInUse, CheckpointError, DamagedCheckpoint):
+        assert issubclass(kind, UserError), kind
+    assert issubclass(MissingInput, FileNotFoundError) and issubclass(InputError, ValueError)  # callers' catches
+    for kind in (UnitsLost, CheckpointSaveError):
+        assert issubclass(kind, RunFailure), kind
+    cli = (PACKAGE / "cli" / "__init__.py").read_text(encoding="utf-8")
+    caught = {name for name in ("HFCheckpointError", "CheckpointError", "ConfigError", "EvalDataError",
+                                "InputError", "UnitsLost", "CheckpointSaveError") if name in cli}
+    assert not caught, f"the CLI lists {caught}: derive them from UserError or RunFailure instead"

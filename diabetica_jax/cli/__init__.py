@@ -8,9 +8,11 @@ import os
 import sys
 import traceback
 
+from diabetica_jax.cli import choices
+
 # Only light imports here: `commands` (JAX, Transformers, Orbax: seconds to load) is imported once the
 # arguments parsed, so that `--help` and usage errors answer at once.
-from diabetica_jax.cli import choices
+from diabetica_jax.errors import RunFailure, UserError
 
 DEBUG_ENV = "DIABETICA_JAX_DEBUG"
 
@@ -150,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _input_error(error: BaseException) -> str | None:
     """The one line for an error that means "this input cannot be used", else None (a bug: traceback)."""
-    from diabetica_jax.cli import commands  # loaded by main() already
-
-    if isinstance(error, OSError) and error.filename:  # unreadable, a folder for a file, disk full, ...
+    if isinstance(error, UserError):  # every package's "this input cannot be used" (diabetica_jax/errors.py)
+        return str(error)
+    if isinstance(error, OSError) and error.filename:  # the system's: unreadable, a folder for a file, disk full
         return f"{error.filename}: {error.strerror or error}"
-    if isinstance(error, commands.USER_ERRORS):
+    if isinstance(error, FileNotFoundError):  # a library's "not found", with its own message
         return str(error)
     return None
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, args.command)(args)
     except Exception as e:
         message = _input_error(e)
-        if message is None and isinstance(e, commands.RUN_FAILURES):
+        if message is None and isinstance(e, RunFailure):
             print(f"diabetica-jax {args.command}: error: {e}", file=sys.stderr)  # not the input: exit 1
             return 1
         if message is None:

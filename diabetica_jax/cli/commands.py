@@ -11,15 +11,13 @@ from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config, shown
 from diabetica_jax.curate.config import load_curate_config
-from diabetica_jax.curate.engines import UnitsLost
 from diabetica_jax.curate.pipeline import curate as run_curation
 from diabetica_jax.evaluation.compare import load_reports, write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
-from diabetica_jax.evaluation.data import EvalDataError
 from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.chat import chat_prompt, engine_for, repl
-from diabetica_jax.model import ConfigError, QwenConfig, create_model
+from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.parallel.distributed import initialize
 from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
@@ -29,17 +27,11 @@ from diabetica_jax.serve import ServedModel, ServeLimits
 from diabetica_jax.serve import app as serve_app
 from diabetica_jax.serve import server as serve_server
 from diabetica_jax.serve.limits import MIB, BodyLimits
-from diabetica_jax.train.checkpoint import CheckpointError, CheckpointSaveError
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train as run_training
 from diabetica_jax.train.run_dir import export_run
 from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
 
-# Errors that mean "your input is wrong": reported in one line, exit code 2.
-USER_ERRORS = (hf.HFCheckpointError, CheckpointError, ConfigError, ConfigFileError, EvalDataError, InputError,
-               FileNotFoundError)
-# A run that stopped for a reason outside its inputs (a full disk, cluster tasks lost): one line, exit code 1.
-RUN_FAILURES = (CheckpointSaveError, UnitsLost)
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 # A config's kind (cli.choices.CONFIG_KINDS) is the folder it lives in: configs/recipes/ or configs/train/.
 _KIND_OF_FOLDER = {"recipes": "recipe", "train": "train"}

@@ -48,6 +48,7 @@ from diabetica_jax.data.tables import (
     row_problem,
 )
 from diabetica_jax.data.text import bad_character, decode, language, undecodable
+from diabetica_jax.errors import MissingInput
 
 _BLANK = re.compile(r"[(（]\s*[)）]")
 
@@ -60,7 +61,7 @@ def collect(spec: InputSection, part: Part | None = None) -> Iterator[Record | R
                                  spec.path)
         return
     if not path.exists():
-        raise FileNotFoundError(missing_input(path))
+        raise MissingInput(missing_input(path))
     source = spec.source or path.stem
     if part is not None:  # planned in the driver, which checked the file's format and first bytes
         yield from _collect_rows(_whole_file(read_rows(path, part.format, part), path), spec, source, str(path),

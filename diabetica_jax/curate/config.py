@@ -9,6 +9,7 @@ from typing import Literal
 from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, require_positive
 from diabetica_jax.data.records import KINDS
 from diabetica_jax.data.tables import FORMATS, check_content, detect_format, missing_input
+from diabetica_jax.errors import MissingInput
 from diabetica_jax.llm.config import BackendSection
 
 # Weighted bilingual terms. Strong signals of diabetes content weigh 2, related clinical context 1;
@@ -273,7 +274,7 @@ def check_inputs(cfg: CurateConfig) -> None:
             continue
         path = Path(entry.path)
         if not path.exists():
-            raise FileNotFoundError(missing_input(path))  # names a symbolic link loop or a dangling link
+            raise MissingInput(missing_input(path))  # names a symbolic link loop or a dangling link
         if entry.format == "auto":
             detect_format(path)
         elif not path.is_dir():

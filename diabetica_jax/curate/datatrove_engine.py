@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from diabetica_jax.configuration import FieldError
+from diabetica_jax.errors import RunFailure
 
 EXECUTORS = ("local", "slurm", "ray")
 INSTALL = "pip install 'diabetica-jax[engine]'  (or: pip install datatrove)"
@@ -54,7 +55,7 @@ class UnitError(RuntimeError):
         return f"unit {self.index} ({self.unit}) failed:\n{self.details.rstrip()}"
 
 
-class UnitsLost(RuntimeError):
+class UnitsLost(RunFailure):
     """Engine tasks ended (or stalled) without a result: the message names the units and their logs."""
 
 

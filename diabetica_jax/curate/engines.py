@@ -86,10 +86,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from diabetica_jax.configuration import InputError
 from diabetica_jax.curate.datatrove_engine import EXECUTORS as DATATROVE_EXECUTORS
 from diabetica_jax.curate.datatrove_engine import INSTALL as DATATROVE_INSTALL
 from diabetica_jax.curate.datatrove_engine import UnitError, UnitsLost, describe
+from diabetica_jax.errors import UserError
 
 ENGINES = ("local", "datatrove")
 __all__ = ["ENGINES", "DATATROVE_EXECUTORS", "DATATROVE_INSTALL", "UnitError", "UnitsLost", "imap_units",
@@ -99,7 +99,7 @@ __all__ = ["ENGINES", "DATATROVE_EXECUTORS", "DATATROVE_INSTALL", "UnitError", "
 def _run_one(fn: Callable[[Any], Any], index: int, unit: Any) -> Any:
     try:
         return fn(unit)
-    except (InputError, FileNotFoundError):  # a bad input names itself: the user sees it as it is
+    except (UserError, FileNotFoundError):  # a bad input names itself: the user sees it as it is
         raise
     except Exception as error:  # noqa: BLE001 - re-raised with the unit named
         raise UnitError(index, describe(unit), traceback.format_exc()) from error

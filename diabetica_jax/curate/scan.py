@@ -40,6 +40,7 @@ from diabetica_jax.curate.config import CurateConfig, InputSection
 from diabetica_jax.data.records import Record, Reject, dumps, reason_class
 from diabetica_jax.data.tables import Part, detect_format, missing_input
 from diabetica_jax.data.text import decode, normalize, normalized_units, unit_ngrams
+from diabetica_jax.errors import MissingInput
 
 DEFAULT_UNIT_BYTES = 16 << 20  # a JSONL, CSV or Parquet file larger than this is scanned in slices of about this size
 
@@ -74,7 +75,7 @@ def plan_units(inputs: list[InputSection], unit_bytes: int = DEFAULT_UNIT_BYTES)
     for entry in inputs:
         path = Path(entry.path)
         if entry.format != "hf_hub" and not path.exists():  # before any work, not in a worker
-            raise FileNotFoundError(missing_input(path))
+            raise MissingInput(missing_input(path))
         if entry.format == "hf_hub" or not path.is_file():  # a saved dataset's directory, a hub name
             units.append(Unit(len(units), entry))
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from diabetica_jax.configuration import InputError
 from diabetica_jax.data.records import ROLES, Record
+from diabetica_jax.errors import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ CURATED_FORMAT = 1
 
 def shard_paths(directory: str | Path) -> list[Path]:
     if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory}: curated directory not found; run `diabetica-jax curate --out "
+        raise MissingInput(f"{directory}: curated directory not found; run `diabetica-jax curate --out "
                                 f"{directory}` first")
     paths = sorted((Path(directory) / "shards").glob("curated-*.array_record"))
     if not paths:
-        raise FileNotFoundError(f"{directory}: no curated shards (shards/curated-*.array_record); run curate first")
+        raise MissingInput(f"{directory}: no curated shards (shards/curated-*.array_record); run curate first")
     return paths
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from diabetica_jax.configuration import InputError
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.text import bad_character, decode, escape_bad_characters, undecodable
+from diabetica_jax.errors import MissingInput
 
 FORMATS = ("auto", "jsonl", "json", "csv", "xlsx", "parquet", "hf_disk", "hf_hub", "text")
 
@@ -248,7 +249,7 @@ def hub_rows(name: str) -> Iterator[tuple[int, dict]]:
     try:
         loaded = datasets.load_dataset(name)
     except Exception as e:  # offline, unknown name, gated: say which dataset and why
-        raise FileNotFoundError(f"{name}: cannot load this dataset from the Hugging Face hub ({type(e).__name__}: {e})") from e
+        raise MissingInput(f"{name}: cannot load this dataset from the Hugging Face hub ({type(e).__name__}: {e})") from e
     yield from _dataset_rows(loaded)
 
 

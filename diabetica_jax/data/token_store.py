@@ -56,6 +56,7 @@ from diabetica_jax.data.chat import (
 from diabetica_jax.data.config import LOSS_ON, OVERLONG
 from diabetica_jax.data.records import KINDS, Record
 from diabetica_jax.data.shards import parse_record, shard_paths
+from diabetica_jax.errors import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +632,7 @@ def open_token_store(curated_dir: str | Path, tokenizer, *, build: bool = True, 
         if _valid(root / key, key):
             return TokenCorpus.load(root / key)
     if not build:
-        raise FileNotFoundError(f"{curated_dir}: no token store for these shards and this tokenizer (key {key})")
+        raise MissingInput(f"{curated_dir}: no token store for these shards and this tokenizer (key {key})")
     log.info("no token store for %s with this tokenizer yet (key %s): building it once", curated_dir, key)
     return _build(curated_dir, paths, key, tokenizer, workers, progress, None)
 

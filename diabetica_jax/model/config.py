@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from diabetica_jax.configuration import read_text_file, shown
+from diabetica_jax.errors import UserError
 from diabetica_jax.model.layers import LoRASpec, RopeScaling
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -59,7 +60,7 @@ MAX_PARAMS = 2**41  # 2.2 trillion parameters: four times the largest dense mode
 MAX_RMS_NORM_EPS = 0.1  # added to a mean square of activations ~1: past this it is no longer a small guard
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model config that cannot be used; the message names the source and the field."""
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from diabetica_jax import hf
 from diabetica_jax.configuration import InputError
+from diabetica_jax.errors import MissingInput
 from diabetica_jax.evaluation.tasks import read_generation_config
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher
@@ -152,7 +153,7 @@ class ServedModel:
             tokenizer, generation_config = hf.load_tokenizer(source), source
             name = name or served_name(source)
         else:
-            raise FileNotFoundError(f"{source}: not a checkpoint directory (config.json + safetensors) or run directory")
+            raise MissingInput(f"{source}: not a checkpoint directory (config.json + safetensors) or run directory")
         return cls(model, tokenizer, name, limits, generation_config, warmup, random_preset, run_preset)
 
     def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None,

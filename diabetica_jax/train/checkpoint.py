@@ -34,12 +34,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diabetica_jax.errors import RunFailure, UserError
 from diabetica_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A training checkpoint or run directory that cannot be used; the message names the directory and why."""
 
 
@@ -51,7 +52,7 @@ class DamagedCheckpoint(CheckpointError):
         self.step = step
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(RunFailure):
     """Saving a checkpoint failed (a full disk, a lost mount); the run stops, the older checkpoints stay."""
 
 
