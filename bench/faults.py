@@ -7,8 +7,8 @@ It runs `pytest tests/faults` and the fault and bad-input tests of the serve and
 mid-step, mid-save, during export, curation and evaluation; damaged checkpoints; a full disk; endpoint
 timeouts, 5xx, 429, malformed and empty replies; SIGTERM to one of two processes; lost and hung Slurm tasks;
 bad inputs through every command and bad requests to `serve`) with the ledger (tests/fault_ledger.py)
-writing its counts, then prints them as the README's markdown table, with the counts per test file, and
-saves them.
+writing its counts, then prints them as the markdown table of docs/reliability.md (between its
+`<!-- faults-table:start -->` and `<!-- faults-table:end -->` markers), with the counts per test file, and saves them.
 """
 
 from __future__ import annotations

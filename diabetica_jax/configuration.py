@@ -4,7 +4,7 @@ A config file is a YAML mapping whose keys mirror the dataclass fields. Unknown 
 and impossible values are errors that name the file and the dotted key, raised before any work
 starts: types are checked here, values by each section's `__post_init__` (raising FieldError), and
 checks spanning sections by the parent's. Each field's `help` metadata documents it (and generates
-the README's config reference); `path` metadata marks the fields holding file paths.
+the config reference in docs/configuration.md); `path` metadata marks the fields holding file paths.
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 
 
 def markdown_reference(cls: type) -> str:
-    """The configuration reference as a Markdown table (embedded in the README; a test keeps it current)."""
+    """The configuration reference as a Markdown table (embedded in docs/configuration.md; a test keeps it current)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, type_name, default, help_text in reference(cls):
         type_name = type_name.replace("|", "or")

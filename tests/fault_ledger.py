@@ -3,7 +3,7 @@ bad input tried through the CLI (tests/faults/) or the HTTP API (the serve tests
 refuse); a passing test survived the fault or refused the input clearly. tests/conftest.py registers these hooks. Tests that compare records report how many went missing with `ledger.lost(n)` (and assert 0).
 
 At the end of the session the table is printed; with DIABETICA_FAULTS_TABLE=PATH it is also written there as JSON
-(bench/faults.py does this and prints the README's table).
+(bench/faults.py does this and prints the table of docs/reliability.md).
 """
 
 from __future__ import annotations

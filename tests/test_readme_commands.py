@@ -1,10 +1,11 @@
-"""Every `diabetica-jax ...` command the README (and docs/*.md) shows parses, names config files that exist,
-overrides keys its config has, and `runs/...` folders a `run` in the same text writes; every `python bench/...`
-script exists.
+"""Every `diabetica-jax ...` command that the README and the manual (docs/*.md) show parses, names config files
+that exist, overrides keys its config has, and reads `runs/...` folders that a `run` shown in them writes; every
+`python bench/...` script exists.
 
-Commands come from the ```bash blocks (and `$ ` lines of output blocks); commands quoted inline in prose are
-checked too, but a fragment that does not parse (`diabetica-jax curate`, `--debug ...`) only for its paths.
-Placeholders (/data/..., DIR, FILE) are parsed but not looked for on disk.
+Commands come from every ```bash / ```sh block (each line), every ```console block and plain ``` output block (the
+`$ ` lines); commands quoted inline in prose are checked too, but a fragment that does not parse
+(`diabetica-jax curate`, `--debug ...`) only for its paths. Placeholders (/data/..., DIR, FILE) are parsed but not
+looked for on disk.
 """
 
 import dataclasses
@@ -29,6 +30,13 @@ class Command:
     inline: bool  # quoted in prose: may be a fragment
 
 
+@dataclasses.dataclass
+class Block:
+    where: str  # file:line of the opening fence
+    language: str
+    commands: int  # the diabetica-jax / python bench commands found in it
+
+
 def _words(text: str) -> list[str]:
     words = shlex.split(text, comments=True)
     for i, word in enumerate(words):
@@ -38,8 +46,8 @@ def _words(text: str) -> list[str]:
     return []
 
 
-def _commands() -> list[Command]:
-    found = []
+def _commands() -> tuple[list[Command], list[Block]]:
+    found, blocks = [], []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         line_of = functools.partial(_line_of, doc, text)
@@ -48,10 +56,10 @@ def _commands() -> list[Command]:
             language, body = fence.group(1), fence.group(2)
             if language not in ("", "bash", "sh", "console"):
                 continue  # yaml, python: no commands
-            start = fence.start(2)
+            start, before = fence.start(2), len(found)
             logical, first = "", None
             for offset, line in _lines(body):
-                if not language and not line.startswith("$ "):
+                if language in ("", "console") and not line.startswith("$ "):
                     continue  # output shown in the block
                 first = start + offset if first is None else first
                 logical += line[2:] if line.startswith("$ ") else line
@@ -61,6 +69,7 @@ def _commands() -> list[Command]:
                 if words := _words(logical):
                     found.append(Command(line_of(first), words, inline=False))
                 logical, first = "", None
+            blocks.append(Block(line_of(fence.start()), language, len(found) - before))
         prose = text
         for fence in reversed(fences):  # blank the blocks (keeping offsets), then read the `inline code`
             prose = prose[:fence.start()] + re.sub(r"[^\n]", " ", fence.group()) + prose[fence.end():]
@@ -70,11 +79,11 @@ def _commands() -> list[Command]:
                 words = [w for w in _words(code) if w not in ("...", "…")]
                 if words and not (len(words) > 1 and words[1].endswith(":")):  # not an error message quoted
                     found.append(Command(line_of(span.start()), words, inline=True))
-    return found
+    return found, blocks
 
 
 def _line_of(doc: Path, text: str, pos: int) -> str:
-    return f"{doc.name}:{text.count(chr(10), 0, pos) + 1}"
+    return f"{doc.relative_to(REPO)}:{text.count(chr(10), 0, pos) + 1}"
 
 
 def _lines(body: str):
@@ -84,7 +93,7 @@ def _lines(body: str):
         offset += len(line)
 
 
-COMMANDS = _commands()
+COMMANDS, BLOCKS = _commands()
 
 
 def _is_placeholder(path: str) -> bool:
@@ -117,7 +126,7 @@ def _repo_file_words(command: Command) -> list[str]:
 
 def _load(args, config: str | None) -> None:
     """Build the command's config from the file and the overrides, as the command does (keys, types, values),
-    without the checks that input files exist (the README's inputs are placeholders)."""
+    without the checks that input files exist (the inputs the docs show are placeholders)."""
     from diabetica_jax.cli import commands
     from diabetica_jax.configuration import build, config_data, load_config
     from diabetica_jax.curate.config import CurateConfig
@@ -173,12 +182,20 @@ def test_commands_were_found():
     assert any(c.words[:2] == ["python", "bench/faults.py"] for c in COMMANDS)
 
 
+def test_every_shell_block_shows_a_command():
+    """A ```bash / ```sh / ```console block from which no command was read is one this test does not check."""
+    shell = [b for b in BLOCKS if b.language in ("bash", "sh", "console")]
+    assert {b.where.split(":")[0] for b in shell} >= {"README.md", "docs/curate.md", "docs/train.md",
+                                                       "docs/evaluate.md", "docs/export.md", "docs/serve.md"}
+    assert not [b.where for b in shell if not b.commands]
+
+
 def test_the_demo_run_folders_come_from_the_recipe():
     folders = _run_folders()["runs/demo"]
     assert {"train-adapt", "train-instruct", "data", "eval", "hf"} == folders
 
 
-# Commands the README shows right that the code refuses (a bug outside the CLI): strict, so the fix shows here.
+# Commands the docs show right that the code refuses (a bug outside the CLI): strict, so the fix shows here.
 KNOWN_BUGS: dict[str, str] = {}  # a command's first word -> why it fails (an xfail, strict)
 
 

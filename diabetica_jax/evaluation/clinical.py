@@ -206,7 +206,7 @@ def _overall(stats: dict) -> float | None:
 
 def task_summary(task: str, results: list[dict], rubric: Rubric, judge_name: str | None) -> dict:
     """The summary of a clinical task over `results` (one file's, or every file's: computed from the items, so
-    files pool by item). Keys in report_<task>.json: see the module docstring and README."""
+    files pool by item). Keys in report_<task>.json: see the module docstring and docs/evaluate.md."""
     generated = [r for r in results if "status" not in r]
     replied = [r for r in generated if r.get("judge_reply") is not None]
     summary = {
