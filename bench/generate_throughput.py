@@ -30,10 +30,11 @@ def main() -> None:
     parser.add_argument("--json", help="also append results as JSON lines to this file")
     args = parser.parse_args()
 
+    from diabetica_jax import hf
     from diabetica_jax.generate import Engine, SamplingParams
-    from diabetica_jax.model import QwenConfig, create_model
+    from diabetica_jax.model import create_model
 
-    cfg = QwenConfig.preset(args.preset, dtype=args.dtype)
+    cfg = hf.preset_config(args.preset, dtype=args.dtype)
     model = create_model(cfg)
     engine = Engine(model, stop_ids=[-1], pad_id=0)  # no real token stops a row
     rng = np.random.default_rng(0)

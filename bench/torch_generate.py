@@ -24,9 +24,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from diabetica_jax.model import QwenConfig
+    from diabetica_jax import hf
 
-    hf_config = transformers.Qwen2Config(**QwenConfig.preset(args.preset).to_hf_dict())
+    hf_config = transformers.Qwen2Config(**hf.config_to_dict(hf.preset_config(args.preset)))
     model = transformers.Qwen2ForCausalLM(hf_config).to("cuda", torch.bfloat16).eval()
     for batch in args.batches:
         ids = torch.randint(0, hf_config.vocab_size, (batch, args.prompt), device="cuda")

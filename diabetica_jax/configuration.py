@@ -75,6 +75,22 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def finite_number(value: Any, where: str, error: type[Exception]) -> float:
+    """A finite number; a numeric string too (PyYAML reads 1e-4, without a dot, as a string). NaN and infinity
+    (YAML's .nan / .inf, the "nan" string, Python's json reading NaN) are `error` naming `where`: no setting means
+    them, and NaN trains silently."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{where}: expected a number, got {shown(value)}")
+    if not math.isfinite(value):
+        raise error(f"{where}: must be a finite number, got {value}")
+    return float(value)
+
+
 def require_positive(section: Any, *names: str) -> None:
     """FieldError for the first of the section's fields `names` that is not > 0."""
     for name in names:
@@ -375,16 +391,7 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             raise ConfigFileError(f"{source}: {key}: expected an integer, got {shown(value)}")
         return value
     if hint is float:
-        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigFileError(f"{source}: {key}: expected a number, got {shown(value)}")
-        if not math.isfinite(value):  # .nan / .inf (or "nan", "inf"): no setting means that, and NaN trains silently
-            raise ConfigFileError(f"{source}: {key}: must be a finite number, got {value}")
-        return float(value)
+        return finite_number(value, f"{source}: {key}", ConfigFileError)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigFileError(f"{source}: {key}: expected a string, got {shown(value)}")

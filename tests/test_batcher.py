@@ -14,14 +14,14 @@ from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher, BatcherError, Finished
 from diabetica_jax.generate.chat import engine_for, stop_and_pad
 from diabetica_jax.generate.sampling import RowSampling, choose, choose_rows
-from diabetica_jax.model import QwenConfig, create_model
+from diabetica_jax.model import create_model
 from diabetica_jax.serve.text import TextStream
 
 
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = hf.load_tokenizer(None)
-    model = create_model(QwenConfig.preset("tiny"), seed=0)
+    model = create_model(hf.preset_config("tiny"), seed=0)
     engine = engine_for(model, tokenizer)
     batcher = Batcher(model, *stop_and_pad(tokenizer), slots=3, max_prompt_tokens=64, max_new_tokens=40,
                       max_waiting=8)

@@ -561,7 +561,8 @@ def test_a_bertscore_error_is_reported_not_raised(tmp_path, monkeypatch):
 
 def test_null_top_k_and_top_p_in_generation_config_turn_the_filter_off(tmp_path):
     from diabetica_jax.evaluation.prompts import OWN
-    from diabetica_jax.evaluation.tasks import read_generation_config, task_sampling
+    from diabetica_jax.evaluation.tasks import task_sampling
+    from diabetica_jax.hf import read_generation_config
 
     (tmp_path / "generation_config.json").write_text(json.dumps(
         {"do_sample": True, "temperature": 0.7, "top_k": None, "top_p": None}))

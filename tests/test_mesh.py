@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from diabetica_jax import hf
-from diabetica_jax.model import QwenConfig, create_model, forward
+from diabetica_jax.model import create_model, forward
 from diabetica_jax.model.attention import splash_attention, xla_attention
 from diabetica_jax.parallel import ShardingRules, make_mesh
 from diabetica_jax.parallel.mesh import resolve_mesh_shape
@@ -80,7 +80,7 @@ def test_axis_that_does_not_divide_is_replicated(hf_checkpoints):
 
 
 def test_random_init_is_created_sharded():
-    cfg = QwenConfig.preset("tiny")
+    cfg = hf.preset_config("tiny")
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
     model = create_model(cfg, mesh=mesh, seed=3)
     assert _spec(model.embed_tokens.embedding[...]) == P("tensor", "fsdp")

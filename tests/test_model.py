@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diabetica_jax.model import QwenConfig, create_model
+from diabetica_jax import hf
+from diabetica_jax.model import create_model
 from diabetica_jax.model.attention import attend, resolve_backend, splash_attention, xla_attention
 
 
@@ -52,7 +53,7 @@ def _loss_and_grads(cfg, tokens):
 
 def test_remat_policies_give_identical_gradients():
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, 1000, (2, 8)))
-    base = QwenConfig.preset("tiny")
+    base = hf.preset_config("tiny")
     ref_loss, ref_grads = _loss_and_grads(base, tokens)
     for policy in ("full", "save_matmuls"):
         loss, grads = _loss_and_grads(base.replace(remat=policy), tokens)

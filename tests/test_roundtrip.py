@@ -86,13 +86,11 @@ def test_default_export_keeps_the_source_dtype(hf_checkpoints, tokens, tmp_path)
 
 
 def test_source_dtype_is_read_from_either_config_key():
-    from diabetica_jax.model import QwenConfig
-
-    base = QwenConfig.preset("qwen2.5-0.5b").to_hf_dict()
+    base = hf.config_to_dict(hf.preset_config("qwen2.5-0.5b"))
     del base["torch_dtype"], base["dtype"]
-    assert QwenConfig.from_hf_dict(base).source_dtype == "float32"  # random presets: float32
-    assert QwenConfig.from_hf_dict({**base, "torch_dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 4
-    assert QwenConfig.from_hf_dict({**base, "dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 5
+    assert hf.config_from_dict(base).source_dtype == "float32"  # random presets: float32
+    assert hf.config_from_dict({**base, "torch_dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 4
+    assert hf.config_from_dict({**base, "dtype": "bfloat16"}).source_dtype == "bfloat16"  # transformers 5
 
 
 def test_llama_lora_adapters_merge_into_the_export(hf_checkpoints, tokens, tmp_path):

@@ -15,7 +15,7 @@ from diabetica_jax.generate import sampling as sampling_module
 from diabetica_jax.generate.batcher import MAX_LOGIT_BIAS, Batcher, BatcherError
 from diabetica_jax.generate.chat import stop_and_pad
 from diabetica_jax.generate.sampling import CANDIDATES, RowSampling, allowed_tokens, choose_rows, tiers_needed
-from diabetica_jax.model import QwenConfig, create_model
+from diabetica_jax.model import create_model
 
 VOCAB = 1000  # larger than CANDIDATES, so both the candidate route and the whole-vocabulary one are taken
 
@@ -182,7 +182,7 @@ def _primitives(jaxpr, inside_cond=False):
 @pytest.fixture(scope="module")
 def batcher():
     tokenizer = hf.load_tokenizer(None)
-    model = create_model(QwenConfig.preset("tiny"), seed=0)
+    model = create_model(hf.preset_config("tiny"), seed=0)
     batcher = Batcher(model, *stop_and_pad(tokenizer), slots=3, max_prompt_tokens=16, max_new_tokens=8, max_waiting=8)
     yield batcher
     batcher.close()

@@ -11,12 +11,13 @@ from starlette.testclient import TestClient
 
 from diabetica_jax import hf
 from diabetica_jax.configuration import load_config, to_dict
-from diabetica_jax.model import QwenConfig, create_model
+from diabetica_jax.model import create_model
 from diabetica_jax.serve import ServedModel, ServeLimits
 from diabetica_jax.serve import model as serve_model
 from diabetica_jax.serve.app import create_app
 from diabetica_jax.serve.model import served_name
 from diabetica_jax.serve.server import BackgroundServer
+from diabetica_jax.train import run_dir
 from diabetica_jax.train.config import TrainConfig
 
 LIMITS = ServeLimits(slots=2, max_prompt_tokens=32, max_new_tokens=8, max_waiting=4)
@@ -33,7 +34,7 @@ def _stage(path, marker=".stage.json"):
 def demo_export(tmp_path_factory):
     """The tiny preset exported as the demo pipeline does: runs/demo/hf, beside the run's summary."""
     run = tmp_path_factory.mktemp("runs") / "demo"
-    config = QwenConfig.preset("tiny")
+    config = hf.preset_config("tiny")
     out = _stage(run / "hf")
     hf.save(create_model(config, seed=0), config, out, tokenizer=hf.load_tokenizer(None), progress=False)
     (run / "summary.md").write_text("# demo\n")
@@ -63,7 +64,7 @@ def test_an_export_in_a_run_is_served_under_the_runs_name_and_marked_demo(demo_e
         listed = _listed(served)
         assert served.name == listed["id"] == "demo" and listed["demo"] is True
         assert listed["description"] == "demo model: tiny weights (9.8M parameters)"
-        assert listed["parameters"] == QwenConfig.preset("tiny").num_params()
+        assert listed["parameters"] == hf.preset_config("tiny").num_params()
     finally:
         served.close()
 
@@ -81,9 +82,9 @@ def test_name_overrides_and_a_large_checkpoint_is_no_demo(demo_export, monkeypat
 def test_a_run_stage_is_served_under_the_run_and_stage_names(tmp_path, monkeypatch):
     stage = _stage(tmp_path / "demo" / "train-instruct")
     (stage / "train_config.json").write_text(json.dumps(to_dict(load_config(TrainConfig, None, []))))
-    config = QwenConfig.preset("tiny")
+    config = hf.preset_config("tiny")
     # the checkpoint itself is not the point here (and training one takes a while): its step is
-    monkeypatch.setattr(serve_model, "trained_model", lambda source: (create_model(config), config, 30))
+    monkeypatch.setattr(run_dir, "trained_model", lambda source, step, mesh: (create_model(config), config, 30))
     monkeypatch.setattr(serve_model, "DEMO_MAX_PARAMS", 1_000_000)  # not by its size: its config names tiny
     served = ServedModel.load(str(stage), limits=LIMITS)
     try:

@@ -29,7 +29,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors)")
+    p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors) or training run "
+                                   "directory (its latest checkpoint)")
     p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
     p.add_argument("--seed", type=int, default=0, help="random init seed for --preset, and the sampling seed")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest reply, in tokens")

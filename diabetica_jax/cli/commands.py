@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+from jax.sharding import Mesh
 
 from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
@@ -17,7 +18,6 @@ from diabetica_jax.evaluation.config import EvalConfig
 from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.chat import chat_prompt, engine_for, repl
-from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.parallel.distributed import initialize
 from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
@@ -30,7 +30,7 @@ from diabetica_jax.serve.limits import MIB, BodyLimits
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train as run_training
 from diabetica_jax.train.run_dir import export_run
-from diabetica_jax.train.run_dir import load_run_config as load_train_run_config
+from diabetica_jax.train.setup import read_train_config
 
 DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with type 2 diabetes?"
 # A config's kind (cli.choices.CONFIG_KINDS) is the folder it lives in: configs/recipes/ or configs/train/.
@@ -50,23 +50,18 @@ def _parse_mesh(text: str | None) -> dict[str, int] | None:
     return sizes
 
 
-def _tokenizer(args):
-    """The tokenizer of --model, or the embedded one. Read before the weights, so that prompts are checked before
-    the model loads; the checkpoint's config.json first, so that its errors come as loading the model reports them."""
-    if args.model:
-        hf.read_config(args.model)
-    return hf.load_tokenizer(args.model)
+def _source(args) -> hf.ModelSource:
+    """--model (a checkpoint or training run directory) or --preset (random weights), read and checked up to its
+    weights: its tokenizer comes first, so that prompts are checked before the model loads."""
+    return hf.find(args.model, preset=args.preset)
 
 
-def _model(args):
-    """A checkpoint directory (--model) or a preset with random weights (--preset, default tiny), and the mesh."""
+def _load(source: hf.ModelSource, args) -> tuple[hf.OpenedModel, Mesh | None]:
+    """The model of `source`, and the mesh it is placed on (--mesh; default: one device)."""
     mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
-    runtime = {"dtype": args.dtype, "attention": args.attention}
-    if args.model:
-        model, cfg = hf.load(args.model, mesh=mesh, allow_pickle=args.allow_pickle, **runtime)
-        return model, cfg, mesh
-    cfg = QwenConfig.preset(args.preset, **runtime)
-    return create_model(cfg, mesh=mesh, seed=args.seed), cfg, mesh
+    opened = source.load(mesh=mesh, seed=args.seed, allow_pickle=args.allow_pickle, dtype=args.dtype,
+                         attention=args.attention)
+    return opened, mesh
 
 
 def _sampling(args) -> SamplingParams:
@@ -75,7 +70,8 @@ def _sampling(args) -> SamplingParams:
 
 
 def generate(args) -> int:
-    tokenizer = _tokenizer(args)
+    source = _source(args)
+    tokenizer = source.tokenizer
     prompts = args.prompt or [DEFAULT_PROMPT]
     if args.raw:
         ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
@@ -88,19 +84,20 @@ def generate(args) -> int:
                    "its vocabulary matches none of the text: check the checkpoint's tokenizer files")
             raise InputError(f"--prompt {shown(prompt)}: {tokenizer_name} turns it into no token ids ({why}); "
                              "there is nothing to generate from")
-    model, cfg, mesh = _model(args)
-    outputs = engine_for(model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
-    source = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
-    print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new tokens max")
+    opened, mesh = _load(source, args)
+    outputs = engine_for(opened.model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
+    origin = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
+    print(f"# model: {origin}; {opened.config.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new "
+          "tokens max")
     for prompt, out in zip(prompts, outputs):
         print(f"\n>>> {prompt}\n{tokenizer.decode(out, skip_special_tokens=True)}")
     return 0
 
 
 def chat(args) -> int:
-    tokenizer = _tokenizer(args)
-    model, _, mesh = _model(args)
-    repl(engine_for(model, tokenizer, mesh), tokenizer, _sampling(args), args.max_new_tokens, args.system)
+    opened, mesh = _load(_source(args), args)
+    repl(engine_for(opened.model, opened.tokenizer, mesh), opened.tokenizer, _sampling(args), args.max_new_tokens,
+         args.system)
     return 0
 
 
@@ -148,7 +145,7 @@ def plan(args) -> int:
 
 def export(args) -> int:
     exported = export_run(args.run_dir, args.out, args.step, args.dtype, args.max_shard_size)
-    merged = " (LoRA adapters merged)" if load_train_run_config(args.run_dir).lora.rank else ""
+    merged = " (LoRA adapters merged)" if read_train_config(args.run_dir).lora.rank else ""
     print(f"exported step {exported.step} of {args.run_dir} to {exported.path}{merged}")
     return 0
 

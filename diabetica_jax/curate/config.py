@@ -79,9 +79,10 @@ class DedupSection:
 
 def _names_a_directory(section: dict) -> bool:
     """semantic_dedup.model is a checkpoint directory (a path to resolve) unless it names a model preset."""
+    from diabetica_jax.hf.presets import list_presets  # on first use: the bridge imports JAX
+
     model = section.get("model")
-    presets = Path(__file__).resolve().parents[2] / "presets"
-    return isinstance(model, str) and not (presets / f"{model}.yaml").is_file()
+    return isinstance(model, str) and model not in list_presets()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,14 +81,8 @@ class Embedder:
 
         from diabetica_jax import hf
 
-        if Path(model).is_dir():
-            loaded, _ = hf.load(model, progress=False)
-            self.tokenizer = hf.load_tokenizer(model)
-        else:
-            from diabetica_jax.model import QwenConfig, create_model
-
-            loaded = create_model(QwenConfig.preset(model), seed=seed)
-            self.tokenizer = hf.load_tokenizer(None)
+        opened = hf.open(model if Path(model).is_dir() else None, preset=model, seed=seed, progress=False)
+        loaded, self.tokenizer = opened.model, opened.tokenizer
         self.name = model
         self.graphdef, self.state = nnx.split(loaded)
         self._run = _embed_fn(self.graphdef)

@@ -146,7 +146,6 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     or `out/<mode>/` (several) and return the report.json contents of the first mode, with `runs`: the
     report of every mode in order, when there are several (the module docstring lists the keys)."""
     from diabetica_jax import hf
-    from diabetica_jax.model import QwenConfig, create_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,13 +173,12 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
             mode_out / "cache" / "model" / (f"seed-{seed}" if mode == "faithful" else "greedy"))
     else:
         if model is None:
-            if cfg.model:
-                model, _ = hf.load(cfg.model, dtype=cfg.dtype, progress=progress)
-            else:
-                model = create_model(QwenConfig.preset(cfg.preset, dtype=cfg.dtype))
-            tokenizer = hf.load_tokenizer(cfg.model)
+            opened = hf.open(cfg.model, preset=cfg.preset, generation_config=cfg.generation_config, dtype=cfg.dtype,
+                             progress=progress)
+            model, tokenizer, decoding = opened.model, opened.tokenizer, opened.generation_config
+        else:  # the caller's model (the pipeline's, before and after training) decodes as the config says
+            decoding = hf.read_generation_config(cfg.generation_config or cfg.model)
         name = cfg.name or (Path(cfg.model).name if cfg.model else f"{cfg.preset} (random)")
-        decoding = task_lib.read_generation_config(cfg.generation_config or cfg.model)
         mut = task_lib.ModelUnderTest(model, tokenizer, name, batch_size=cfg.batch_size, progress=progress,
                                       decoding=decoding)
         models = lambda mode_out, mode, seed: mut  # noqa: E731

@@ -11,7 +11,7 @@ model (`ModelUnderTest` here) and an OpenAI-compatible endpoint (`evaluation.rem
   each letter as the next token after the generation prompt (a row of NaN: that item failed); None when the
   model cannot say (the MCQ log-likelihood metric is then reported as not available).
 - `name`, and `decoding`: the model's default decoding as a dict (local: read from its
-  generation_config.json by `read_generation_config`; an endpoint: None).
+  generation_config.json by `hf.read_generation_config`; an endpoint: None).
 
 An endpoint may also list failed requests in `failures` ([(index, reason)], read after `generate`): those
 items are recorded as failed and left out of the task's metrics (counted in `n_failed`), not scored wrong.
@@ -32,7 +32,6 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from diabetica_jax.configuration import InputError
 from diabetica_jax.data.mcq import PICKED_RULE, picked_option
 from diabetica_jax.evaluation import metrics
 from diabetica_jax.evaluation.data import Item
@@ -41,42 +40,11 @@ from diabetica_jax.evaluation.perplexity import MAX_TOKENS, passage_nll
 from diabetica_jax.evaluation.prompts import Prompts
 from diabetica_jax.generate import SamplingParams, left_pad
 from diabetica_jax.generate.chat import chat_prompt, engine_for
+from diabetica_jax.hf.generation_config import FILTER_OFF, HF_SAMPLING_DEFAULTS, read_generation_config
 
 LETTERS = "ABCDEFGH"
 NOT_AVAILABLE = "not available (the model gives no letter log-probabilities)"
 NO_USABLE_SCORE = "not available (no item has a usable letter log-probability: NaN or -inf over its options)"
-# transformers' GenerationConfig defaults, for keys a sampling generation_config.json leaves out
-HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
-# a null top_k / top_p in generation_config.json: transformers leaves that filter out
-FILTER_OFF = {"top_k": 0, "top_p": 1.0}
-
-
-def read_generation_config(path: str | Path | None) -> dict:
-    """The decoding a transformers checkpoint's `generate()` uses with no sampling arguments, from its
-    generation_config.json (`path`: the file or the directory holding it): {'do_sample', 'temperature',
-    'top_p', 'top_k', 'repetition_penalty', 'source'}. Sampling keys the file leaves out take transformers'
-    defaults (temperature 1.0, top_p 1.0, top_k 50, repetition_penalty 1.0); no file or `do_sample` false or
-    absent: greedy (with the file's repetition_penalty, which transformers applies to greedy search too)."""
-    if path is None:
-        return {"do_sample": False, "repetition_penalty": 1.0, "source": "no model directory: greedy"}
-    file = Path(path)
-    if file.is_dir():
-        file = file / "generation_config.json"
-    if not file.is_file():
-        return {"do_sample": False, "repetition_penalty": 1.0, "source": f"{file} not found: greedy"}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{file}: not a readable JSON file ({e})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    do_sample = bool(data.get("do_sample", False))
-    keys = HF_SAMPLING_DEFAULTS if do_sample else {"repetition_penalty": 1.0}
-    values = {k: data.get(k, default) for k, default in keys.items()}
-    # transformers reads null as "this filter off" (top_k 0 / top_p 1.0 here); a null temperature or
-    # repetition_penalty as its default
-    values = {k: (FILTER_OFF.get(k, keys[k]) if v is None else v) for k, v in values.items()}
-    return {"do_sample": do_sample, **values, "source": str(file)}
 
 
 def task_sampling(prompts: Prompts, task: str, faithful: bool, decoding: dict | None,

@@ -24,6 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from diabetica_jax.hf.config_json import config_to_dict
 from diabetica_jax.hf.safetensors_io import PlannedTensor, parse_size, plan_shards, write_safetensors
 from diabetica_jax.hf.tokenizer import QWEN_MODEL_TYPES, load_tokenizer
 from diabetica_jax.hf.weight_map import hf_names
@@ -137,7 +138,7 @@ def save(
         else:
             (tokenizer or load_tokenizer(None)).save_pretrained(str(path))
         partial = path / (CONFIG + PARTIAL)
-        partial.write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2) + "\n")
+        partial.write_text(json.dumps(config_to_dict(config, torch_dtype=dtype), indent=2) + "\n")
         os.replace(partial, path / CONFIG)  # the export is complete from here on
     return path
 

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from diabetica_jax.hf.config_json import config_from_file
 from diabetica_jax.hf.errors import HFCheckpointError
 from diabetica_jax.hf.safetensors_io import SafetensorsFile
 from diabetica_jax.hf.weight_map import TIED_DUPLICATE, WeightEntry, hf_names
@@ -93,7 +94,7 @@ def read_config(path: str | Path, **runtime: Any) -> QwenConfig:
     if not path.is_dir():
         raise HFCheckpointError(f"{path}: checkpoint directory not found")
     try:
-        return QwenConfig.from_json_file(path / "config.json", **runtime)
+        return config_from_file(path / "config.json", **runtime)
     except ConfigError as e:
         raise HFCheckpointError(str(e)) from e
 

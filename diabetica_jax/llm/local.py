@@ -16,7 +16,6 @@ from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher, BatcherError
 from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.llm.client import LLMError
-from diabetica_jax.model import QwenConfig, create_model
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +29,10 @@ class LocalModel:
 
     def __init__(self, model: str, slots: int = 4):
         self.name = f"local:{model}"
-        if Path(model).is_dir():
-            loaded, _ = hf.load(model, progress=False)
-            self.tokenizer = hf.load_tokenizer(model)
-        else:
-            loaded = create_model(QwenConfig.preset(model))
-            self.tokenizer = hf.load_tokenizer(None)
+        opened = hf.open(model if Path(model).is_dir() else None, preset=model, progress=False)
+        self.tokenizer = opened.tokenizer
         stop, pad = stop_and_pad(self.tokenizer)
-        self.batcher = Batcher(loaded, stop, pad, slots=slots,
+        self.batcher = Batcher(opened.model, stop, pad, slots=slots,
                                max_prompt_tokens=MAX_PROMPT_TOKENS, max_new_tokens=MAX_NEW_TOKENS, max_waiting=None)
 
     def chat(self, messages, max_tokens: int, temperature: float) -> str:

@@ -17,7 +17,7 @@ def add_lora(model: Qwen, cfg: QwenConfig, mesh: Mesh | None = None, seed: int =
     """`model`'s weights (shared, not copied) plus fresh adapters as `cfg` (lora_rank > 0) describes."""
     if cfg.lora_rank == 0:
         raise ValueError("add_lora needs a config with lora_rank > 0")
-    if cfg.to_hf_dict() != model.config.to_hf_dict():
+    if not cfg.same_architecture(model.config):
         raise ValueError("add_lora: the LoRA config describes a different architecture than the model")
     graphdef, abstract_lora, _ = nnx.split(abstract_model(cfg), nnx.LoRAParam, ...)
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import secrets
 from pathlib import Path
 
+import diabetica_jax.train.run_dir  # noqa: F401 (imported to register the reader of training run directories with hf.open)
 from diabetica_jax import hf
-from diabetica_jax.configuration import InputError
-from diabetica_jax.errors import MissingInput
-from diabetica_jax.evaluation.tasks import read_generation_config
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher
 from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.generate.scoring import PromptScorer
-from diabetica_jax.model import QwenConfig, create_model
-from diabetica_jax.train.run_dir import load_run_config, trained_model
+from diabetica_jax.hf.sources import PRESET, RUN
+from diabetica_jax.model import QwenConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +45,6 @@ class ServeLimits:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / "train_config.json").is_file()
-
-
 def served_name(directory: str | Path, step: int | None = None) -> str:
     """The name a checkpoint or run directory is served under unless `--name` says otherwise: the folder's
     name, plus `-step{step}` for a training run directory. A pipeline's stage folder takes its run's name
@@ -78,41 +71,32 @@ def demo_description(config: QwenConfig, random_preset: str | None = None, run_p
     return None
 
 
-def _check_generation_config(directory: str | Path) -> None:
-    """InputError naming the file when a checkpoint's generation_config.json (the default decoding) is there but
-    is no JSON object; an absent one means greedy decoding."""
-    path = Path(directory) / "generation_config.json"
-    if not path.exists():
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable JSON file ({e}); fix or delete it (without it: greedy "
-                         "decoding)") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object of decoding settings, got {type(data).__name__}")
+def _default_name(opened: hf.OpenedModel) -> str:
+    """The name a model is served under without --name: its folder's (served_name), `PRESET-random` for a preset."""
+    source = opened.source
+    return f"{source.preset}-random" if source.path is None else served_name(source.path, opened.step)
 
 
 class ServedModel:
     """One model behind the API: `name` is what /v1/models lists and requests must name.
 
-    `description` says why it is a demo model (random weights, `random_preset` names their preset; fewer
-    than DEMO_MAX_PARAMS parameters; or a training run whose config started from the tiny preset,
-    `run_preset`), None for a real one; /v1/models and the page show it.
+    `description` says why it is a demo model (a preset's random weights; fewer than DEMO_MAX_PARAMS
+    parameters; or a training run whose config started from the tiny preset), None for a real one; /v1/models
+    and the page show it.
 
     `defaults` is the decoding a request gets for the sampling fields it leaves out: the checkpoint's
     generation_config.json when it has one (as `transformers.generate` would decode), else greedy.
     """
 
-    def __init__(self, model, tokenizer, name: str, limits: ServeLimits = ServeLimits(),
-                 generation_config: str | Path | None = None, warmup: bool = False,
-                 random_preset: str | None = None, run_preset: str | None = None):
+    def __init__(self, opened: hf.OpenedModel, name: str, limits: ServeLimits = ServeLimits(), warmup: bool = False):
+        model, tokenizer, source = opened.model, opened.tokenizer, opened.source
         self.name, self.tokenizer, self.limits = name, tokenizer, limits
         self.parameters = model.config.num_params()
-        self.description = demo_description(model.config, random_preset, run_preset)
+        self.description = demo_description(model.config, source.preset if source.kind == PRESET else None,
+                                            source.preset if source.kind == RUN else None)
         if self.description:
             log.warning("serving %r, a %s: its answers carry no medical knowledge", name, self.description)
-        self.defaults = read_generation_config(generation_config)
+        self.defaults = opened.generation_config
         # the positions the model was trained for: a prompt plus its reply may not go past them
         self.context_length = model.config.max_position_embeddings
         self.vocab_size = model.config.vocab_size
@@ -132,29 +116,12 @@ class ServedModel:
     def load(cls, source: str, *, preset: str = "tiny", seed: int = 0, dtype: str | None = None,
              name: str | None = None, limits: ServeLimits = ServeLimits(), warmup: bool = False) -> ServedModel:
         """A Hugging Face checkpoint directory, a training run directory (its latest checkpoint), or, with
-        `source` empty, a preset with random weights (a smoke test of the serving path, not a model)."""
-        runtime = {} if dtype is None else {"dtype": dtype}
-        generation_config, random_preset, run_preset = None, None, None
-        if source and Path(source).is_dir() and not is_run_dir(source):
-            hf.read_config(source)  # a broken config.json or generation_config.json stops here, before any weight
-            _check_generation_config(source)
-        if not source:
-            model = create_model(QwenConfig.preset(preset, **runtime), seed=seed)
-            tokenizer, name, random_preset = hf.load_tokenizer(None), name or f"{preset}-random", preset
-        elif is_run_dir(source):
-            model, _, step = trained_model(source)
-            model_section = load_run_config(source).model
-            hf_path = model_section.hf_path
-            run_preset = model_section.preset if hf_path is None else None  # hf_path overrides the preset
-            tokenizer, generation_config = hf.load_tokenizer(hf_path), hf_path
-            name = name or served_name(source, step)
-        elif Path(source).is_dir():
-            model, _ = hf.load(source, progress=False, **runtime)
-            tokenizer, generation_config = hf.load_tokenizer(source), source
-            name = name or served_name(source)
-        else:
-            raise MissingInput(f"{source}: not a checkpoint directory (config.json + safetensors) or run directory")
-        return cls(model, tokenizer, name, limits, generation_config, warmup, random_preset, run_preset)
+        `source` empty, a preset with random weights (a smoke test of the serving path, not a model). A broken
+        config.json, tokenizer or generation_config.json stops it before any weight is read."""
+        found = hf.find(source or None, preset=preset)
+        _ = found.generation_config  # read now: a broken generation_config.json stops serving before the weights load
+        opened = found.load(seed=seed, dtype=dtype, progress=False)
+        return cls(opened, name or _default_name(opened), limits, warmup)
 
     def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None,
                  repetition_penalty: float | None, seed: int | None) -> SamplingParams:

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from diabetica_jax.configuration import to_dict
+from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.run_lock import LOCK_FILE, hold_lock
 from diabetica_jax.train.checkpoint import CheckpointHooks, Checkpoints
@@ -146,7 +147,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
         feed = make_feed(cfg, rows, setup.model_cfg.vocab_size, run_dir if writer else None)
         state, start = _resume(checkpoints, setup, feed.iterator)
         if writer:  # only now: a run directory refused (another model's, all damaged) keeps its own config
-            (run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         if state is None:
             state, start = init_state(setup.params, setup.optimizer, cfg.model.seed, setup.shardings), 0
         setup.params = None  # the state owns (and donates) them from here on

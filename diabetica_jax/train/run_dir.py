@@ -1,4 +1,8 @@
-"""A training run directory (finished or partial): its config, the model of a checkpoint, and its export."""
+"""A training run directory (finished or partial): the model of a checkpoint, and its export.
+
+Importing this module lets `hf.open` read run directories (hf/run_directories.py says why the reader is
+registered from here rather than written below train/).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,27 @@ import jax
 
 from diabetica_jax import hf
 from diabetica_jax.parallel import make_mesh
-from diabetica_jax.train.config import TrainConfig
-from diabetica_jax.train.setup import restored_model, run_config
+from diabetica_jax.train.setup import read_train_config, restored_model
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config the run was trained with (RUN_DIR/train_config.json, written when training starts)."""
-    return run_config(run_dir)
-
-
-def trained_model(run_dir: str | Path, step: int | None = None):
-    """(model, model config, step) as of a run's checkpoint (latest by default), on all local devices."""
-    mesh = make_mesh({"fsdp": -1})
+def trained_model(run_dir: str | Path, step: int | None = None, mesh=None):
+    """(model, model config, step) as of a run's checkpoint (latest by default), on `mesh` (default: all local
+    devices)."""
+    mesh = make_mesh({"fsdp": -1}) if mesh is None else mesh
     with jax.set_mesh(mesh):
         return restored_model(run_dir, mesh, step)
+
+
+def _run_base(run_dir: Path) -> hf.RunBase:
+    model = read_train_config(run_dir).model
+    return hf.RunBase(model.hf_path, None if model.hf_path else model.preset)  # hf_path overrides the preset
+
+
+def _restore(run_dir: Path, step: int | None, mesh):
+    return trained_model(run_dir, step, mesh)  # looked up at each call, so that tests may stand in for it
+
+
+hf.register_run_reader(hf.RunReader(base=_run_base, restore=_restore))
 
 
 @dataclasses.dataclass
@@ -41,7 +52,7 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dt
     checkpoint's; the embedded Qwen2 one for presets), and the source's generation_config.json, so the
     export keeps the decoding defaults that faithful evaluation reads. A killed export leaves `out` without
     config.json (no loader takes it for a checkpoint); exporting again replaces it (hf.save)."""
-    cfg = load_run_config(run_dir)
+    cfg = read_train_config(run_dir)
     model, model_cfg, step = trained_model(run_dir, step)
     tokenizer = hf.load_tokenizer(cfg.model.hf_path)
     source = Path(cfg.model.hf_path) / "generation_config.json" if cfg.model.hf_path else None

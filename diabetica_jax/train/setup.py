@@ -13,6 +13,7 @@ from flax import nnx
 
 from diabetica_jax import hf
 from diabetica_jax.configuration import ConfigFileError, build, to_dict
+from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.model.lora import add_lora, merge_lora
@@ -37,7 +38,7 @@ def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
         model_cfg = hf.read_config(cfg.model.hf_path, **runtime)
         source = {"hf_path": str(Path(cfg.model.hf_path).absolute())}
     else:
-        model_cfg = QwenConfig.preset(cfg.model.preset, **runtime)
+        model_cfg = hf.preset_config(cfg.model.preset, **runtime)
         source = {"preset": cfg.model.preset, "seed": cfg.model.seed}
     if cfg.lora.rank:
         model_cfg = model_cfg.replace(lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
@@ -45,9 +46,9 @@ def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
     return model_cfg, source
 
 
-def run_config(run_dir: str | Path) -> TrainConfig:
+def read_train_config(run_dir: str | Path) -> TrainConfig:
     """The config a run was trained with (RUN_DIR/train_config.json, written when training starts)."""
-    path = Path(run_dir) / "train_config.json"
+    path = Path(run_dir) / RUN_CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
     if not path.is_file():
@@ -62,7 +63,7 @@ def run_config(run_dir: str | Path) -> TrainConfig:
 
 def restored_model(run_dir: str | Path, mesh, step: int | None = None):
     """(model, model config, step): a run's checkpoint (latest by default) on `mesh`; call under jax.set_mesh."""
-    cfg = run_config(run_dir)
+    cfg = read_train_config(run_dir)
     setup = prepare(cfg, mesh)
     checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.loop.keep_checkpoints, async_save=False)
     step = checkpoints.latest_step() if step is None else step
@@ -79,7 +80,7 @@ def _continued_model(cfg: TrainConfig, model_cfg: QwenConfig, mesh):
     previous, previous_cfg, step = restored_model(cfg.model.init_from, mesh)
     source = {"init_from": str(Path(cfg.model.init_from).absolute()), "step": step, "lora": None}
     where = f"model.init_from {cfg.model.init_from}"
-    if previous_cfg.to_hf_dict() != model_cfg.to_hf_dict():
+    if not previous_cfg.same_architecture(model_cfg):
         raise ConfigFileError(f"{where}: that run trained a different architecture than model.preset/hf_path names")
     keep_adapters = previous_cfg.lora_rank and cfg.model.init_lora == "unmerged"
     if keep_adapters:
@@ -148,7 +149,7 @@ def prepare(cfg: TrainConfig, mesh) -> Setup:
     graphdef, params, frozen, trainable_filter = split_trainable(model)
     params_sharding, frozen_sharding = trainable_shardings(model, mesh, trainable_filter)
     optimizer, schedule = build_optimizer(cfg.optim, cfg.loop.steps)
-    meta = {"model": model_cfg.to_hf_dict(), "lora": to_dict(cfg.lora) if cfg.lora.rank else None,
+    meta = {"model": hf.config_to_dict(model_cfg), "lora": to_dict(cfg.lora) if cfg.lora.rank else None,
             "frozen_source": source if cfg.lora.rank else None, "trainable": param_shapes(params)}
     if cfg.model.init_from and not cfg.lora.rank:  # full fine-tuning continues a run: say from where
         meta["init"] = source

@@ -28,9 +28,10 @@ MCQ_ROW = {"question": "Which hormone lowers blood glucose?\nA. insulin\nB. gluc
 
 def _tiny_hf_config(**changes) -> dict:
     """A tiny Qwen2 config.json (what the checkpoint fixture's config reads back as)."""
+    from diabetica_jax import hf
     from diabetica_jax.model import QwenConfig
 
-    return {**_tiny_config(QwenConfig).to_hf_dict(), **changes}
+    return {**hf.config_to_dict(_tiny_config(QwenConfig)), **changes}
 
 
 def _tiny_config(QwenConfig, hidden: int = 32):
