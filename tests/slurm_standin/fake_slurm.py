@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Stand-ins for Slurm's sbatch, squeue, scancel and srun that run a job array on this machine.
+"""Stand-ins for Slurm's sbatch, squeue, scancel, srun and scontrol that run a job array on this machine.
 
-Put this folder first on PATH (the four names are links to this file). Enough of Slurm for datatrove's
+Put this folder first on PATH (the five names are links to this file). Enough of Slurm for datatrove's
 SlurmPipelineExecutor: `sbatch [--export=ALL,K=V] [--dependency=afterany:ID] SCRIPT` reads the script's
 `#SBATCH --array=0-N%W` and `--output` lines, prints `Submitted batch job ID` and runs the array in a
 detached process, at most W tasks at once, each `bash SCRIPT` with SLURM_ARRAY_TASK_ID set; `squeue
 --noheader --format=%i --jobs IDS` lists the tasks not yet ended as `ID_TASK`; `scancel ID[_TASK]` ends
-them; `srun [options] COMMAND` runs COMMAND.
+them; `srun [options] COMMAND` runs COMMAND; `scontrol show hostnames LIST` prints the hosts of a node list
+(one node here: datatrove 0.10.1 asks for them at the start of every task).
 
 State lives in $FAKE_SLURM_DIR: `ID/TASK.state` (pending, running, done, cancelled) and `ID/TASK.exit`.
 $FAKE_SLURM_LOSE=1,3 makes those array tasks end as a `scancel` would, without running their command
@@ -134,13 +135,22 @@ def srun(args: list[str]) -> int:
     os.execvp(args[i], args[i:])
 
 
+def scontrol(args: list[str]) -> int:
+    if args[:2] == ["show", "hostnames"]:
+        print("\n".join(args[2].split(",")) if len(args) > 2 else os.environ.get("SLURM_NODELIST", "localhost"))
+        return 0
+    print(f"scontrol stand-in: {' '.join(args)} is not supported", file=sys.stderr)
+    return 1
+
+
 def main() -> int:
     name = Path(sys.argv[0]).name
     if len(sys.argv) > 1 and sys.argv[1] == "--run":
         job, first, last, width, output, depends = sys.argv[2:8]
         return run_array(job, int(first), int(last), int(width), output, depends)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return {"sbatch": sbatch, "squeue": squeue, "scancel": scancel, "srun": srun}[name](sys.argv[1:])
+    return {"sbatch": sbatch, "squeue": squeue, "scancel": scancel, "srun": srun,
+            "scontrol": scontrol}[name](sys.argv[1:])
 
 
 if __name__ == "__main__":
