@@ -14,6 +14,7 @@ from diabetica_jax.configuration import ConfigFileError, InputError
 from diabetica_jax.errors import UserError
 from diabetica_jax.hf import run_directories
 from diabetica_jax.model import ConfigError, create_model, forward
+from diabetica_jax.model.runtime import RuntimeConfig
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.train.checkpoint import CheckpointError
 from diabetica_jax.train.loop import train
@@ -54,10 +55,11 @@ def test_a_checkpoint_directory_opens_as_hf_load_and_load_tokenizer_did(hf_check
 
 def test_runtime_and_mesh_options_reach_the_weights(hf_checkpoints, tokens):
     path = hf_checkpoints["qwen3"]
-    opened = hf.open(path, mesh=make_mesh({"fsdp": 4, "tensor": 2}), dtype="bfloat16", progress=False)
-    assert opened.config.dtype == "bfloat16"
+    opened = hf.open(path, mesh=make_mesh({"fsdp": 4, "tensor": 2}), runtime=RuntimeConfig(dtype="bfloat16"),
+                     progress=False)
+    assert opened.model.runtime.dtype == "bfloat16"
     assert len(opened.model.layers.mlp.up_proj.kernel[...].sharding.device_set) == 8
-    old, _ = hf.load(path, dtype="bfloat16", progress=False)
+    old, _ = hf.load(path, runtime=RuntimeConfig(dtype="bfloat16"), progress=False)
     np.testing.assert_allclose(_logits(opened.model, tokens), _logits(old, tokens), atol=2e-2)
 
 
