@@ -30,7 +30,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from diabetica_jax import hf
-    from diabetica_jax.cli import mesh_sizes
+    from diabetica_jax.cli.shorthands import mesh_sizes
     from diabetica_jax.generate import left_pad
     from diabetica_jax.model import forward
     from diabetica_jax.model.runtime import RuntimeConfig

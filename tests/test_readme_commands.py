@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from diabetica_jax.cli import SHORTHAND, build_parser
+from diabetica_jax.cli import build_parser
+from diabetica_jax.cli.shorthands import SHORTHAND
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -42,6 +42,22 @@ def test_bad_values_are_refused(overrides, message):
     assert message in str(err.value)
 
 
+def test_renamed_keys_name_the_new_key_and_old_files_are_upgraded():
+    from diabetica_jax.configuration import upgrade_renamed_keys
+    from diabetica_jax.evaluation.config import EvalConfig
+
+    for old, new in (("model=/data/ckpt", "model.path"), ("preset=tiny", "model.preset"),
+                     ("dtype=bfloat16", "model.runtime.dtype")):
+        with pytest.raises(ConfigFileError, match=f"overrides: {old.split('=')[0]}: renamed to {new}$"):
+            load_config(EvalConfig, None, [old])
+    assert upgrade_renamed_keys(EvalConfig, {"model": "/data/ckpt", "dtype": "bfloat16"}) == \
+        {"model": {"path": "/data/ckpt", "runtime": {"dtype": "bfloat16"}}}
+    # a run directory's train_config.json written before the rename
+    written = {"model": {"hf_path": "/data/ckpt", "remat": "full", "seed": 3}, "lora": {"rank": 4}}
+    assert upgrade_renamed_keys(TrainConfig, written) == \
+        {"model": {"path": "/data/ckpt", "runtime": {"remat": "full"}, "seed": 3}, "lora": {"rank": 4}}
+
+
 def test_yaml_file_errors_name_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  steps: [1, 2\n")

@@ -7,15 +7,13 @@ import logging
 import os
 import sys
 import traceback
-import types
-import typing
 
 # Only light imports here: `commands` (JAX, Transformers, Orbax: seconds to load) is imported once the
 # arguments parsed, so that `--help` and usage errors answer at once. The settings of generate, chat and serve
 # load no JAX either: their options show the settings' defaults.
 from diabetica_jax.cli import choices
 from diabetica_jax.cli.generate_config import ChatConfig, GenerateConfig
-from diabetica_jax.configuration import as_override, field_info
+from diabetica_jax.cli.shorthands import mesh_sizes, shorthand, shorthands
 from diabetica_jax.errors import RunFailure, UserError
 from diabetica_jax.serve.config import ServeConfig
 
@@ -33,74 +31,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-# The dest of an option that is the shorthand of a config key: SHORTHAND + the dotted key.
-SHORTHAND = "config key "
-
-
-def _shorthand(p, flag: str, cls: type, key: str, help: str | None = None, **kwargs) -> None:
-    """Option `flag` as the shorthand of the dotted config key `key` of `cls`: given, it becomes the override
-    `key=VALUE` (after the overrides written out, so the option wins); not given, the config's value stands, so the
-    option has no default of its own. Its help is the field's (or `help`), with the field's default; how it parses
-    follows the field's type unless `kwargs` say otherwise."""
-    default, field_help, hint = field_info(cls, key)
-    if help is None:
-        absent = default is None or default is False or default == [] or default == {}  # 0 is a default to show
-        help = field_help + ("" if absent else f" (default: {default})")
-    kwargs = {**_parsing(flag, hint), **kwargs}
-    if "action" not in kwargs and "choices" not in kwargs:  # choices show themselves
-        kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()
-    p.add_argument(flag, dest=SHORTHAND + key, default=argparse.SUPPRESS, help=help, **kwargs)
-
-
-def _shorthands(p, cls: type, *keys: str) -> None:
-    """_shorthand for each key, as the option its last part names: model.runtime.dtype -> --dtype."""
-    for key in keys:
-        _shorthand(p, "--" + key.rsplit(".", 1)[-1].replace("_", "-"), cls, key)
-
-
-def _parsing(flag: str, hint) -> dict:
-    """How argparse reads an option for a field of type `hint`: a bool is a switch (--no-NAME sets it false), a
-    list collects repeats, a Literal offers its values, numbers are parsed as such (a bad one: a usage error)."""
-    options = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(options) == 1:
-        hint = options[0]  # X | None: as X
-    if hint is bool:
-        return {"action": "store_const", "const": not flag.startswith("--no-")}
-    if typing.get_origin(hint) is list:
-        return {"action": "append"}
-    if typing.get_origin(hint) is typing.Literal:
-        return {"choices": typing.get_args(hint)}
-    return {"type": hint} if hint in (int, float) else {}
-
-
-def shorthand_overrides(args: argparse.Namespace) -> list[str]:
-    """The overrides that the shorthand options given make, e.g. ["port=8001"] for --port 8001."""
-    return [as_override(dest.removeprefix(SHORTHAND), value) for dest, value in vars(args).items()
-            if dest.startswith(SHORTHAND)]
-
-
-def mesh_sizes(text: str) -> dict[str, int]:
-    """--mesh fsdp=4,tensor=2 -> {"fsdp": 4, "tensor": 2}."""
-    sizes = {}
-    for part in text.split(","):
-        axis, _, size = part.partition("=")
-        try:
-            sizes[axis.strip()] = int(size)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected AXIS=SIZE[,AXIS=SIZE], got {text!r}") from None
-    return sizes
-
-
 def _decode_flags(p: argparse.ArgumentParser, cls: type) -> None:
     """generate's and chat's options: the keys of their DecodeConfig."""
     _config_args(p, "settings file (YAML; default: all defaults)", "temperature=0.7 model.runtime.dtype=bfloat16",
                  optional=True)
-    _shorthand(p, "--model", cls, "model.path")
-    _shorthands(p, cls, "model.preset", "seed", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+    shorthand(p, "--model", cls, "model.path")
+    shorthands(p, cls, "model.preset", "seed", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
                 "model.runtime.dtype", "model.runtime.attention")
-    _shorthand(p, "--mesh", cls, "mesh", type=mesh_sizes, help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one "
+    shorthand(p, "--mesh", cls, "mesh", type=mesh_sizes, help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one "
                                                                 "device)")
-    _shorthands(p, cls, "allow_pickle")
+    shorthands(p, cls, "allow_pickle")
 
 
 def _config_args(p: argparse.ArgumentParser, what: str, example: str, optional: bool = False) -> None:
@@ -128,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", "generate text from a checkpoint or the embedded default model")
     _decode_flags(p, GenerateConfig)
-    _shorthand(p, "--prompt", GenerateConfig, "prompts", help="prompt text (repeatable); a diabetes question by default")
-    _shorthands(p, GenerateConfig, "raw")
+    shorthand(p, "--prompt", GenerateConfig, "prompts", help="prompt text (repeatable); a diabetes question by default")
+    shorthands(p, GenerateConfig, "raw")
 
     p = command("chat", "interactive multi-turn chat with streamed tokens (/help in the chat lists its commands)")
     _decode_flags(p, ChatConfig)
-    _shorthands(p, ChatConfig, "system")
+    shorthands(p, ChatConfig, "system")
 
     p = command("train", "fine-tune (full or LoRA) from a training config (configs/train/)")
     _config_args(p, "training config, e.g. configs/train/tiny.yaml", "loop.steps=100 mesh.tensor=2")
@@ -181,13 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("serve", "an OpenAI-compatible API (continuous batching) and the clinic web page")
     _config_args(p, "server settings file (YAML; default: all defaults)", "port=8001 limits.slots=16", optional=True)
-    _shorthand(p, "--model", ServeConfig, "model.path")
-    _shorthands(p, ServeConfig, "model.preset", "name", "host", "port", "api_key_env", "model.runtime.dtype")
+    shorthand(p, "--model", ServeConfig, "model.path")
+    shorthands(p, ServeConfig, "model.preset", "name", "host", "port", "api_key_env", "model.runtime.dtype")
     group = p.add_argument_group("limits")
-    _shorthands(group, ServeConfig, "limits.slots", "limits.max_prompt_tokens")
-    _shorthand(group, "--max-tokens", ServeConfig, "limits.max_new_tokens")  # the API's name for it
-    _shorthands(group, ServeConfig, "limits.max_waiting", "max_body_mb", "body_timeout")
-    _shorthand(p, "--no-warmup", ServeConfig, "warmup", help="compile on the first requests instead of at start")
+    shorthands(group, ServeConfig, "limits.slots", "limits.max_prompt_tokens")
+    shorthand(group, "--max-tokens", ServeConfig, "limits.max_new_tokens")  # the API's name for it
+    shorthands(group, ServeConfig, "limits.max_waiting", "max_body_mb", "body_timeout")
+    shorthand(p, "--no-warmup", ServeConfig, "warmup", help="compile on the first requests instead of at start")
 
     p = command("export", "write a training run's checkpoint as a Hugging Face checkpoint")
     p.add_argument("--run-dir", required=True, help="the training run directory (of `train`, or run's train-STAGE)")

@@ -9,9 +9,9 @@ import jax
 from jax.sharding import Mesh
 
 from diabetica_jax import hf
-from diabetica_jax.cli import shorthand_overrides
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
 from diabetica_jax.cli.generate_config import ChatConfig, DecodeConfig, GenerateConfig
+from diabetica_jax.cli.shorthands import shorthand_overrides
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config, shown
 from diabetica_jax.curate.config import load_curate_config
 from diabetica_jax.curate.pipeline import curate as run_curation

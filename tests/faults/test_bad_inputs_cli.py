@@ -80,7 +80,7 @@ def _hf_dir(tmp: Path, config: dict | str | bytes | None) -> Path:
     return d
 
 
-TRAIN_BASE = {"model": {"preset": "tiny", "dtype": "float32", "remat": "none"},
+TRAIN_BASE = {"model": {"preset": "tiny", "runtime": {"dtype": "float32", "remat": "none"}},
               "mesh": {"fsdp": 2}, "data": {"seq_len": 32, "global_batch": 8},
               "optim": {"lr": 1e-2, "warmup_steps": 0},
               "loop": {"steps": 1, "checkpoint_every": 1, "loss_chunk": 16, "tensorboard": False,
