@@ -89,7 +89,8 @@ def generate(args) -> int:
             raise InputError(f"--prompt {shown(prompt)}: {tokenizer_name} turns it into no token ids ({why}); "
                              "there is nothing to generate from")
     model, cfg, mesh = _model(args)
-    outputs = engine_for(model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
+    with engine_for(model, tokenizer, mesh) as engine:
+        outputs = engine.generate(ids, args.max_new_tokens, _sampling(args))
     source = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
     print(f"# model: {source}; {cfg.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new tokens max")
     for prompt, out in zip(prompts, outputs):
@@ -100,7 +101,8 @@ def generate(args) -> int:
 def chat(args) -> int:
     tokenizer = _tokenizer(args)
     model, _, mesh = _model(args)
-    repl(engine_for(model, tokenizer, mesh), tokenizer, _sampling(args), args.max_new_tokens, args.system)
+    with engine_for(model, tokenizer, mesh) as engine:
+        repl(engine, tokenizer, _sampling(args), args.max_new_tokens, args.system)
     return 0
 
 

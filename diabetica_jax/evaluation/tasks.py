@@ -125,7 +125,7 @@ class ModelUnderTest:
                  decoding: dict | None = None):
         self.tokenizer, self.name, self.batch_size, self.progress = tokenizer, name, batch_size, progress
         self.decoding = decoding if decoding is not None else read_generation_config(None)
-        self.engine = engine_for(model, tokenizer, mesh)
+        self.engine = engine_for(model, tokenizer, mesh, slots=batch_size)
         self.graphdef, self.state = nnx.split(model)
         self.failures: list[tuple[int, str]] = []  # a local model does not fail per item
 
