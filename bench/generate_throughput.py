@@ -5,8 +5,8 @@ Engine it replaced, at several batch sizes, in one process.
     python bench/generate_throughput.py --preset tiny --new 32 --prompt 64 --batches 1 8 --dtype float32 --repeats 5
 
 Random weights, random prompts of --prompt tokens, exactly --new new tokens per row (no stop token can end a
-row early), greedy, compute dtype --dtype. Paths (--paths): `batcher`, Batcher.generate on a batcher of
-`batch` slots (what evaluation, the CLI and the chat use); `engine`, the batch Engine (one jitted prefill +
+row early), greedy, compute dtype --dtype. Paths (--paths): `batcher`, the continuous batcher's blocking
+generate as evaluation and the CLI call it (SizedBatcher: a batcher of `batch` slots); `engine`, the batch Engine (one jitted prefill +
 while_loop decode per call) as it was at git revision --engine-rev, the last one with it, loaded from git
 beside today's package. Each repeat times every path at every batch size in turn (interleaved, so a busy
 machine slows all alike), after a warm-up call each. Reported per path and batch: new tokens/s = batch x new
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--json", help="also append results as JSON lines to this file")
     args = parser.parse_args()
 
-    from diabetica_jax.generate.batcher import Batcher
+    from diabetica_jax.generate import SizedBatcher
     from diabetica_jax.model import QwenConfig, create_model
 
     cfg = QwenConfig.preset(args.preset, dtype=args.dtype)
@@ -72,9 +72,9 @@ def main() -> None:
     prompts = {b: [rng.integers(0, cfg.vocab_size, args.prompt).tolist() for _ in range(b)] for b in args.batches}
     runs = {}  # (path, batch) -> a call generating the batch's prompts
     if "batcher" in args.paths:
-        for b in args.batches:  # no real token stops a row
-            batcher = Batcher(model, [-1], 0, slots=b, max_prompt_tokens=args.prompt, max_new_tokens=args.new)
-            runs["batcher", b] = lambda batcher=batcher, b=b: batcher.generate(prompts[b], args.new)
+        batcher = SizedBatcher(model, stop_ids=[-1], pad_id=0, slots=max(args.batches))  # no real token stops a row
+        for b in args.batches:
+            runs["batcher", b] = lambda b=b: batcher.generate(prompts[b], args.new)
     if "engine" in args.paths:
         Engine, OldSamplingParams = old_engine_class(args.engine_rev)
         engine = Engine(model, stop_ids=[-1], pad_id=0)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from diabetica_jax import hf
 from diabetica_jax.cli import main
-from diabetica_jax.generate import GrowingBatcher, SamplingParams, left_pad
+from diabetica_jax.generate import SamplingParams, SizedBatcher, left_pad
 from diabetica_jax.generate.sampling import RowSampling, adjusted_logits, choose_rows
 
 
@@ -31,7 +31,7 @@ def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
     path = hf_checkpoints[variant]
     model, _ = hf.load(path, progress=False)
     prompts, params = _prompts(), SamplingParams(repetition_penalty=penalty)
-    with GrowingBatcher(model, stop_ids=[511], pad_id=510) as engine:
+    with SizedBatcher(model, stop_ids=[511], pad_id=510) as engine:
         together = engine.generate(prompts, 12, params)
         alone = [engine.generate([p], 12, params)[0] for p in prompts]
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -63,7 +63,7 @@ def test_left_padding_layout():
 
 def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_untied"], progress=False)
-    engine = GrowingBatcher(model, stop_ids=[511], pad_id=510)
+    engine = SizedBatcher(model, stop_ids=[511], pad_id=510)
     rng = np.random.RandomState(0)
 
     def mixed_calls():
@@ -71,24 +71,24 @@ def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):
             batch = int(rng.randint(1, 5))
             engine.generate([rng.randint(0, 500, int(rng.randint(1, 30))).tolist() for _ in range(batch)], 6)
 
-    mixed_calls()  # the batcher grows a few times (slots 1, 2, 4; prompt buckets 16, 32)
-    grown = engine.batcher
+    mixed_calls()  # a batcher per slot count (1, 2, 4), replaced once its prompts outgrow the 16 bucket
+    built = dict(engine.batchers)
     mixed_calls()
-    assert engine.batcher is grown  # then every call fits: no more rebuilds
-    # a batcher compiles its decode step, its slot release and a prefill per (prompt count, prompt length)
-    # bucket pair: 1, 2 or 4 prompts of 16 or 32 tokens
-    assert grown.compilations <= 2 + 3 * 2 and engine.compilations <= 16
+    assert engine.batchers == built and set(built) == {1, 2, 4}  # every call fits one of them now
+    # a batcher compiles its decode step, its slot release and a prefill per prompt bucket (16, 32); each slot
+    # count built at most twice
+    assert all(b.compilations <= 4 for b in built.values()) and engine.compilations <= 3 * (3 + 4)
     engine.close()
 
 
 def test_stop_tokens_and_streaming(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_tied"], progress=False)
-    with GrowingBatcher(model, stop_ids=[511], pad_id=0) as engine:
+    with SizedBatcher(model, stop_ids=[511], pad_id=0) as engine:
         free = engine.generate([[1, 2, 3]], 8)[0]
         assert len(free) == 8
         assert list(engine.stream([1, 2, 3], 8)) == free
     stop_at = free[3]
-    with GrowingBatcher(model, stop_ids=[stop_at], pad_id=0) as engine:
+    with SizedBatcher(model, stop_ids=[stop_at], pad_id=0) as engine:
         assert engine.generate([[1, 2, 3]], 8)[0] == free[: free.index(stop_at)]
         assert list(engine.stream([1, 2, 3], 8)) == free[: free.index(stop_at)]
 
@@ -101,9 +101,9 @@ def test_sharded_generation_equals_single_device(hf_checkpoints):
     mesh = make_mesh({"fsdp": 2, "tensor": 2})
     sharded, _ = hf.load(path, mesh=mesh, progress=False)
     prompts = _prompts(lengths=(5, 11))
-    with GrowingBatcher(single, stop_ids=[511], pad_id=510) as engine:
+    with SizedBatcher(single, stop_ids=[511], pad_id=510) as engine:
         expected = engine.generate(prompts, 8)
-    with GrowingBatcher(sharded, stop_ids=[511], pad_id=510, mesh=mesh) as engine:
+    with SizedBatcher(sharded, stop_ids=[511], pad_id=510, mesh=mesh) as engine:
         assert engine.generate(prompts, 8) == expected
 
 

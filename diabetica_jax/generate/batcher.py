@@ -154,12 +154,15 @@ class Batcher:
     bucket); max_new_tokens: the most tokens one request may ask for. The cache holds
     bucket(max_prompt_tokens) + max_new_tokens positions per slot. max_waiting: requests queued for a
     slot before `submit` refuses more (None: unbounded). steps_per_call: the most decode steps one device call
-    runs for unwatched requests (`generate`'s).
+    runs for unwatched requests (`generate`'s). greedy_programs: all-greedy batches get programs of their own,
+    without the sampling tiers, which compile several times faster: for a batcher that compiles on demand
+    (SizedBatcher) rather than at warm-up (a server, whose warm-up compiles the sampling ones only).
     """
 
     def __init__(self, model: Qwen, stop_ids: list[int], pad_id: int, *, slots: int = 8,
                  max_prompt_tokens: int = 1024, max_new_tokens: int = 512, max_waiting: int | None = 256,
-                 prefills_per_step: int = 4, steps_per_call: int = STEPS_PER_CALL, cache_dtype=None, mesh=None):
+                 prefills_per_step: int = 4, steps_per_call: int = STEPS_PER_CALL, greedy_programs: bool = False,
+                 cache_dtype=None, mesh=None):
         if min(slots, max_prompt_tokens, max_new_tokens, prefills_per_step, steps_per_call) < 1:
             raise ValueError("slots, max_prompt_tokens, max_new_tokens, prefills_per_step and steps_per_call "
                              "must be positive")
@@ -171,15 +174,16 @@ class Batcher:
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.max_len = bucket(max_prompt_tokens) + max_new_tokens
         self.max_waiting, self.prefills_per_step, self.steps_per_call = max_waiting, prefills_per_step, steps_per_call
+        self.greedy_programs = greedy_programs
         self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
         self.mesh = mesh
-        self.compilations = 0  # programs traced (decode step, slot release, one prefill per prompt bucket)
+        self.compilations = 0  # programs traced (decode step, slot release, prefills by prompt count and bucket)
         self.steps = 0  # decode steps run (one device call may run several)
         self.peak_active = 0  # most slots decoding at once
         self.admitted = 0  # requests prefilled into a slot
         self.finished = collections.Counter()  # requests ended, by Finished.reason
-        self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)
-        self._step = self._build_step()
+        self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)  # by (rows, width, sampled)
+        self._step = functools.lru_cache(maxsize=None)(self._build_step)  # by sampled
         self._release = self._build_release()
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._active: list[Ticket | None] = [None] * slots
@@ -368,7 +372,7 @@ class Batcher:
         bias = jax.tree.map(lambda *row: jnp.stack(row), *bias)
         keys = jnp.stack([jax.random.PRNGKey(t.sampling.seed) for t in tickets] + [jax.random.PRNGKey(0)] * filler)
         targets = jnp.asarray(slots + [self.num_slots] * filler, jnp.int32)  # out of range: the write is dropped
-        run = self._prefill(*padded.tokens.shape)
+        run = self._prefill(*padded.tokens.shape, self._sampled(tickets))
         self._slots, (token, chosen, top_ids, top) = run(self.params, self._slots, padded, targets, sampling, bias,
                                                          keys)
         token = np.asarray(token)
@@ -384,7 +388,7 @@ class Batcher:
         try:
             self._release_freed()
             report = any(t is not None and t.want_logprobs for t in self._active)
-            self._slots, ran, (tokens, chosen, top_ids, top) = self._step(
+            self._slots, ran, (tokens, chosen, top_ids, top) = self._step(self._sampled(self._active))(
                 self.params, self._slots, jnp.asarray(active), jnp.asarray(left), jnp.int32(self._steps_this_call()),
                 jnp.asarray(report))
             ran, tokens = int(ran), np.asarray(tokens)
@@ -401,6 +405,10 @@ class Batcher:
                     entry = (_logprob_entry(chosen[step, slot], top_ids[step, slot], top[step, slot])
                              if ticket.want_logprobs else None)
                     self._accept(slot, int(tokens[step, slot]), entry)
+
+    def _sampled(self, tickets: list[Ticket | None]) -> bool:
+        """Whether the program for these tickets must sample: always, unless greedy_programs."""
+        return not self.greedy_programs or any(t is not None and not t.sampling.greedy for t in tickets)
 
     def _steps_this_call(self) -> int:
         """Decode steps the next device call may run: one while someone watches tokens arrive (a stream, a
@@ -478,7 +486,7 @@ class Batcher:
             keys=jnp.zeros((n, 2), jnp.uint32),
         )
 
-    def _build_prefill(self, rows: int, width: int):
+    def _build_prefill(self, rows: int, width: int, sampled: bool):
         graphdef, cfg = self.graphdef, self.config
 
         @functools.partial(jax.jit, donate_argnums=(1,))
@@ -495,7 +503,7 @@ class Batcher:
             seen = jnp.zeros((rows, cfg.vocab_size), bool).at[row[:, None], padded.tokens].max(padded.valid)
             counts = jnp.zeros((rows, cfg.vocab_size), jnp.int32)
             split = jax.vmap(jax.random.split)(keys)
-            token = choose_rows(logits, seen, counts, sampling, split[:, 1], bias)
+            token = choose_rows(logits, seen, counts, sampling, split[:, 1], bias, sampled)
             reported = _logprobs(logits, token, jnp.bool_(True))  # once per prompt
 
             def put(all_slots, new, axis=0):  # rows into their target slots along the slots axis
@@ -514,7 +522,7 @@ class Batcher:
 
         return prefill
 
-    def _build_step(self):
+    def _build_step(self, sampled: bool):
         graphdef, last, most = self.graphdef, self.max_len - 1, self.steps_per_call
         stop_ids = jnp.asarray(sorted(self.stop_ids), jnp.int32)
 
@@ -536,7 +544,7 @@ class Batcher:
                 key_valid = s.key_valid.at[slots, write].set(active | s.key_valid[slots, write])
                 logits, cache = model.decode_step(s.token[:, None], s.position[:, None], s.cache, write, key_valid)
                 split = jax.vmap(jax.random.split)(s.keys)
-                token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1], s.bias)
+                token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1], s.bias, sampled)
                 reported = _logprobs(logits, token, report)
                 s = s._replace(
                     cache=cache, key_valid=key_valid, write_index=jnp.minimum(s.write_index + grow, last),

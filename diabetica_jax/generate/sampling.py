@@ -116,23 +116,27 @@ def tiers_needed(rows: RowSampling, vocab: int) -> frozenset[str]:
 
 
 def choose_rows(logits: jax.Array, seen: jax.Array, counts: jax.Array, rows: RowSampling,
-                keys: jax.Array, bias: LogitBias | None = None) -> jax.Array:
+                keys: jax.Array, bias: LogitBias | None = None, sampled: bool = True) -> jax.Array:
     """Token ids [b] from logits [b, vocab] with each row's own settings; `keys` [b] are per-row PRNG keys.
 
     Greedy rows take the argmax of their adjusted logits (the first largest, as transformers' greedy search
     does); sampled rows draw from the distribution transformers' TopK and TopP warpers leave (see the module's
-    docstring for how each tier computes it).
+    docstring for how each tier computes it). `sampled=False` (static) promises that every row is greedy: only
+    the argmax is built, the same tokens from a program that compiles several times faster (the sampling
+    tiers are most of a decode step's compile time on a CPU).
     """
     logits = logits.astype(jnp.float32)
     adjusting = _adjusting(rows, bias)
 
+    def choose(logits):
+        return _choose_by_tier(logits, rows, keys) if sampled else _argmax(logits, rows, keys)
+
     def adjusted(logits):  # only the rows that adjust: the others' logits stay bit for bit the model's
-        return _choose_by_tier(jnp.where(adjusting[:, None], adjusted_logits(logits, seen, counts, rows, bias),
-                                         logits), rows, keys)
+        return choose(jnp.where(adjusting[:, None], adjusted_logits(logits, seen, counts, rows, bias), logits))
 
     # without penalties or bias (the usual batch) no adjusted copy of the logits is made: a pass over
     # [slots, vocab] costs about as much as the choice
-    return jax.lax.cond(jnp.any(adjusting), adjusted, lambda logits: _choose_by_tier(logits, rows, keys), logits)
+    return jax.lax.cond(jnp.any(adjusting), adjusted, choose, logits)
 
 
 def allowed_tokens(logits: jax.Array, rows: RowSampling) -> jax.Array:
