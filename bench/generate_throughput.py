@@ -35,8 +35,11 @@ def old_engine_class(rev: str):
     """generate/engine.py's Engine at git revision `rev`, with that revision's sampling module (its `choose`
     is gone from today's), both loaded as private modules: the baseline stays measurable after its deletion."""
     def source(path: str) -> str:
-        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
-                              text=True).stdout
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode:
+            raise SystemExit(f"the engine path reads {path} at git revision {rev} and could not: "
+                             f"{shown.stderr.strip()}; run it in a git checkout, or pass --paths batcher")
+        return shown.stdout
 
     def load(name: str, text: str) -> types.ModuleType:
         module = types.ModuleType(name)

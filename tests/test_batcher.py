@@ -72,6 +72,20 @@ def test_a_seeded_request_samples_the_same_tokens_whatever_runs_beside_it(tiny):
         t.result(timeout=60)
 
 
+def test_a_seeded_generate_call_samples_the_same_tokens_whatever_the_slot_count(tiny):
+    """Evaluation's sampled decoding: each prompt of a call has its own seed, so 3 slots (prompts wait and join
+    as others finish) and 8 (all at once) give the same tokens; the first prompt samples as a request with the
+    call's seed does, and a prompt given twice gets two samples."""
+    _, _, engine, batcher = tiny
+    prompts = _prompts(5, seed=6)
+    params = SamplingParams(temperature=0.9, top_p=0.9, seed=7)
+    in_three = batcher.generate(prompts, 8, params)
+    assert engine.generate(prompts, 8, params) == in_three  # a batcher of 8 slots
+    assert batcher.submit(prompts[0], 8, params).result(timeout=60)[0] == in_three[0]
+    twice = batcher.generate([prompts[1], prompts[1]], 8, params)
+    assert twice[1] != twice[0]
+
+
 def test_cancel_frees_the_slot_and_bad_requests_are_refused(tiny):
     _, _, _, batcher = tiny
     ticket = batcher.submit(_prompts(1, seed=4)[0], 40)

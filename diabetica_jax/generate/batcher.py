@@ -366,10 +366,11 @@ class Batcher:
         padded = left_pad([t.prompt for t in tickets], self.pad_id, bucketed=True)
         rows = padded.tokens.shape[0]
         filler = rows - len(tickets)  # the rows left_pad adds to reach a power of two: they write nowhere
+        # settings and biases are stacked on the host: one transfer each with the call, not a device op per row
         sampling = [RowSampling.of(t.sampling, t.frequency_penalty, t.presence_penalty) for t in tickets]
-        sampling = jax.tree.map(lambda *row: jnp.stack(row), *sampling, *[RowSampling.of(SamplingParams())] * filler)
+        sampling = jax.tree.map(lambda *row: np.stack(row), *sampling, *[RowSampling.of(SamplingParams())] * filler)
         bias = [LogitBias.of(t.logit_bias, MAX_LOGIT_BIAS) for t in tickets] + [LogitBias.of({}, MAX_LOGIT_BIAS)] * filler
-        bias = jax.tree.map(lambda *row: jnp.stack(row), *bias)
+        bias = jax.tree.map(lambda *row: np.stack(row), *bias)
         keys = jnp.stack([jax.random.PRNGKey(t.sampling.seed) for t in tickets] + [jax.random.PRNGKey(0)] * filler)
         targets = jnp.asarray(slots + [self.num_slots] * filler, jnp.int32)  # out of range: the write is dropped
         run = self._prefill(*padded.tokens.shape, self._sampled(tickets))

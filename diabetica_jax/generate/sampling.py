@@ -59,10 +59,10 @@ class RowSampling(NamedTuple):
 
     @staticmethod
     def of(params: SamplingParams, frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> RowSampling:
-        """One row's settings (arrays of shape [])."""
-        return RowSampling(jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p),
-                           jnp.float32(params.repetition_penalty), jnp.float32(frequency_penalty),
-                           jnp.float32(presence_penalty))
+        """One row's settings (host scalars: rows are stacked before they go to the device)."""
+        return RowSampling(np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p),
+                           np.float32(params.repetition_penalty), np.float32(frequency_penalty),
+                           np.float32(presence_penalty))
 
     @staticmethod
     def neutral(rows: int) -> RowSampling:
@@ -82,11 +82,11 @@ class LogitBias(NamedTuple):
 
     @staticmethod
     def of(bias: dict[int, float] | None, width: int) -> LogitBias:
-        """One row's bias (arrays [width]) from {token id: bias}, at most `width` entries."""
+        """One row's bias (host arrays [width]) from {token id: bias}, at most `width` entries."""
         ids, values = np.zeros(width, np.int32), np.zeros(width, np.float32)
         for n, (token, value) in enumerate((bias or {}).items()):
             ids[n], values[n] = token, value
-        return LogitBias(jnp.asarray(ids), jnp.asarray(values))
+        return LogitBias(ids, values)
 
     @staticmethod
     def none(rows: int, width: int) -> LogitBias:
