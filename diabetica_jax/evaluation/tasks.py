@@ -165,8 +165,9 @@ class ModelUnderTest:
 
 def batch_sampling(params: SamplingParams, start: int) -> SamplingParams:
     """The sampling of the batch that starts at item `start`: its own seed, derived deterministically from
-    (seed, start), so that items i, i + batch_size, ... do not share the same sampling noise. Greedy
-    decoding draws no noise and is returned unchanged."""
+    (seed, start), so that items i, i + batch_size, ... do not share the same sampling noise (within the
+    batch, the batcher gives prompt j a seed of its own from this one: generate/batcher.py's prompt_seed).
+    Greedy decoding draws no noise and is returned unchanged."""
     if params.greedy:
         return params
     return dataclasses.replace(params, seed=(params.seed * 1_000_003 + start) % 2**31)
