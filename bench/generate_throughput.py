@@ -33,9 +33,10 @@ def main() -> None:
     from diabetica_jax import hf
     from diabetica_jax.generate import Engine, SamplingParams
     from diabetica_jax.model import create_model
+    from diabetica_jax.model.runtime import RuntimeConfig
 
-    cfg = hf.preset_config(args.preset, dtype=args.dtype)
-    model = create_model(cfg)
+    cfg = hf.preset_config(args.preset)
+    model = create_model(cfg, RuntimeConfig(dtype=args.dtype))
     engine = Engine(model, stop_ids=[-1], pad_id=0)  # no real token stops a row
     rng = np.random.default_rng(0)
     print(f"device {jax.devices()[0].device_kind}; {args.preset} {args.dtype}; prompt {args.prompt}, new {args.new}")

@@ -30,9 +30,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from diabetica_jax import hf
-    from diabetica_jax.cli import _parse_mesh
+    from diabetica_jax.cli.shorthands import mesh_sizes
     from diabetica_jax.generate import left_pad
     from diabetica_jax.model import forward
+    from diabetica_jax.model.runtime import RuntimeConfig
     from diabetica_jax.parallel import make_mesh
 
     tokenizer = hf.load_tokenizer(args.model)
@@ -40,8 +41,8 @@ def main() -> None:
                                                           add_generation_prompt=True), add_special_tokens=False)
            for p in PROMPTS]
     tokens, valid, positions = left_pad(ids, tokenizer.pad_token_id or 0)
-    mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
-    model, _ = hf.load(args.model, mesh=mesh, dtype=args.dtype)
+    mesh = make_mesh(mesh_sizes(args.mesh)) if args.mesh else None
+    model, _ = hf.load(args.model, mesh=mesh, runtime=RuntimeConfig(dtype=args.dtype))
     ours = np.asarray(forward(model, tokens, positions, valid.astype(np.int32), mesh=mesh))
     del model
 

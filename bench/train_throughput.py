@@ -36,8 +36,8 @@ def bench_one(preset: str, args) -> dict:
     from diabetica_jax.train.step import batch_sharding, make_train_step
 
     cfg = load_config(TrainConfig, None, [
-        f"model.preset={preset}", f"model.dtype={args.dtype}", f"model.remat={args.remat}",
-        f"model.attention={args.attention}", f"data.seq_len={args.seq}", f"data.global_batch={args.batch}",
+        f"model.preset={preset}", f"model.runtime.dtype={args.dtype}", f"model.runtime.remat={args.remat}",
+        f"model.runtime.attention={args.attention}", f"data.seq_len={args.seq}", f"data.global_batch={args.batch}",
         f"data.grad_accum={args.accum}", f"loop.loss_chunk={args.loss_chunk}", "loop.steps=1000",
         f"lora.rank={args.lora_rank}",
     ])

@@ -5,11 +5,16 @@ and impossible values are errors that name the file and the dotted key, raised b
 starts: types are checked here, values by each section's `__post_init__` (raising FieldError), and
 checks spanning sections by the parent's. Each field's `help` metadata documents it (and generates
 the config reference in docs/configuration.md); `path` metadata marks the fields holding file paths.
+
+A section that renamed a key lists it in a `RENAMED_KEYS` class variable ({old: new dotted key, relative to the
+section}): an old key in a config is an error naming the new one, and `upgrade_renamed_keys` moves the old keys
+of a file the program wrote itself (a run directory's config) to the new ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -269,6 +274,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def as_override(key: str, value: Any) -> str:
+    """The `key=value` override that sets `key` to `value` (as apply_overrides reads it back): a string as it
+    is when YAML reads it back as that string, else quoted (JSON is YAML); anything else as JSON."""
+    if isinstance(value, str):
+        try:
+            plain = parse_yaml(value) == value
+        except yaml.YAMLError:
+            plain = False
+        return f"{key}={value if plain else json.dumps(value)}"
+    return f"{key}={json.dumps(value)}"
+
+
+def field_info(cls: type, key: str) -> tuple[Any, str, Any]:
+    """(default, help, type) of the field at dotted `key` of config dataclass `cls`, for the option that sets it."""
+    *sections, name = key.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return default, f.metadata.get("help", ""), typing.get_type_hints(cls)[name]
+
+
 def config_data(cls: type, path: str | Path | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
     """The mapping that a config file (none: all defaults) and `key=value` overrides make, ready for
     build(), and the source name that errors quote.
@@ -331,6 +358,10 @@ def build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> 
         raise ConfigFileError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    renamed = _renamed_keys(cls, data, hints)
+    if renamed:
+        old, new = next(iter(renamed.items()))
+        raise ConfigFileError(f"{source}: {prefix}{old}: renamed to {prefix}{new}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigFileError(f"{source}: unknown key '{prefix}{unknown[0]}'; known keys: {sorted(fields)}")
@@ -345,6 +376,37 @@ def build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> 
         raise ConfigFileError(f"{source}: {prefix}{e.key}: {e.message}") from e
     except (TypeError, ValueError) as e:
         raise ConfigFileError(f"{source}: {prefix.rstrip('.') or 'config'}: {e}") from e
+
+
+def _renamed_keys(cls: type, data: dict[str, Any], hints: dict[str, Any]) -> dict[str, str]:
+    """The old keys of `cls` (its RENAMED_KEYS) that `data` uses, with their new names. An old key may be the name
+    of a section now (eval's `model: DIR` is `model: {path: DIR}`): it is the old one when its value is no mapping."""
+    def is_old(key: str) -> bool:
+        if key not in hints:
+            return True
+        value = data[key]
+        return dataclasses.is_dataclass(hints[key]) and value is not None and not isinstance(value, dict)
+
+    return {old: new for old, new in getattr(cls, "RENAMED_KEYS", {}).items() if old in data and is_old(old)}
+
+
+def upgrade_renamed_keys(cls: type[T], data: Any) -> Any:
+    """In place: the renamed keys of `cls` (recursively) moved to their new names, for reading a file this program
+    wrote before the rename (a training run's train_config.json). Returns `data`."""
+    if not isinstance(data, dict):
+        return data  # build() reports the wrong shape
+    hints = typing.get_type_hints(cls)
+    for old, new in _renamed_keys(cls, data, hints).items():
+        value = data.pop(old)
+        *sections, last = new.split(".")
+        node = data
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[last] = value
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and f.name in data:
+            upgrade_renamed_keys(hints[f.name], data[f.name])
+    return data
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -67,7 +67,7 @@ def test_passage_perplexity_equals_transformers_on_the_same_tokens(hf_checkpoint
     from diabetica_jax.evaluation.perplexity import passage_nll
 
     path = hf_checkpoints["qwen2_tied"]
-    model, _ = hf.load(path, dtype="float32", progress=False)
+    model, _ = hf.load(path, progress=False)
     graphdef, state = nnx.split(model)
     rng = np.random.RandomState(1)
     passages = [rng.randint(0, 512, size=n).tolist() for n in (5, 40, 2, 70)]

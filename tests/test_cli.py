@@ -70,11 +70,34 @@ def test_module_entry_point_help_imports_no_heavy_library():
 def test_parser_choices_equal_the_library_constants():
     from diabetica_jax.cli import choices
     from diabetica_jax.evaluation.config import MODES, TASKS
-    from diabetica_jax.model.config import ATTENTION_BACKENDS, COMPUTE_DTYPES, DEFAULT_RUNTIME
 
-    assert choices.COMPUTE_DTYPES == COMPUTE_DTYPES and choices.ATTENTION_BACKENDS == ATTENTION_BACKENDS
-    assert (choices.DEFAULT_DTYPE, choices.DEFAULT_ATTENTION) == (DEFAULT_RUNTIME["dtype"], DEFAULT_RUNTIME["attention"])
     assert choices.TASKS == TASKS and choices.EVAL_MODES == MODES
+
+
+def test_options_are_shorthands_of_config_keys(tmp_path):
+    from diabetica_jax.cli.commands import _config_and_overrides
+    from diabetica_jax.configuration import load_config
+    from diabetica_jax.serve import ServeConfig
+
+    args = build_parser().parse_args(["serve", "--port", "8001", "--max-tokens", "64", "--no-warmup", "--dtype",
+                                      "bfloat16", "--model", "/data/ckpt"])
+    config, overrides = _config_and_overrides(args)
+    assert config is None and "port=8001" in overrides and "limits.max_new_tokens=64" in overrides
+    by_flags = load_config(ServeConfig, config, overrides)
+    assert by_flags == load_config(ServeConfig, None, ["port=8001", "limits.max_new_tokens=64", "warmup=false",
+                                                       "model.runtime.dtype=bfloat16", "model.path=/data/ckpt"])
+    settings = tmp_path / "serve.yaml"
+    settings.write_text("port: 9000\nlimits: {slots: 2}\n")
+    args = build_parser().parse_args(["serve", str(settings), "--port", "8001"])  # the option wins over the file
+    cfg = load_config(ServeConfig, *_config_and_overrides(args))
+    assert (cfg.port, cfg.limits.slots, cfg.host) == (8001, 2, "127.0.0.1")
+
+    from diabetica_jax.cli.generate_config import GenerateConfig
+
+    args = build_parser().parse_args(["generate", "--prompt", "Q: what is HbA1c?", "--prompt", "and", "--mesh",
+                                      "fsdp=4,tensor=2", "--temperature", "0.5"])
+    cfg = load_config(GenerateConfig, *_config_and_overrides(args))
+    assert (cfg.prompts, cfg.mesh, cfg.temperature) == (["Q: what is HbA1c?", "and"], {"fsdp": 4, "tensor": 2}, 0.5)
 
 
 def test_every_option_has_help():

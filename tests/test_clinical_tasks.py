@@ -319,7 +319,7 @@ def test_wrong_keys_rejects_a_user_rubric_and_judge_failures_through_the_runner(
         return json.dumps({"clarity": 10 if "physician" in message else 3, "warmth": 11})  # 11: off the scale
 
     with FakeOpenAI(reply) as server:
-        overrides = ["model=openai:mut", f"endpoint.base_url={server.base_url}", "judge.backend=openai",
+        overrides = ["model.path=openai:mut", f"endpoint.base_url={server.base_url}", "judge.backend=openai",
                      f"judge.base_url={server.base_url}", "judge.model=judge", "judge.retries=1",
                      f"tasks=[{{task: educate, files: [{json.dumps(str(user))}]}}, "
                      f"{{task: consult, files: [{json.dumps(str(questions))}], rubric: {json.dumps(str(rubric))}}}]"]
@@ -357,7 +357,7 @@ def test_wrong_keys_rejects_a_user_rubric_and_judge_failures_through_the_runner(
 
 def test_without_a_judge_the_counts_and_rouge_remain(tmp_path):
     with FakeOpenAI(_scripted_model) as server:
-        overrides = ["model=openai:mut", f"endpoint.base_url={server.base_url}",
+        overrides = ["model.path=openai:mut", f"endpoint.base_url={server.base_url}",
                      "tasks=[{task: summarize, files: ['embedded:mini_summarize.jsonl']}, "
                      "{task: educate, files: ['embedded:mini_mcq.csv'], limit: 3}]"]
         result = evaluate(load_config(EvalConfig, None, overrides), tmp_path, progress=False)

@@ -4,6 +4,7 @@ import pytest
 
 from diabetica_jax.hf import config_from_dict, config_to_dict, list_presets, preset_config
 from diabetica_jax.model.config import ConfigError
+from diabetica_jax.model.runtime import RuntimeConfig
 
 QWEN2_4X = {  # transformers 4.x config.json form: rope_theta at top level
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536,
@@ -69,8 +70,8 @@ def test_presets_have_the_published_parameter_counts():
 
 
 def test_runtime_options_are_validated():
-    with pytest.raises(ConfigError, match="attention='flash'"):
-        preset_config("tiny", attention="flash")
+    with pytest.raises(ValueError, match="attention: 'flash' is not one of"):
+        RuntimeConfig(attention="flash")
     with pytest.raises(ConfigError, match="unknown model preset"):
         preset_config("qwen9-1t")
 

@@ -333,7 +333,7 @@ def protocol_file(tmp_path_factory):
 
 
 def _faithful_overrides(checkpoint, protocol, *extra):
-    return [f"model={checkpoint}", "mode=faithful", f"protocol={protocol}",
+    return [f"model.path={checkpoint}", "mode=faithful", f"protocol={protocol}",
             "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}, "
             "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}]", *extra]
 
@@ -383,7 +383,7 @@ def test_faithful_mode_is_greedy_when_the_checkpoint_says_so_and_modes_run_side_
 def test_an_openai_endpoint_as_the_model_under_test(tmp_path):
     with FakeOpenAI(lambda messages, model: "B") as server:
         cfg = load_config(EvalConfig, None, [
-            "model=openai:fake", f"endpoint.base_url={server.base_url}",
+            "model.path=openai:fake", f"endpoint.base_url={server.base_url}",
             "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 2}]"])
         result = evaluate(cfg, tmp_path, progress=False)
     assert result["model"] == "openai:fake" and result["tasks"]["mcq"]["n_items"] == 2
@@ -404,9 +404,9 @@ def test_a1_with_a_tiny_llama_and_an_endpoint_merge_into_one_comparison(tmp_path
     embedded_tokenizer().save_pretrained(str(llama))  # a checkpoint brings its own tokenizer
     common = ["mode=faithful", f"protocol={DIABETICA / 'protocol.json'}", f"data_dir={DIABETICA}",
               "tasks=[{task: mcq, files: [ZhiCheng_MCQ_A1.csv]}]", "batch_size=64"]
-    evaluate(load_config(EvalConfig, None, common + [f"model={llama}"]), tmp_path / "llama", progress=False)
+    evaluate(load_config(EvalConfig, None, common + [f"model.path={llama}"]), tmp_path / "llama", progress=False)
     with FakeOpenAI(lambda messages, model: "E") as server:
-        evaluate(load_config(EvalConfig, None, common + ["model=openai:fake-gpt", f"endpoint.base_url={server.base_url}"]),
+        evaluate(load_config(EvalConfig, None, common + ["model.path=openai:fake-gpt", f"endpoint.base_url={server.base_url}"]),
                  tmp_path / "api", progress=False)
     assert len([r for r in server.requests if not r.get("logprobs")]) == 235  # one answer per item
     result = write_comparison([tmp_path / "llama", tmp_path / "api"], tmp_path / "compare", DIABETICA / "protocol.json")

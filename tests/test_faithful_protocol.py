@@ -71,7 +71,7 @@ def test_faithful_mode_needs_no_protocol_file():
 
 def _endpoint_eval(tmp_path, server, *extra):
     cfg = load_config(EvalConfig, None, [
-        "mode=faithful", "model=openai:fake", f"endpoint.base_url={server.base_url}",
+        "mode=faithful", "model.path=openai:fake", f"endpoint.base_url={server.base_url}",
         "tasks=[{task: mcq, files: ['embedded:mini_mcq.csv'], limit: 4}]", *extra])
     return evaluate(cfg, tmp_path, progress=False)
 

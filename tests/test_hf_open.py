@@ -3,6 +3,7 @@ each gives the model, tokenizer and decoding that the old, separate paths gave, 
 naming it."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from diabetica_jax.configuration import ConfigFileError, InputError
 from diabetica_jax.errors import UserError
 from diabetica_jax.hf import run_directories
 from diabetica_jax.model import ConfigError, create_model, forward
+from diabetica_jax.model.runtime import RuntimeConfig
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.train.checkpoint import CheckpointError
 from diabetica_jax.train.loop import train
@@ -54,10 +56,11 @@ def test_a_checkpoint_directory_opens_as_hf_load_and_load_tokenizer_did(hf_check
 
 def test_runtime_and_mesh_options_reach_the_weights(hf_checkpoints, tokens):
     path = hf_checkpoints["qwen3"]
-    opened = hf.open(path, mesh=make_mesh({"fsdp": 4, "tensor": 2}), dtype="bfloat16", progress=False)
-    assert opened.config.dtype == "bfloat16"
+    opened = hf.open(path, mesh=make_mesh({"fsdp": 4, "tensor": 2}), runtime=RuntimeConfig(dtype="bfloat16"),
+                     progress=False)
+    assert opened.model.runtime.dtype == "bfloat16"
     assert len(opened.model.layers.mlp.up_proj.kernel[...].sharding.device_set) == 8
-    old, _ = hf.load(path, dtype="bfloat16", progress=False)
+    old, _ = hf.load(path, runtime=RuntimeConfig(dtype="bfloat16"), progress=False)
     np.testing.assert_allclose(_logits(opened.model, tokens), _logits(old, tokens), atol=2e-2)
 
 
@@ -77,6 +80,21 @@ def test_a_run_directory_opens_its_latest_or_a_given_checkpoint(run_dir, hf_chec
     assert first.step == 1
     np.testing.assert_array_equal(_logits(first.model, tokens), _logits(trained_model(run_dir, 1)[0], tokens))
     assert np.abs(_logits(first.model, tokens) - _logits(opened.model, tokens)).max() > 0
+
+
+def test_a_run_directory_written_with_the_old_keys_still_opens(run_dir, tmp_path, tokens):
+    """Runs trained before model.hf_path became model.path and the runtime fields moved into model.runtime: their
+    train_config.json is read with the new names, and their checkpoints (whose metadata did not change) restore."""
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    config = json.loads((old / "train_config.json").read_text())
+    model = config["model"]
+    model["hf_path"] = model.pop("path")
+    model.update(model.pop("runtime"))  # dtype, param_dtype, attention, remat beside the other keys
+    (old / "train_config.json").write_text(json.dumps(config))
+    opened = hf.open(old)
+    assert opened.source.path == old and opened.step == 2
+    np.testing.assert_array_equal(_logits(opened.model, tokens), _logits(hf.open(run_dir).model, tokens))
 
 
 def test_a_preset_opens_with_seeded_random_weights(tokens):

@@ -118,3 +118,41 @@ def test_mesh_shapes_resolve_or_fail_clearly():
         resolve_mesh_shape({"fsdp": 2, "tensor": 2}, 8)
     with pytest.raises(ValueError, match="unknown axis"):
         resolve_mesh_shape({"model": 8}, 8)
+
+
+def test_every_parameter_axis_is_declared_for_the_rules_check():
+    """model/axes.py lists the arrays that a `mesh.rules` table is checked against: every parameter the model
+    makes (biases, q/k norms, an untied head, LoRA on all layers) has its logical axes within one of them."""
+    from flax import nnx
+
+    from diabetica_jax.model import abstract_model, axes
+    from diabetica_jax.model.lora_config import LoRAConfig
+
+    cfg = hf.preset_config("qwen3-0.6b").replace(qkv_bias=True, tie_word_embeddings=False)
+    model = abstract_model(cfg, lora=LoRAConfig(rank=2))
+    found = {tuple(v.get_metadata()["axes"]) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)}
+    assert len(found) > 10
+    assert [a for a in found if not any(set(a) <= set(declared) for declared in axes.PARAMETERS)] == []
+
+
+def test_mesh_rules_override_a_parameter_sharding_and_training_still_matches(hf_checkpoints, tmp_path):
+    """mesh.rules replaces entries of the default table for the run: here the MLP weights stay whole on the tensor
+    axis (and the vocabulary splits over it and data); the run trains to the same losses and weights."""
+    from train_helpers import tiny_config
+
+    from diabetica_jax.train.loop import train
+    from diabetica_jax.train.run_dir import trained_model
+
+    path, mesh = hf_checkpoints["qwen2_untied"], ["mesh.fsdp=4", "mesh.tensor=2"]
+    default = train(tiny_config(path, *mesh, "loop.steps=3"), tmp_path / "default", progress=False)
+    overridden = train(tiny_config(path, *mesh, "loop.steps=3", "mesh.rules={mlp: null, vocab: [tensor, data]}"),
+                       tmp_path / "overridden", progress=False)
+    np.testing.assert_allclose([h["loss"] for h in overridden.history], [h["loss"] for h in default.history],
+                               rtol=1e-5)
+    a, _, _ = trained_model(tmp_path / "default", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    b, _, _ = trained_model(tmp_path / "overridden", mesh=make_mesh({"fsdp": 4, "tensor": 2}))
+    assert _spec(a.layers.mlp.up_proj.kernel[...]) == P(None, "fsdp", "tensor")
+    assert _spec(b.layers.mlp.up_proj.kernel[...]) == P(None, "fsdp", None)  # restored as the run laid it out
+    assert _spec(b.lm_head.kernel[...]) == P("fsdp", ("tensor", "data"))
+    np.testing.assert_allclose(np.asarray(b.layers.mlp.up_proj.kernel[...]), np.asarray(a.layers.mlp.up_proj.kernel[...]),
+                               atol=1e-6)

@@ -9,6 +9,7 @@ from flax import nnx
 from diabetica_jax import hf
 from diabetica_jax.model import create_model
 from diabetica_jax.model.attention import attend, resolve_backend, splash_attention, xla_attention
+from diabetica_jax.model.runtime import RuntimeConfig
 
 
 def test_auto_backend_is_xla_on_cpu():
@@ -41,8 +42,8 @@ def test_splash_kernel_equals_reference(with_segments):
     )
 
 
-def _loss_and_grads(cfg, tokens):
-    model = create_model(cfg, seed=0)
+def _loss_and_grads(cfg, tokens, runtime=RuntimeConfig()):
+    model = create_model(cfg, runtime, seed=0)
     graphdef, state = nnx.split(model)
 
     def loss(state):
@@ -56,7 +57,7 @@ def test_remat_policies_give_identical_gradients():
     base = hf.preset_config("tiny")
     ref_loss, ref_grads = _loss_and_grads(base, tokens)
     for policy in ("full", "save_matmuls"):
-        loss, grads = _loss_and_grads(base.replace(remat=policy), tokens)
+        loss, grads = _loss_and_grads(base, tokens, RuntimeConfig(remat=policy))
         assert loss == pytest.approx(float(ref_loss), rel=1e-6)
         for a, b in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(grads)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

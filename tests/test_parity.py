@@ -7,6 +7,7 @@ from hf_models import VARIANTS, torch_logits
 
 from diabetica_jax import hf
 from diabetica_jax.model import forward
+from diabetica_jax.model.runtime import RuntimeConfig
 
 # bf16 compute (float32 parameters, norms, softmax and logit accumulation) against the float32
 # reference: the stated tolerance is a max abs deviation of 10% of the reference logits' standard
@@ -26,8 +27,8 @@ def test_float32_logits_match_transformers(hf_checkpoints, tokens, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_bfloat16_compute_within_tolerance(hf_checkpoints, tokens, variant):
     reference = torch_logits(hf_checkpoints[variant], tokens)
-    model, cfg = hf.load(hf_checkpoints[variant], dtype="bfloat16", progress=False)
-    assert cfg.dtype == "bfloat16" and model.layers.mlp.up_proj.kernel.get_value().dtype == jnp.float32
+    model, cfg = hf.load(hf_checkpoints[variant], runtime=RuntimeConfig(dtype="bfloat16"), progress=False)
+    assert model.runtime.dtype == "bfloat16" and model.layers.mlp.up_proj.kernel.get_value().dtype == jnp.float32
     logits = np.asarray(forward(model, tokens))
     assert logits.dtype == np.float32
     assert np.abs(logits - reference).max() <= BF16_REL_TOLERANCE * reference.std()

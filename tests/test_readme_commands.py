@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from diabetica_jax.cli import build_parser
+from diabetica_jax.cli.shorthands import SHORTHAND
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -147,6 +148,13 @@ def _load(args, config: str | None) -> None:
     elif args.command == "eval":
         args.config = config
         load_config(EvalConfig, *commands.eval_config_and_overrides(args))
+    elif args.command in ("serve", "generate", "chat"):
+        from diabetica_jax.cli.generate_config import ChatConfig, GenerateConfig
+        from diabetica_jax.serve.config import ServeConfig
+
+        args.config = config
+        settings = {"serve": ServeConfig, "generate": GenerateConfig, "chat": ChatConfig}[args.command]
+        load_config(settings, *commands._config_and_overrides(args))
     elif args.command == "curate":
         args.config = config
         config, overrides = commands._config_and_overrides(args)
@@ -225,7 +233,7 @@ def test_readme_command(command, monkeypatch):
     _load(args, config)
     folders = _run_folders()
     for option in ("model", "run_dir"):  # what a command reads from a run's folders
-        path = getattr(args, option, None)
+        path = getattr(args, option, None) or vars(args).get(f"{SHORTHAND}model.path" if option == "model" else "")
         if not isinstance(path, str) or args.command == "run":
             continue
         for run_dir, written in folders.items():

@@ -102,16 +102,16 @@ def test_llama_lora_adapters_merge_into_the_export(hf_checkpoints, tokens, tmp_p
 
     from diabetica_jax.model import forward
     from diabetica_jax.model.lora import add_lora
+    from diabetica_jax.model.lora_config import LoRAConfig
 
     model, cfg = hf.load(hf_checkpoints["llama_tied_linear"], progress=False)
-    lora_cfg = cfg.replace(lora_rank=4)
-    adapted = add_lora(model, lora_cfg)
+    adapted = add_lora(model, LoRAConfig(rank=4))
     for i, (path, variable) in enumerate(nnx.iter_graph(adapted)):
         if isinstance(variable, nnx.LoRAParam) and path[-1] == "lora_b":  # B starts at zero: make it count
             variable.set_value(0.05 * jax.random.normal(jax.random.key(i), variable.shape))
     ours = np.asarray(forward(adapted, tokens))
     assert np.abs(ours - np.asarray(forward(model, tokens))).max() > 0.1
-    out = hf.save(adapted, lora_cfg, tmp_path / "merged", dtype="float32", progress=False)
+    out = hf.save(adapted, cfg, tmp_path / "merged", dtype="float32", progress=False)
     assert np.abs(torch_logits(out, tokens) - ours).max() <= 1e-4
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"

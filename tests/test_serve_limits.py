@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from diabetica_jax.cli import build_parser, main
-from diabetica_jax.serve import ServedModel, ServeLimits
+from diabetica_jax.cli import main
+from diabetica_jax.configuration import load_config
+from diabetica_jax.serve import ServeConfig, ServedModel, ServeLimits
 from diabetica_jax.serve.app import create_app
 from diabetica_jax.serve.server import BackgroundServer
 
@@ -218,7 +219,7 @@ def test_create_app_refuses_limits_that_are_not_positive(served):
 
 
 def test_the_serve_flags_set_the_limits(monkeypatch, capsys):
-    defaults = build_parser().parse_args(["serve"])
+    defaults = load_config(ServeConfig, None)
     assert (defaults.max_body_mb, defaults.body_timeout) == (8, 30)
 
     seen = {}

@@ -54,7 +54,7 @@ def test_a_stage_continues_a_lora_run_merged_or_unmerged(lora_run, tmp_path):
     np.testing.assert_allclose(np.asarray(forward(merged, TOKENS)), expected, atol=1e-5)
     np.testing.assert_allclose(np.asarray(merged.layers.self_attn.q_proj.kernel[...]),
                                np.asarray(merge_lora(previous).layers.self_attn.q_proj.kernel[...]), atol=1e-6)
-    assert merged.config.lora_rank == 2
+    assert merged.lora.rank == 2
 
     unmerged, source = _start(_config(f"model.init_from={run_dir}", "model.init_lora=unmerged", "lora.rank=4",
                                       "lora.alpha=8"))
@@ -76,8 +76,8 @@ def test_a_continued_stage_trains_checkpoints_and_restores(lora_run, tmp_path):
         result = train(_config(f"model.init_from={run_dir}", "loop.steps=2", "loop.checkpoint_every=2", *extra), out,
                        progress=False)
         assert result.final_step == 2
-        model, cfg, step = trained_model(out)  # rebuilt on top of the first run's weights
-        assert step == 2 and cfg.lora_rank == (4 if name == "unmerged" else 0)
+        model, _, step = trained_model(out)  # rebuilt on top of the first run's weights
+        assert step == 2 and model.lora.rank == (4 if name == "unmerged" else 0)
         moved = np.abs(np.asarray(forward(model, TOKENS)) - np.asarray(forward(previous, TOKENS))).max()
         assert moved > 0  # it trained on from there
 

@@ -59,8 +59,8 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
                       "mesh.tensor=2")
     result = train(cfg, tmp_path / "lora", progress=False)
     assert _losses(result)[-1] < _losses(result)[0]
-    adapted, model_cfg, step = trained_model(tmp_path / "lora")
-    assert step == 6 and model_cfg.lora_rank == 4
+    adapted, _, step = trained_model(tmp_path / "lora")
+    assert step == 6 and adapted.lora.rank == 4
     base, _ = hf.load(path, progress=False)
     # base weights untouched, adapters moved
     for name in ("layers.self_attn.q_proj.kernel", "layers.mlp.down_proj.kernel", "embed_tokens.embedding"):

@@ -22,7 +22,13 @@ from diabetica_jax.train.state import TrainState
         (["trian.steps=3"], "unknown key 'trian'"),
         (["loop.stepz=3"], "unknown key 'loop.stepz'"),
         (["loop.steps=ten"], "loop.steps: expected an integer, got 'ten'"),
-        (["model.dtype=float64"], "model.dtype: 'float64' is not one of ['float32', 'bfloat16', 'float16']"),
+        (["model.runtime.dtype=float64"],
+         "model.runtime.dtype: 'float64' is not one of ['float32', 'bfloat16', 'float16']"),
+        (["model.hf_path=/data/ckpt"], "model.hf_path: renamed to model.path"),
+        (["model.dtype=bfloat16"], "model.dtype: renamed to model.runtime.dtype"),
+        (["mesh.rules={embeding: fsdp}"], "mesh.rules.embeding: unknown logical axis"),
+        (["mesh.rules={mlp: fdsp}"], "mesh.rules.mlp: 'fdsp' is not a mesh axis"),
+        (["mesh.rules={mlp: fsdp}"], "mesh.rules.mlp: puts 'embed' and 'mlp' of one array"),
         (["loop.tensorboard=maybe"], "loop.tensorboard: expected true or false"),
         (["data.global_batch=8", "data.grad_accum=3"], "data.global_batch: 8 does not divide into grad_accum=3"),
         (["lora.targets=[q_proj, lm_head]"], "['lm_head'] are not linear layers"),
@@ -34,6 +40,22 @@ def test_bad_values_are_refused(overrides, message):
     with pytest.raises(ConfigFileError) as err:
         load_config(TrainConfig, None, overrides)
     assert message in str(err.value)
+
+
+def test_renamed_keys_name_the_new_key_and_old_files_are_upgraded():
+    from diabetica_jax.configuration import upgrade_renamed_keys
+    from diabetica_jax.evaluation.config import EvalConfig
+
+    for old, new in (("model=/data/ckpt", "model.path"), ("preset=tiny", "model.preset"),
+                     ("dtype=bfloat16", "model.runtime.dtype")):
+        with pytest.raises(ConfigFileError, match=f"overrides: {old.split('=')[0]}: renamed to {new}$"):
+            load_config(EvalConfig, None, [old])
+    assert upgrade_renamed_keys(EvalConfig, {"model": "/data/ckpt", "dtype": "bfloat16"}) == \
+        {"model": {"path": "/data/ckpt", "runtime": {"dtype": "bfloat16"}}}
+    # a run directory's train_config.json written before the rename
+    written = {"model": {"hf_path": "/data/ckpt", "remat": "full", "seed": 3}, "lora": {"rank": 4}}
+    assert upgrade_renamed_keys(TrainConfig, written) == \
+        {"model": {"path": "/data/ckpt", "runtime": {"remat": "full"}, "seed": 3}, "lora": {"rank": 4}}
 
 
 def test_yaml_file_errors_name_the_file(tmp_path):
@@ -70,9 +92,9 @@ def test_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch
     assert cfg.decontamination.benchmarks == [str((tmp_path / "bench").resolve()), "/abs/bench"]
     assert cfg.output.tokenizer == "tok"  # a command-line path stays relative to the working directory
     train = folder / "train.yaml"
-    train.write_text("model: {hf_path: ckpt}\ndata: {source: curated, path: /data/curated}\n")
+    train.write_text("model: {path: ckpt}\ndata: {source: curated, path: /data/curated}\n")
     cfg = load_config(TrainConfig, train)
-    assert (cfg.model.hf_path, cfg.data.path) == (str((folder / "ckpt").resolve()), "/data/curated")
+    assert (cfg.model.path, cfg.data.path) == (str((folder / "ckpt").resolve()), "/data/curated")
 
 
 def test_mesh_and_batch_must_fit_the_devices():
@@ -94,7 +116,7 @@ def test_cli_fails_before_any_work(tmp_path, capsys):
 
 def test_config_reference_covers_every_field():
     keys = {row[0] for row in reference(TrainConfig)}
-    assert {"model.hf_path", "lora.rank", "mesh.tensor", "data.grad_accum", "optim.lr", "loop.loss_chunk"} <= keys
+    assert {"model.path", "model.runtime.dtype", "mesh.rules", "lora.rank", "mesh.tensor", "data.grad_accum", "optim.lr", "loop.loss_chunk"} <= keys
     assert all(row[3] for row in reference(TrainConfig))  # every field documented
 
 

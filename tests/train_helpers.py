@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(hf_path: Path, *overrides: str) -> TrainConfig:
     base = [
-        f"model.hf_path={hf_path}", "model.dtype=float32", "model.remat=none",
+        f"model.path={hf_path}", "model.runtime.dtype=float32", "model.runtime.remat=none",
         "data.seq_len=32", "data.global_batch=8", "optim.lr=1e-2", "optim.warmup_steps=1",
         "loop.steps=6", "loop.checkpoint_every=3", "loop.loss_chunk=16", "loop.tensorboard=false",
         "loop.async_checkpoint=false",
@@ -36,7 +36,7 @@ def write_config(hf_path: Path, path: Path, **sections) -> Path:
     import yaml
 
     config = {
-        "model": {"hf_path": str(hf_path), "dtype": "float32", "remat": "none"},
+        "model": {"path": str(hf_path), "runtime": {"dtype": "float32", "remat": "none"}},
         "data": {"seq_len": 32, "global_batch": 8},
         "optim": {"lr": 1e-2, "warmup_steps": 1},
         "loop": {"steps": 6, "checkpoint_every": 3, "loss_chunk": 16, "tensorboard": False},
@@ -115,7 +115,7 @@ def curated_training(tmp_path: Path, *overrides: str) -> list[str]:
     from diabetica_jax.curate.pipeline import curate
 
     curate(load_curate_config(None), tmp_path / "curated", progress=False)
-    return ["model.preset=tiny", "model.dtype=float32", "model.remat=none", "data.source=curated",
+    return ["model.preset=tiny", "model.runtime.dtype=float32", "model.runtime.remat=none", "data.source=curated",
             f"data.path={tmp_path / 'curated'}", "mesh.fsdp=2", "loop.tensorboard=false",
             "loop.async_checkpoint=false", *overrides]
 

@@ -8,11 +8,14 @@ import os
 import sys
 import traceback
 
-from diabetica_jax.cli import choices
-
 # Only light imports here: `commands` (JAX, Transformers, Orbax: seconds to load) is imported once the
-# arguments parsed, so that `--help` and usage errors answer at once.
+# arguments parsed, so that `--help` and usage errors answer at once. The settings of generate, chat and serve
+# load no JAX either: their options show the settings' defaults.
+from diabetica_jax.cli import choices
+from diabetica_jax.cli.generate_config import ChatConfig, GenerateConfig
+from diabetica_jax.cli.shorthands import mesh_sizes, shorthand, shorthands
 from diabetica_jax.errors import RunFailure, UserError
+from diabetica_jax.serve.config import ServeConfig
 
 DEBUG_ENV = "DIABETICA_JAX_DEBUG"
 
@@ -28,22 +31,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hugging Face checkpoint directory (config.json + safetensors) or training run "
-                                   "directory (its latest checkpoint)")
-    p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
-    p.add_argument("--seed", type=int, default=0, help="random init seed for --preset, and the sampling seed")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens; 0: all")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the likeliest tokens up to this mass")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="penalise the tokens already in the text; 1: off")
-    p.add_argument("--dtype", default=choices.DEFAULT_DTYPE, choices=choices.COMPUTE_DTYPES, help="compute dtype")
-    p.add_argument("--attention", default=choices.DEFAULT_ATTENTION, choices=choices.ATTENTION_BACKENDS,
-                   help="attention kernel; auto: the fastest this device has")
-    p.add_argument("--mesh", help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one device)")
-    p.add_argument("--allow-pickle", action="store_true", help="accept a PyTorch pickle checkpoint (trusted only)")
+def _decode_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """generate's and chat's options: the keys of their DecodeConfig."""
+    _config_args(p, "settings file (YAML; default: all defaults)", "temperature=0.7 model.runtime.dtype=bfloat16",
+                 optional=True)
+    shorthand(p, "--model", cls, "model.path")
+    shorthands(p, cls, "model.preset", "seed", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+                "model.runtime.dtype", "model.runtime.attention")
+    shorthand(p, "--mesh", cls, "mesh", type=mesh_sizes, help="mesh sizes, e.g. fsdp=4,tensor=2 (default: one "
+                                                                "device)")
+    shorthands(p, cls, "allow_pickle")
 
 
 def _config_args(p: argparse.ArgumentParser, what: str, example: str, optional: bool = False) -> None:
@@ -70,14 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
 
     p = command("generate", "generate text from a checkpoint or the embedded default model")
-    _model_flags(p)
-    p.add_argument("--prompt", action="append", help="prompt text (repeatable); a diabetes question by default")
-    p.add_argument("--raw", action="store_true", help="do not wrap prompts in the chat template")
+    _decode_flags(p, GenerateConfig)
+    shorthand(p, "--prompt", GenerateConfig, "prompts", help="prompt text (repeatable); a diabetes question by default")
+    shorthands(p, GenerateConfig, "raw")
 
     p = command("chat", "interactive multi-turn chat with streamed tokens (/help in the chat lists its commands)")
-    _model_flags(p)
-    p.add_argument("--system", help="system prompt")
-    p.set_defaults(max_new_tokens=512)
+    _decode_flags(p, ChatConfig)
+    shorthands(p, ChatConfig, "system")
 
     p = command("train", "fine-tune (full or LoRA) from a training config (configs/train/)")
     _config_args(p, "training config, e.g. configs/train/tiny.yaml", "loop.steps=100 mesh.tensor=2")
@@ -124,23 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_dir_flags(p, "one folder per stage goes here (data, train-STAGE, eval, hf); rerun to resume")
 
     p = command("serve", "an OpenAI-compatible API (continuous batching) and the clinic web page")
-    p.add_argument("--model", help="Hugging Face checkpoint directory or training run directory "
-                                   "(default: --preset with random weights, a smoke test)")
-    p.add_argument("--preset", default="tiny", help="model preset with random weights when --model is not given")
-    p.add_argument("--name", help="model name clients ask for (default: the directory's name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1: this machine only, 0.0.0.0: every interface")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
-    p.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="compute dtype (default: float32)")
+    _config_args(p, "server settings file (YAML; default: all defaults)", "port=8001 limits.slots=16", optional=True)
+    shorthand(p, "--model", ServeConfig, "model.path")
+    shorthands(p, ServeConfig, "model.preset", "name", "host", "port", "api_key_env", "model.runtime.dtype")
     group = p.add_argument_group("limits")
-    group.add_argument("--slots", type=int, default=8, help="requests decoded together")
-    group.add_argument("--max-prompt-tokens", type=int, default=1024, help="longest prompt accepted, in tokens")
-    group.add_argument("--max-tokens", type=int, default=512, help="most new tokens one request may ask for")
-    group.add_argument("--max-waiting", type=int, default=64, help="requests queued for a slot before 429s")
-    group.add_argument("--max-body-mb", type=float, default=8, help="largest request body, in MiB; larger gets 413")
-    group.add_argument("--body-timeout", type=float, default=30,
-                       help="seconds a request's body may take to arrive; slower gets 408")
-    p.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")
+    shorthands(group, ServeConfig, "limits.slots", "limits.max_prompt_tokens")
+    shorthand(group, "--max-tokens", ServeConfig, "limits.max_new_tokens")  # the API's name for it
+    shorthands(group, ServeConfig, "limits.max_waiting", "max_body_mb", "body_timeout")
+    shorthand(p, "--no-warmup", ServeConfig, "warmup", help="compile on the first requests instead of at start")
 
     p = command("export", "write a training run's checkpoint as a Hugging Face checkpoint")
     p.add_argument("--run-dir", required=True, help="the training run directory (of `train`, or run's train-STAGE)")

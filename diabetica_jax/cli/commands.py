@@ -10,6 +10,8 @@ from jax.sharding import Mesh
 
 from diabetica_jax import hf
 from diabetica_jax.cli.choices import CONFIG_KINDS  # noqa: F401 (the parser's --kind choices)
+from diabetica_jax.cli.generate_config import ChatConfig, DecodeConfig, GenerateConfig
+from diabetica_jax.cli.shorthands import shorthand_overrides
 from diabetica_jax.configuration import ConfigFileError, InputError, load_config, shown
 from diabetica_jax.curate.config import load_curate_config
 from diabetica_jax.curate.pipeline import curate as run_curation
@@ -23,10 +25,10 @@ from diabetica_jax.parallel.distributed import initialize
 from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
 from diabetica_jax.pipeline.config import load_run_config
 from diabetica_jax.pipeline.run import run as run_pipeline
-from diabetica_jax.serve import ServedModel, ServeLimits
+from diabetica_jax.serve import ServeConfig, ServedModel
 from diabetica_jax.serve import app as serve_app
 from diabetica_jax.serve import server as serve_server
-from diabetica_jax.serve.limits import MIB, BodyLimits
+from diabetica_jax.serve.limits import BodyLimits
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.loop import train as run_training
 from diabetica_jax.train.run_dir import export_run
@@ -37,57 +39,44 @@ DEFAULT_PROMPT = "What is the HbA1c target for most non-pregnant adults with typ
 _KIND_OF_FOLDER = {"recipes": "recipe", "train": "train"}
 
 
-def _parse_mesh(text: str | None) -> dict[str, int] | None:
-    if not text:
-        return None
-    sizes = {}
-    for part in text.split(","):
-        axis, _, size = part.partition("=")
-        try:
-            sizes[axis.strip()] = int(size)
-        except ValueError:
-            raise ConfigFileError(f"--mesh: expected AXIS=SIZE[,AXIS=SIZE], got {text!r}") from None
-    return sizes
+def _source(cfg: DecodeConfig) -> hf.ModelSource:
+    """model.path (a checkpoint or training run directory) or model.preset (random weights), read and checked up
+    to its weights: its tokenizer comes first, so that prompts are checked before the model loads."""
+    return hf.find(cfg.model.path, preset=cfg.model.preset)
 
 
-def _source(args) -> hf.ModelSource:
-    """--model (a checkpoint or training run directory) or --preset (random weights), read and checked up to its
-    weights: its tokenizer comes first, so that prompts are checked before the model loads."""
-    return hf.find(args.model, preset=args.preset)
-
-
-def _load(source: hf.ModelSource, args) -> tuple[hf.OpenedModel, Mesh | None]:
-    """The model of `source`, and the mesh it is placed on (--mesh; default: one device)."""
-    mesh = make_mesh(_parse_mesh(args.mesh)) if args.mesh else None
-    opened = source.load(mesh=mesh, seed=args.seed, allow_pickle=args.allow_pickle, dtype=args.dtype,
-                         attention=args.attention)
+def _load(source: hf.ModelSource, cfg: DecodeConfig) -> tuple[hf.OpenedModel, Mesh | None]:
+    """The model of `source`, and the mesh it is placed on (`mesh`; default: one device)."""
+    mesh = make_mesh(cfg.mesh) if cfg.mesh else None
+    opened = source.load(mesh=mesh, seed=cfg.seed, allow_pickle=cfg.allow_pickle, runtime=cfg.model.runtime)
     return opened, mesh
 
 
-def _sampling(args) -> SamplingParams:
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+def _sampling(cfg: DecodeConfig) -> SamplingParams:
+    return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                          repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
 
 
 def generate(args) -> int:
-    source = _source(args)
+    cfg = load_config(GenerateConfig, *_config_and_overrides(args))
+    source = _source(cfg)
     tokenizer = source.tokenizer
-    prompts = args.prompt or [DEFAULT_PROMPT]
-    if args.raw:
+    prompts = cfg.prompts or [DEFAULT_PROMPT]
+    if cfg.raw:
         ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     else:
         ids = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     for prompt, prompt_ids in zip(prompts, ids):
         if not prompt_ids:  # the engine needs a token to start from; say which prompt and tokenizer gave none
-            tokenizer_name = f"the tokenizer of {args.model}" if args.model else "the embedded Qwen2 tokenizer"
+            tokenizer_name = f"the tokenizer of {cfg.model.path}" if cfg.model.path else "the embedded Qwen2 tokenizer"
             why = ("it is empty" if not prompt else
                    "its vocabulary matches none of the text: check the checkpoint's tokenizer files")
             raise InputError(f"--prompt {shown(prompt)}: {tokenizer_name} turns it into no token ids ({why}); "
                              "there is nothing to generate from")
-    opened, mesh = _load(source, args)
-    outputs = engine_for(opened.model, tokenizer, mesh).generate(ids, args.max_new_tokens, _sampling(args))
-    origin = args.model or f"preset {args.preset} (random weights, seed {args.seed})"
-    print(f"# model: {origin}; {opened.config.num_params() / 1e6:.1f}M parameters; {args.max_new_tokens} new "
+    opened, mesh = _load(source, cfg)
+    outputs = engine_for(opened.model, tokenizer, mesh).generate(ids, cfg.max_new_tokens, _sampling(cfg))
+    origin = cfg.model.path or f"preset {cfg.model.preset} (random weights, seed {cfg.seed})"
+    print(f"# model: {origin}; {opened.config.num_params() / 1e6:.1f}M parameters; {cfg.max_new_tokens} new "
           "tokens max")
     for prompt, out in zip(prompts, outputs):
         print(f"\n>>> {prompt}\n{tokenizer.decode(out, skip_special_tokens=True)}")
@@ -95,9 +84,10 @@ def generate(args) -> int:
 
 
 def chat(args) -> int:
-    opened, mesh = _load(_source(args), args)
-    repl(engine_for(opened.model, opened.tokenizer, mesh), opened.tokenizer, _sampling(args), args.max_new_tokens,
-         args.system)
+    cfg = load_config(ChatConfig, *_config_and_overrides(args))
+    opened, mesh = _load(_source(cfg), cfg)
+    repl(engine_for(opened.model, opened.tokenizer, mesh), opened.tokenizer, _sampling(cfg), cfg.max_new_tokens,
+         cfg.system)
     return 0
 
 
@@ -151,11 +141,12 @@ def export(args) -> int:
 
 
 def _config_and_overrides(args) -> tuple[str | None, list[str]]:
-    """`curate key=value --out DIR` (no config file): the first override lands in the config slot."""
+    """The config file and the overrides: those written out, then those of the shorthand options (--port 8001:
+    port=8001). `curate key=value --out DIR` (no config file): the first override lands in the config slot."""
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not Path(config).is_file():
         config, overrides = None, [config] + overrides
-    return config, overrides
+    return config, overrides + shorthand_overrides(args)
 
 
 def curate(args) -> int:
@@ -171,9 +162,9 @@ def curate(args) -> int:
 
 
 def eval_config_and_overrides(args) -> tuple[str | None, list[str]]:
-    """The eval config file and the overrides its options make (--model: model=..., ...), for load_config."""
+    """The eval config file and the overrides its options make (--model: model.path=..., ...), for load_config."""
     config, overrides = _config_and_overrides(args)
-    for key, value in (("model", args.model), ("mode", args.mode), ("endpoint.base_url", args.endpoint),
+    for key, value in (("model.path", args.model), ("mode", args.mode), ("endpoint.base_url", args.endpoint),
                        ("endpoint.api_key_env", args.api_key_env), ("seeds", args.seeds)):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -214,24 +205,24 @@ def run(args) -> int:
 
 
 def serve(args) -> int:
+    cfg = load_config(ServeConfig, *_config_and_overrides(args))  # the limits are checked here
     try:
-        limits = ServeLimits(slots=args.slots, max_prompt_tokens=args.max_prompt_tokens,
-                             max_new_tokens=args.max_tokens, max_waiting=args.max_waiting)
-        body_limits = BodyLimits(max_body_bytes=round(args.max_body_mb * MIB), body_timeout=args.body_timeout)
+        body_limits = BodyLimits(max_body_bytes=cfg.max_body_bytes, body_timeout=cfg.body_timeout)
     except ValueError as e:
         raise ConfigFileError(f"serve: {e}") from None
-    served = ServedModel.load(args.model or "", preset=args.preset, dtype=args.dtype, name=args.name, limits=limits,
-                              warmup=not args.no_warmup)
+    limits = cfg.limits
+    served = ServedModel.load(cfg.model.path or "", preset=cfg.model.preset, runtime=cfg.model.runtime,
+                              name=cfg.name, limits=limits, warmup=cfg.warmup)
     try:
-        app = serve_app.create_app(served, api_key_env=args.api_key_env, max_body_bytes=body_limits.max_body_bytes,
+        app = serve_app.create_app(served, api_key_env=cfg.api_key_env, max_body_bytes=body_limits.max_body_bytes,
                                    body_timeout=body_limits.body_timeout)
     except ValueError as e:
         raise ConfigFileError(f"--api-key-env: {e}") from None
-    print(f"# serving {served.name!r} on http://{args.host}:{args.port} (web page at /, API at /v1); "
+    print(f"# serving {served.name!r} on http://{cfg.host}:{cfg.port} (web page at /, API at /v1); "
           f"{limits.slots} slots, prompts up to {limits.max_prompt_tokens} tokens, replies up to "
           f"{limits.max_new_tokens}", flush=True)
     try:
-        serve_server.run(app, args.host, args.port)
+        serve_server.run(app, cfg.host, cfg.port)
     finally:
         served.close()
     return 0

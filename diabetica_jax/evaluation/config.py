@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from diabetica_jax.configuration import FieldError, field, require_positive, shown
 from diabetica_jax.evaluation.task_names import CLINICAL_TASKS, MODES, PAPER_TASKS, TASKS, TEXT_TASKS  # noqa: F401 (re-exported)
 from diabetica_jax.llm.config import BackendSection
-from diabetica_jax.model.config import COMPUTE_DTYPES, DEFAULT_RUNTIME
+from diabetica_jax.model.choice import ModelChoice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +31,16 @@ MINI_SUITE = [TaskSection("mcq", ["embedded:mini_mcq.csv"]), TaskSection("cloze"
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalModelSection(ModelChoice):
+    path: str | None = field(None, "Hugging Face checkpoint directory to evaluate, or openai:NAME (an "
+                             "OpenAI-compatible endpoint as the model under test: see endpoint)",
+                             path=lambda d: not str(d.get("path") or "").startswith("openai:"))
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    model: str | None = field(None, "Hugging Face checkpoint directory to evaluate, or openai:NAME (an "
-                              "OpenAI-compatible endpoint as the model under test: see endpoint)",
-                              path=lambda d: not str(d.get("model") or "").startswith("openai:"))
-    preset: str = field("tiny", "model preset with random weights when no model is given")
+    model: EvalModelSection = field(EvalModelSection(), "the model under test (default: the tiny preset, random "
+                                    "weights)")
     name: str | None = field(None, "name of this run in reports (default: the model directory's name)")
     mode: Literal[MODES] = field("own", "own prompts, greedy decoding and rules, or the protocol file's and "
                                  "the checkpoint's generation_config.json decoding (faithful)")
@@ -58,8 +63,11 @@ class EvalConfig:
     judge_max_tokens: int = field(1024, "own mode: the judge's max_tokens (faithful: the protocol's)")
     judge_temperature: float = field(0.0, "own mode: the judge's temperature (faithful: the protocol's)")
     batch_size: int = field(16, "prompts generated together")
-    dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["dtype"], "compute dtype")
     bertscore_model: str | None = field(None, "local BERT model directory for BERTScore (cloze)", path=True)
+
+    # the keys of the model under test before the `model:` section (see configuration.RENAMED_KEYS)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"model": "model.path", "preset": "model.preset",
+                                              "dtype": "model.runtime.dtype"}
 
     def __post_init__(self):
         if not self.tasks:
@@ -94,4 +102,4 @@ class EvalConfig:
     @property
     def remote(self) -> bool:
         """The model under test is an OpenAI-compatible endpoint (model: openai:NAME)."""
-        return bool(self.model) and self.model.startswith("openai:")
+        return bool(self.model.path) and self.model.path.startswith("openai:")

@@ -164,21 +164,21 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
         from diabetica_jax.evaluation.remote import RemoteModel
 
         def remote(cache: Path):
-            return RemoteModel(cfg.model, cfg.endpoint.base_url, cfg.endpoint.api_key_env, cache,
+            return RemoteModel(cfg.model.path, cfg.endpoint.base_url, cfg.endpoint.api_key_env, cache,
                                concurrency=cfg.endpoint.concurrency, timeout=cfg.endpoint.timeout,
                                retries=cfg.endpoint.retries)
 
-        name = cfg.name or cfg.model
+        name = cfg.name or cfg.model.path
         models = lambda mode_out, mode, seed: remote(  # noqa: E731
             mode_out / "cache" / "model" / (f"seed-{seed}" if mode == "faithful" else "greedy"))
     else:
         if model is None:
-            opened = hf.open(cfg.model, preset=cfg.preset, generation_config=cfg.generation_config, dtype=cfg.dtype,
-                             progress=progress)
+            opened = hf.open(cfg.model.path, preset=cfg.model.preset, generation_config=cfg.generation_config,
+                             runtime=cfg.model.runtime, progress=progress)
             model, tokenizer, decoding = opened.model, opened.tokenizer, opened.generation_config
         else:  # the caller's model (the pipeline's, before and after training) decodes as the config says
-            decoding = hf.read_generation_config(cfg.generation_config or cfg.model)
-        name = cfg.name or (Path(cfg.model).name if cfg.model else f"{cfg.preset} (random)")
+            decoding = hf.read_generation_config(cfg.generation_config or cfg.model.path)
+        name = cfg.name or (Path(cfg.model.path).name if cfg.model.path else f"{cfg.model.preset} (random)")
         mut = task_lib.ModelUnderTest(model, tokenizer, name, batch_size=cfg.batch_size, progress=progress,
                                       decoding=decoding)
         models = lambda mode_out, mode, seed: mut  # noqa: E731

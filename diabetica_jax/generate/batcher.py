@@ -157,7 +157,7 @@ class Batcher:
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.max_len = bucket(max_prompt_tokens) + max_new_tokens
         self.max_waiting, self.prefills_per_step = max_waiting, prefills_per_step
-        self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
+        self.cache_dtype = jnp.dtype(cache_dtype or model.runtime.dtype)
         self.mesh = mesh
         self.compilations = 0  # programs traced (decode step, slot release, one prefill per prompt bucket)
         self.steps = 0  # decode steps run

@@ -55,7 +55,7 @@ class Engine:
         self.stop_ids = np.asarray(sorted(set(stop_ids)), dtype=np.int32)
         self.pad_id = pad_id
         self.mesh = mesh
-        self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
+        self.cache_dtype = jnp.dtype(cache_dtype or model.runtime.dtype)
         self.compilations = 0  # programs traced so far (one per shape bucket and sampling setting)
         # Compiled programs cached per engine (an lru_cache on the method would keep every engine alive).
         self._program = functools.lru_cache(maxsize=64)(self._build_program)

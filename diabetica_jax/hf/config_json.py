@@ -40,9 +40,8 @@ MAX_PARAMS = 2**41  # 2.2 trillion parameters: four times the largest dense mode
 MAX_RMS_NORM_EPS = 0.1  # added to a mean square of activations ~1: past this it is no longer a small guard
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config.json", **runtime: Any) -> QwenConfig:
-    """The model config a config.json object describes (`source` names it in errors); `runtime`: dtype,
-    param_dtype, attention, remat, which no config.json holds."""
+def config_from_dict(raw: dict[str, Any], source: str = "config.json") -> QwenConfig:
+    """The model config a config.json object describes (`source` names it in errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object of settings at the top level, got "
                           f"{type(raw).__name__} {shown(raw)}")
@@ -136,7 +135,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "config.json", **runtime
         bos_token_id=token_ids(raw, "bos_token_id", source, several=False),
         eos_token_id=token_ids(raw, "eos_token_id", source, several=True),
         source_dtype=_source_dtype(raw),
-        **runtime,
     )
     if cfg.num_params() > MAX_PARAMS:
         raise ConfigError(f"{source}: hidden_size, intermediate_size, num_hidden_layers and vocab_size make "
@@ -181,7 +179,7 @@ def config_to_dict(cfg: QwenConfig, torch_dtype: str = "float32") -> dict[str, A
     return out
 
 
-def config_from_file(path: str | Path, **runtime: Any) -> QwenConfig:
+def config_from_file(path: str | Path) -> QwenConfig:
     """The model config of a config.json file; every problem with the file is a ConfigError naming it."""
     path = Path(path)
     text = read_text_file(path, "file", ConfigError)
@@ -193,7 +191,7 @@ def config_from_file(path: str | Path, **runtime: Any) -> QwenConfig:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     except RecursionError as e:  # json's decoder recurses once per level of [[[[...]]]]
         raise ConfigError(f"{path}: nested too deeply to be a config.json") from e
-    return config_from_dict(raw, source=str(path), **runtime)
+    return config_from_dict(raw, source=str(path))
 
 
 def _source_dtype(raw: dict[str, Any]) -> str:

@@ -87,8 +87,8 @@ def save(
         path.mkdir(parents=True, exist_ok=True)
         _unfinish(path)
 
-    if config.lora_rank:  # HF checkpoints hold plain weights: fold the adapters in
-        model, config = merge_lora(model), config.without_lora()
+    if model.lora.rank:  # HF checkpoints hold plain weights: fold the adapters in
+        model = merge_lora(model)
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     bar = tqdm(total=sum(1 for _ in hf_names(config)), desc="exporting", unit="tensor", disable=not progress or not writer)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +24,10 @@ from diabetica_jax.hf.config_json import config_from_file
 from diabetica_jax.hf.errors import HFCheckpointError
 from diabetica_jax.hf.safetensors_io import SafetensorsFile
 from diabetica_jax.hf.weight_map import TIED_DUPLICATE, WeightEntry, hf_names
-from diabetica_jax.model.config import DEFAULT_RUNTIME, ConfigError, QwenConfig
+from diabetica_jax.model.config import ConfigError, QwenConfig
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.model.qwen import Qwen
+from diabetica_jax.model.runtime import RuntimeConfig
 from diabetica_jax.parallel.rules import variable_spec
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,12 @@ class _PickleSource:
         self.tensors.clear()
 
 
-def read_config(path: str | Path, **runtime: Any) -> QwenConfig:
+def read_config(path: str | Path) -> QwenConfig:
     path = Path(path)
     if not path.is_dir():
         raise HFCheckpointError(f"{path}: checkpoint directory not found")
     try:
-        return config_from_file(path / "config.json", **runtime)
+        return config_from_file(path / "config.json")
     except ConfigError as e:
         raise HFCheckpointError(str(e)) from e
 
@@ -167,23 +167,20 @@ def _variable_at(state, path):
 def load(
     path: str | Path,
     mesh: Mesh | None = None,
-    dtype: str = DEFAULT_RUNTIME["dtype"],
-    param_dtype: str = DEFAULT_RUNTIME["param_dtype"],
-    attention: str = DEFAULT_RUNTIME["attention"],
-    remat: str = DEFAULT_RUNTIME["remat"],
+    runtime: RuntimeConfig = RuntimeConfig(),
     allow_pickle: bool = False,
     progress: bool = True,
 ) -> tuple[Qwen, QwenConfig]:
     """Model and config from an HF checkpoint directory (config.json + safetensors).
 
-    `dtype` is the compute dtype; parameters are stored in `param_dtype` (float32 by default,
-    whatever the checkpoint's dtype). With `mesh`, every parameter lands in the sharding the rules
+    The model computes as `runtime` says; its parameters are stored in `runtime.param_dtype` (float32 by
+    default, whatever the checkpoint's dtype). With `mesh`, every parameter lands in the sharding the rules
     give it; without, on the default device.
     """
     path = Path(path)
-    cfg = read_config(path, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat)
+    cfg = read_config(path)
     source = _open_weights(path, allow_pickle)
-    graphdef, abstract_state = nnx.split(abstract_model(cfg))
+    graphdef, abstract_state = nnx.split(abstract_model(cfg, runtime))
     try:
         _validate(path, cfg, source, abstract_state)
         values = _materialise(cfg, source, abstract_state, mesh, progress)

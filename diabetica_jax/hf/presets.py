@@ -4,7 +4,6 @@ config.json's form, so they are read through the same checks as a checkpoint's c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -14,12 +13,12 @@ from diabetica_jax.model.config import ConfigError, QwenConfig
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
-def preset_config(name: str, **runtime: Any) -> QwenConfig:
-    """The model config of preset `name`; `runtime` as config_from_dict takes it."""
+def preset_config(name: str) -> QwenConfig:
+    """The model config (architecture) of preset `name`."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown model preset {name!r}; known: {list_presets()}")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path), **runtime)
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
 
 
 def list_presets() -> list[str]:

@@ -2,7 +2,7 @@
 
 A run directory is train/'s format: RUN/train_config.json (written when training starts) and RUN/checkpoints/
 (Orbax steps of the whole train state: the trainable weights, the optimizer moments, the RNG). Restoring a step
-means rebuilding that state's layout from the train config: the model (from the run's hf_path, its preset, or an
+means rebuilding that state's layout from the train config: the model (from the run's model.path, its preset, or an
 earlier run's checkpoint: init_from), the LoRA split and the optimizer. Moving that read side below hf/ would move
 the train config, the optimizer and the checkpoint manager with it: a second train package under the first. So
 hf/ keeps only the marker file and the shape of a reader, and train/run_dir.py registers its reader when it is
@@ -28,8 +28,8 @@ RUN_CONFIG_FILE = "train_config.json"  # the file that makes a folder a run dire
 class RunBase(NamedTuple):
     """What a run started from, which its tokenizer and default decoding come from."""
 
-    hf_path: str | None  # the Hugging Face checkpoint (its tokenizer, its generation_config.json); None: a preset
-    preset: str | None  # the preset of a run that had no hf_path
+    path: str | None  # the Hugging Face checkpoint, model.path (its tokenizer, generation_config.json); None: a preset
+    preset: str | None  # the preset of a run that had no model.path
 
 
 class RunReader(NamedTuple):

@@ -25,6 +25,7 @@ from diabetica_jax.hf.tokenizer import load_tokenizer
 from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.factory import create_model
 from diabetica_jax.model.qwen import Qwen
+from diabetica_jax.model.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -47,7 +48,7 @@ class OpenedModel(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
     """A model found and checked up to its weights. `preset`: for PRESET the shape of the random weights, for RUN
-    the preset the run started from (None when it started from a checkpoint: its hf_path)."""
+    the preset the run started from (None when it started from a checkpoint: its model.path)."""
 
     kind: str  # CHECKPOINT, RUN or PRESET
     path: Path | None  # the checkpoint or run directory; None for a preset
@@ -62,19 +63,18 @@ class ModelSource:
         return read_generation_config(self.decoding_from)
 
     def load(self, *, mesh: Mesh | None = None, seed: int = 0, allow_pickle: bool = False, progress: bool = True,
-             **runtime: str | None) -> OpenedModel:
+             runtime: RuntimeConfig = RuntimeConfig()) -> OpenedModel:
         """The weights, placed by the sharding rules on `mesh` (None: one device; a run: all local devices).
-        `runtime` (dtype, param_dtype, attention, remat; None: the default) sets how a checkpoint or preset
-        computes; a run computes as it was trained (its train config says). `seed`: a preset's random weights."""
-        runtime = {key: value for key, value in runtime.items() if value is not None}
+        `runtime` sets how a checkpoint or preset computes; a run computes as it was trained (its train config
+        says). `seed`: a preset's random weights."""
         step = None
         if self.kind == CHECKPOINT:
-            model, config = load(self.path, mesh=mesh, allow_pickle=allow_pickle, progress=progress, **runtime)
+            model, config = load(self.path, mesh=mesh, runtime=runtime, allow_pickle=allow_pickle, progress=progress)
         elif self.kind == RUN:
             model, config, step = run_reader(self.path).restore(self.path, self.step, mesh)
         else:
-            config = preset_config(self.preset, **runtime)
-            model = create_model(config, mesh=mesh, seed=seed)
+            config = preset_config(self.preset)
+            model = create_model(config, runtime, mesh=mesh, seed=seed)
         return OpenedModel(model, config, self.tokenizer, self, step)
 
 
@@ -93,7 +93,7 @@ def find(source: str | Path | None = None, *, preset: str | None = None, step: i
     path = Path(source)
     if is_run_directory(path):
         base = run_reader(path).base(path)
-        return ModelSource(RUN, path, base.preset, load_tokenizer(base.hf_path), generation_config or base.hf_path,
+        return ModelSource(RUN, path, base.preset, load_tokenizer(base.path), generation_config or base.path,
                            step)
     if not path.is_dir():
         raise HFCheckpointError(f"{path}: checkpoint directory not found (a Hugging Face checkpoint directory or "

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from diabetica_jax.model.config import ATTENTION_BACKENDS
+from diabetica_jax.model.runtime import ATTENTION_BACKENDS
 from diabetica_jax.parallel.rules import active_rules
 
 # The concrete backends; "auto" picks one of them per platform.

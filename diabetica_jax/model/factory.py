@@ -10,21 +10,24 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from diabetica_jax.model.config import QwenConfig
+from diabetica_jax.model.lora_config import NO_LORA, LoRAConfig
 from diabetica_jax.model.qwen import Qwen
+from diabetica_jax.model.runtime import RuntimeConfig
 from diabetica_jax.parallel.rules import param_shardings
 
 
-def abstract_model(cfg: QwenConfig) -> Qwen:
+def abstract_model(cfg: QwenConfig, runtime: RuntimeConfig = RuntimeConfig(), lora: LoRAConfig = NO_LORA) -> Qwen:
     """The model with ShapeDtypeStructs for parameters: no memory, no compute."""
-    return nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: Qwen(cfg, runtime, lora, rngs=nnx.Rngs(0)))
 
 
-def create_model(cfg: QwenConfig, mesh: Mesh | None = None, seed: int = 0) -> Qwen:
+def create_model(cfg: QwenConfig, runtime: RuntimeConfig = RuntimeConfig(), lora: LoRAConfig = NO_LORA, *,
+                 mesh: Mesh | None = None, seed: int = 0) -> Qwen:
     """Randomly initialised model whose parameters are created directly in their final shardings."""
-    graphdef, abstract_state = nnx.split(abstract_model(cfg))
+    graphdef, abstract_state = nnx.split(abstract_model(cfg, runtime, lora))
 
     def init():
-        return nnx.split(Qwen(cfg, rngs=nnx.Rngs(seed)))[1]
+        return nnx.split(Qwen(cfg, runtime, lora, rngs=nnx.Rngs(seed)))[1]
 
     out_shardings = param_shardings(abstract_state, mesh) if mesh is not None else None
     state = jax.jit(init, out_shardings=out_shardings)()

@@ -16,16 +16,11 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from diabetica_jax.model.lora_config import LoRAConfig
+
 
 def _normal(rngs: nnx.Rngs, shape: Sequence[int], std: float, dtype) -> jax.Array:
     return (std * jax.random.normal(rngs.params(), tuple(shape), jnp.float32)).astype(dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRASpec:
-    rank: int
-    alpha: float
-    dropout: float = 0.0
 
 
 class Linear(nnx.Module):
@@ -46,7 +41,7 @@ class Linear(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         name: str | None = None,
-        lora: "LoRASpec | None" = None,
+        lora: LoRAConfig | None = None,
         rngs: nnx.Rngs,
     ):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
@@ -62,7 +57,7 @@ class Linear(nnx.Module):
         # LoRA adapter: y += (alpha / rank) * dropout(x) . A . B, with B zero-initialised so a new
         # adapter starts as the identity change. A and B are LoRAParams, the only trainable
         # parameters in LoRA fine-tuning.
-        self.lora_scale = lora.alpha / lora.rank if lora is not None else 0.0
+        self.lora_scale = lora.scale if lora is not None else 0.0
         self.lora_dropout = lora.dropout if lora is not None else 0.0
         self.lora_a = None if lora is None else nnx.LoRAParam(
             _normal(rngs, self.in_shape + (lora.rank,), std, param_dtype), axes=tuple(in_axes) + ("lora_rank",)

@@ -7,23 +7,24 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.factory import abstract_model
+from diabetica_jax.model.lora_config import LoRAConfig
 from diabetica_jax.model.qwen import Qwen
 from diabetica_jax.parallel.rules import param_shardings
 
 
-def add_lora(model: Qwen, cfg: QwenConfig, mesh: Mesh | None = None, seed: int = 0) -> Qwen:
-    """`model`'s weights (shared, not copied) plus fresh adapters as `cfg` (lora_rank > 0) describes."""
-    if cfg.lora_rank == 0:
-        raise ValueError("add_lora needs a config with lora_rank > 0")
-    if not cfg.same_architecture(model.config):
-        raise ValueError("add_lora: the LoRA config describes a different architecture than the model")
-    graphdef, abstract_lora, _ = nnx.split(abstract_model(cfg), nnx.LoRAParam, ...)
+def add_lora(model: Qwen, lora: LoRAConfig, mesh: Mesh | None = None, seed: int = 0) -> Qwen:
+    """`model`'s weights (shared, not copied) plus fresh adapters as `lora` (rank > 0) describes."""
+    if lora.rank == 0:
+        raise ValueError("add_lora needs a LoRA config with rank > 0")
+    if model.lora.rank:
+        raise ValueError("add_lora: the model has adapters already; merge_lora them first")
+    cfg, runtime = model.config, model.runtime
+    graphdef, abstract_lora, _ = nnx.split(abstract_model(cfg, runtime, lora), nnx.LoRAParam, ...)
 
     def init_adapters():
         # Only the adapters leave this function; XLA drops the unused base-weight initialisers.
-        return nnx.state(Qwen(cfg, rngs=nnx.Rngs(seed)), nnx.LoRAParam)
+        return nnx.state(Qwen(cfg, runtime, lora, rngs=nnx.Rngs(seed)), nnx.LoRAParam)
 
     shardings = param_shardings(abstract_lora, mesh) if mesh is not None else None
     adapters = jax.jit(init_adapters, out_shardings=shardings)()
@@ -32,12 +33,10 @@ def add_lora(model: Qwen, cfg: QwenConfig, mesh: Mesh | None = None, seed: int =
 
 def merge_lora(model: Qwen) -> Qwen:
     """The same function without adapters: every adapted kernel becomes W + (alpha / rank) A B."""
-    cfg = model.config
-    if cfg.lora_rank == 0:
+    if model.lora.rank == 0:
         return model
-    base_cfg = cfg.without_lora()
-    graphdef, _ = nnx.split(abstract_model(base_cfg))
-    scale = cfg.lora_alpha / cfg.lora_rank
+    graphdef, _ = nnx.split(abstract_model(model.config, model.runtime))
+    scale = model.lora.scale
 
     def fold(tree: dict) -> dict:
         out = {}

@@ -17,9 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diabetica_jax.model import axes
 from diabetica_jax.model.attention import attend, xla_attention
-from diabetica_jax.model.config import LINEAR_LAYERS, QwenConfig
+from diabetica_jax.model.config import QwenConfig
 from diabetica_jax.model.layers import Embed, Linear, RMSNorm, apply_rope, rope_tables
+from diabetica_jax.model.lora_config import LINEAR_LAYERS, NO_LORA, LoRAConfig
+from diabetica_jax.model.runtime import RuntimeConfig
 from diabetica_jax.parallel.rules import constrain
 
 
@@ -58,14 +61,14 @@ def _key(rng: jax.Array | None, index: int) -> jax.Array | None:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: QwenConfig, runtime: RuntimeConfig, lora: LoRAConfig, *, rngs: nnx.Rngs):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.backend = cfg.attention
+        dt, pdt = jnp.dtype(runtime.dtype), jnp.dtype(runtime.param_dtype)
+        self.backend = runtime.attention
 
         def proj(name, in_shape, out_shape, in_axes, out_axes, bias=False):
             return Linear(in_shape, out_shape, in_axes=in_axes, out_axes=out_axes, use_bias=bias, name=name,
-                          lora=cfg.lora_for(name), dtype=dt, param_dtype=pdt, rngs=rngs)
+                          lora=lora.for_layer(name), dtype=dt, param_dtype=pdt, rngs=rngs)
 
         self.q_proj = proj("q_proj", (e,), (h, d), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)
         self.k_proj = proj("k_proj", (e,), (k, d), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
@@ -83,9 +86,9 @@ class Attention(nnx.Module):
         v = self.v_proj(x, _key(dropout_rng, 2))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
-        k = constrain(apply_rope(k, cos, sin), ("batch", "seq", "act_kv_heads", None))
-        v = constrain(v, ("batch", "seq", "act_kv_heads", None))
+        q = constrain(apply_rope(q, cos, sin), axes.Q)
+        k = constrain(apply_rope(k, cos, sin), axes.KV)
+        v = constrain(v, axes.KV)
         return q, k, v
 
     def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
@@ -112,13 +115,13 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: QwenConfig, runtime: RuntimeConfig, lora: LoRAConfig, *, rngs: nnx.Rngs):
         e, i = cfg.hidden_size, cfg.intermediate_size
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dt, pdt = jnp.dtype(runtime.dtype), jnp.dtype(runtime.param_dtype)
 
         def proj(name, n_in, n_out, in_axis, out_axis):
             return Linear((n_in,), (n_out,), in_axes=(in_axis,), out_axes=(out_axis,), name=name,
-                          lora=cfg.lora_for(name), dtype=dt, param_dtype=pdt, rngs=rngs)
+                          lora=lora.for_layer(name), dtype=dt, param_dtype=pdt, rngs=rngs)
 
         self.gate_proj = proj("gate_proj", e, i, "embed", "mlp")
         self.up_proj = proj("up_proj", e, i, "embed", "mlp")
@@ -126,22 +129,22 @@ class MLP(nnx.Module):
 
     def __call__(self, x, dropout_rng=None):
         h = jax.nn.silu(self.gate_proj(x, _key(dropout_rng, 4))) * self.up_proj(x, _key(dropout_rng, 5))
-        return self.down_proj(constrain(h, ("batch", "seq", "act_mlp")), _key(dropout_rng, 6))
+        return self.down_proj(constrain(h, axes.MLP_HIDDEN), _key(dropout_rng, 6))
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
-        pdt = jnp.dtype(cfg.param_dtype)
+    def __init__(self, cfg: QwenConfig, runtime: RuntimeConfig, lora: LoRAConfig, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(runtime.param_dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
-        self.self_attn = Attention(cfg, rngs=rngs)
+        self.self_attn = Attention(cfg, runtime, lora, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, runtime, lora, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
         attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng, cache)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
-        return constrain(x, ("batch", "seq", "act_embed")), cache
+        return constrain(x, axes.RESIDUAL), cache
 
 
 def _remat(body, policy: str):
@@ -156,18 +159,22 @@ def _remat(body, policy: str):
 
 
 class Qwen(nnx.Module):
-    """Decoder-only LM (any supported family): tokens [batch, seq] -> logits [batch, seq, vocab] (float32)."""
+    """Decoder-only LM (any supported family): tokens [batch, seq] -> logits [batch, seq, vocab] (float32).
 
-    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs):
-        self.config = cfg
-        self.dtype = jnp.dtype(cfg.dtype)
-        pdt = jnp.dtype(cfg.param_dtype)
+    `config` is the architecture, `runtime` how it computes, `lora` the adapters it carries (rank 0: none).
+    """
+
+    def __init__(self, cfg: QwenConfig, runtime: RuntimeConfig = RuntimeConfig(), lora: LoRAConfig = NO_LORA, *,
+                 rngs: nnx.Rngs):
+        self.config, self.runtime, self.lora = cfg, runtime, lora
+        self.dtype = jnp.dtype(runtime.dtype)
+        pdt = jnp.dtype(runtime.param_dtype)
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_layers)
         def make_layers(layer_rngs):
-            return DecoderLayer(cfg, rngs=layer_rngs)
+            return DecoderLayer(cfg, runtime, lora, rngs=layer_rngs)
 
         self.layers = make_layers(rngs)
         for _, node in nnx.iter_graph(self.layers):
@@ -203,7 +210,7 @@ class Qwen(nnx.Module):
         chex.assert_equal_shape([tokens, positions])
         chex.assert_type(positions, int)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
-        x = constrain(self.embed_tokens(tokens), ("batch", "seq", "act_embed"))
+        x = constrain(self.embed_tokens(tokens), axes.RESIDUAL)
 
         graphdef, stacked = nnx.split(self.layers)
 
@@ -214,7 +221,7 @@ class Qwen(nnx.Module):
             return h, None if view is None else KVCache(view.k, view.v)
 
         layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
-        return jax.lax.scan(_remat(layer_step, self.config.remat), x, (stacked, layer_rngs, cache))
+        return jax.lax.scan(_remat(layer_step, self.runtime.remat), x, (stacked, layer_rngs, cache))
 
     def output_kernel(self) -> jax.Array:
         """The [embed, vocab] output projection (the embedding table, transposed, when tied)."""
@@ -226,7 +233,7 @@ class Qwen(nnx.Module):
         """Project hidden states to float32 logits (matmul in the compute dtype, float32 accumulation)."""
         logits = jnp.einsum("...e,ev->...v", hidden.astype(self.dtype), self.output_kernel().astype(self.dtype),
                             preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+        return constrain(logits, axes.LOGITS) if logits.ndim == 3 else logits
 
     def __call__(self, tokens, positions=None, segment_ids=None):
         return self.logits(self.hidden_states(tokens, positions, segment_ids))
@@ -242,5 +249,5 @@ class Qwen(nnx.Module):
         chex.assert_rank(key_valid, 2)
         x, cache = self._run_layers(tokens, positions, cache=KVCache(*cache), write_index=write_index,
                                     key_valid=key_valid)
-        cache_axes = ("layers", "batch", None, "act_kv_heads", None)
-        return self.logits(self.norm(x[:, -1])), KVCache(constrain(cache.k, cache_axes), constrain(cache.v, cache_axes))
+        return self.logits(self.norm(x[:, -1])), KVCache(constrain(cache.k, axes.KV_CACHE),
+                                                          constrain(cache.v, axes.KV_CACHE))

@@ -1,7 +1,9 @@
 """One table maps logical axis names onto mesh axes; everything sharded asks it.
 
 Parameters carry logical names in their `axes` metadata (e.g. ('embed', 'heads', 'head_dim')),
-activations name theirs at `constrain(...)` calls. Changing the layout is an edit of the table.
+activations name theirs at `constrain(...)` calls. Changing the layout is an edit of the table, or, for one
+run, the `mesh.rules` section of its config (entries replacing the table's: `with_overrides`), which train/
+applies with `use_rules` where it builds, compiles and restores a model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
 )
+
+
+LOGICAL_AXES = tuple(logical for logical, _ in DEFAULT_RULES)
+
+
+class RuleConflict(ValueError):
+    """A table putting two logical axes of one array on one mesh axis (an array cannot be split twice over it)."""
+
+    def __init__(self, first: str, second: str, mesh_axis: str, axes: Sequence[str | None]):
+        super().__init__(f"sharding rules map both {first!r} and {second!r} of one array (axes {tuple(axes)}) to "
+                         f"mesh axis {mesh_axis!r}")
+        self.first, self.second, self.mesh_axis, self.axes = first, second, mesh_axis, tuple(axes)
 
 
 class ShardingRules:
@@ -75,10 +89,7 @@ class ShardingRules:
             kept = []
             for mesh_axis in self.table[logical]:
                 if mesh_axis in used:
-                    raise ValueError(
-                        f"sharding rules map both {used[mesh_axis]!r} and {logical!r} of one array "
-                        f"(axes {tuple(axes)}) to mesh axis {mesh_axis!r}"
-                    )
+                    raise RuleConflict(used[mesh_axis], logical, mesh_axis, axes)
                 used[mesh_axis] = logical
                 if mesh is not None:
                     if mesh_axis not in mesh.axis_names:
@@ -90,6 +101,11 @@ class ShardingRules:
                 kept.append(mesh_axis)
             entries.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
         return PartitionSpec(*entries)
+
+
+def with_overrides(overrides: Mapping[str, MeshAxes]) -> ShardingRules:
+    """The default table with the entries of `overrides` (logical axis -> mesh axes) in place of its own."""
+    return ShardingRules({**dict(DEFAULT_RULES), **overrides})
 
 
 def _prod(values: Iterable[int]) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, shown, to_dict
 from diabetica_jax.curate.config import CurateConfig
 from diabetica_jax.evaluation.config import EvalConfig, TaskSection
-from diabetica_jax.model.config import COMPUTE_DTYPES
+from diabetica_jax.model.runtime import COMPUTE_DTYPES
 from diabetica_jax.train.config import TrainConfig
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -184,13 +184,14 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
     from diabetica_jax import hf
     from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
     from diabetica_jax.parallel import make_mesh
+    from diabetica_jax.parallel.rules import use_rules
     from diabetica_jax.train.run_dir import trained_model
     from diabetica_jax.train.setup import build_model
 
     first = trainings[0].config
-    tokenizer = hf.load_tokenizer(first.model.hf_path)
+    tokenizer = hf.load_tokenizer(first.model.path)
     # faithful mode decodes with the base checkpoint's generation_config.json, before and after training
-    eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or first.model.hf_path)
+    eval_cfg = dataclasses.replace(cfg.eval, generation_config=cfg.eval.generation_config or first.model.path)
     general_cfg = dataclasses.replace(eval_cfg, tasks=list(cfg.general), modes=[], mode="own") if cfg.general else None
     runs, points = [], []
 
@@ -206,20 +207,23 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
                                         model=model, tokenizer=tokenizer, progress=progress)
         points.append(point)
 
+    # each model is laid out, and evaluated, by the sharding rules of the training that made (or starts from) it
     if cfg.eval_base or general_cfg is not None:
         mesh = make_mesh({"fsdp": -1})
-        with jax.set_mesh(mesh):
-            base, _, _ = build_model(first, mesh)
-        name = Path(first.model.hf_path).name if first.model.hf_path else f"{first.model.preset} (base)"
-        measure(base, f"{name} before training", "base", cfg.eval_base)
+        with use_rules(first.mesh.sharding_rules()):
+            with jax.set_mesh(mesh):
+                base, _, _ = build_model(first, mesh)
+            name = Path(first.model.path).name if first.model.path else f"{first.model.preset} (base)"
+            measure(base, f"{name} before training", "base", cfg.eval_base)
         del base
     single = len(trainings) == 1
     for t in trainings:
         if not (t.evaluated or general_cfg is not None):
             continue
-        model, _, step = trained_model(t.stage.dir)
-        label = f"trained (step {step})" if single else f"after {t.name} (step {step})"
-        measure(model, label, "trained" if single else t.name, t.evaluated)
+        with use_rules(t.config.mesh.sharding_rules()):
+            model, _, step = trained_model(t.stage.dir)
+            label = f"trained (step {step})" if single else f"after {t.name} (step {step})"
+            measure(model, label, "trained" if single else t.name, t.evaluated)
         del model
     (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
     compare_plot(runs[::-1], out / "comparison.png")

@@ -29,11 +29,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from diabetica_jax.serve.config import MIB, ServeConfig
 from diabetica_jax.serve.protocol import APIError
 
 log = logging.getLogger(__name__)
-
-MIB = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +40,8 @@ class BodyLimits:
     """The largest request body in bytes, and the seconds from a request's start within which its body must arrive.
     Checked when made, so a bad value stops `create_app` (and `serve`, before it loads the model)."""
 
-    max_body_bytes: int = 8 * MIB
-    body_timeout: float = 30.0
+    max_body_bytes: int = round(ServeConfig.max_body_mb * MIB)  # the defaults of `serve`
+    body_timeout: float = ServeConfig.body_timeout
 
     def __post_init__(self):
         if type(self.max_body_bytes) is not int or self.max_body_bytes < 1:  # type(): True is no size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 from pathlib import Path
@@ -15,6 +14,8 @@ from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.generate.scoring import PromptScorer
 from diabetica_jax.hf.sources import PRESET, RUN
 from diabetica_jax.model import QwenConfig
+from diabetica_jax.model.runtime import RuntimeConfig
+from diabetica_jax.serve.config import ServeLimits
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +27,6 @@ DEMO_MAX_PARAMS = 100_000_000
 # A stage folder is told apart from a folder that merely has such a name by the marker files the pipeline
 # writes into it (`.started.json` when the stage begins, `.stage.json` when it is done).
 PIPELINE_MARKERS = (".stage.json", ".started.json")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeLimits:
-    """What one server takes: slots decoding together, the longest prompt, the most new tokens a request may ask
-    for, and how many requests may wait for a slot (more are refused with 429)."""
-
-    slots: int = 8
-    max_prompt_tokens: int = 1024
-    max_new_tokens: int = 512
-    max_waiting: int = 64
-    prefills_per_step: int = 4
-
-    def __post_init__(self):
-        for name, value in dataclasses.asdict(self).items():
-            if not isinstance(value, int) or value < (0 if name == "max_waiting" else 1):
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def served_name(directory: str | Path, step: int | None = None) -> str:
@@ -113,14 +97,14 @@ class ServedModel:
             self.batcher.warmup()
 
     @classmethod
-    def load(cls, source: str, *, preset: str = "tiny", seed: int = 0, dtype: str | None = None,
+    def load(cls, source: str, *, preset: str = "tiny", seed: int = 0, runtime: RuntimeConfig = RuntimeConfig(),
              name: str | None = None, limits: ServeLimits = ServeLimits(), warmup: bool = False) -> ServedModel:
         """A Hugging Face checkpoint directory, a training run directory (its latest checkpoint), or, with
         `source` empty, a preset with random weights (a smoke test of the serving path, not a model). A broken
         config.json, tokenizer or generation_config.json stops it before any weight is read."""
         found = hf.find(source or None, preset=preset)
         _ = found.generation_config  # read now: a broken generation_config.json stops serving before the weights load
-        opened = found.load(seed=seed, dtype=dtype, progress=False)
+        opened = found.load(seed=seed, runtime=runtime, progress=False)
         return cls(opened, name or _default_name(opened), limits, warmup)
 
     def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None,

@@ -5,54 +5,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_at_most, require_positive, shown
+from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_positive, shown
 from diabetica_jax.data.config import DataSection
-from diabetica_jax.model.config import (
-    ATTENTION_BACKENDS,
-    COMPUTE_DTYPES,
-    DEFAULT_RUNTIME,
-    LINEAR_LAYERS,
-    REMAT_POLICIES,
-)
-
-MAX_LORA_RANK = 2**16  # wider than the hidden size of any model; a bigger rank is a typo, refused before it allocates
+from diabetica_jax.model import axes
+from diabetica_jax.model.choice import ModelChoice
+from diabetica_jax.model.lora_config import LoRAConfig
+from diabetica_jax.parallel.mesh import MESH_AXES
+from diabetica_jax.parallel.rules import LOGICAL_AXES, RuleConflict, ShardingRules, with_overrides
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSection:
+class ModelSection(ModelChoice):
+    path: str | None = field(None, "Hugging Face checkpoint directory to start from (overrides preset)", path=True)
     preset: str = field("tiny", "model preset (configs/models/NAME.yaml) for random initialisation")
-    hf_path: str | None = field(None, "Hugging Face checkpoint directory to start from (overrides preset)",
-                                path=True)
-    # defaults: the library's (exact float32, no remat); accelerator configs choose bfloat16 and remat
-    dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["dtype"], "compute dtype of matmuls and attention")
-    param_dtype: Literal[COMPUTE_DTYPES] = field(DEFAULT_RUNTIME["param_dtype"], "dtype of the master weights")
-    attention: Literal[ATTENTION_BACKENDS] = field(DEFAULT_RUNTIME["attention"], "attention backend")
-    remat: Literal[REMAT_POLICIES] = field(DEFAULT_RUNTIME["remat"], "activation rematerialisation policy")
     seed: int = field(0, "seed of the random initialisation (preset) and of new LoRA adapters")
     init_from: str | None = field(None, "training run directory to start from: its latest checkpoint's weights "
-                                  "(multi-stage training; preset/hf_path must name the same architecture)", path=True)
+                                  "(multi-stage training; preset/path must name the same architecture)", path=True)
     init_lora: Literal["merged", "unmerged"] = field(
         "merged", "with init_from a LoRA run: fold its adapters into the weights (this run may add new ones), or "
         "keep training them (unmerged: this run's lora rank, alpha and targets must be the same)")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRASection:
-    rank: int = field(0, "LoRA rank; 0 means full fine-tuning")
-    alpha: float = field(16.0, "LoRA alpha; the update is scaled by alpha / rank")
-    dropout: float = field(0.0, "dropout on the adapter input during training")
-    targets: list[str] = field(list(LINEAR_LAYERS), "linear layers to adapt (default: all linear layers)")
-
-    def __post_init__(self):
-        if self.rank < 0:
-            raise FieldError("rank", f"must be >= 0, got {self.rank}")
-        require_at_most(self, MAX_LORA_RANK, "rank", why="no layer of any model is that wide")
-        require_positive(self, "alpha")  # 0 switches the adapters off, < 0 reverses them: neither is a setting
-        if not 0.0 <= self.dropout < 1.0:
-            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
-        unknown = sorted(set(self.targets) - set(LINEAR_LAYERS))
-        if unknown:
-            raise FieldError("targets", f"{shown(unknown)} are not linear layers; choose from {list(LINEAR_LAYERS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +31,35 @@ class MeshSection:
     data: int = field(1, "data-parallel axis size (-1: all remaining devices)")
     fsdp: int = field(-1, "fully-sharded data-parallel axis size (-1: all remaining devices)")
     tensor: int = field(1, "tensor-parallel axis size (-1: all remaining devices)")
+    rules: dict[str, str | list[str] | None] = field(
+        {}, "sharding rules replacing entries of the default table (parallel/rules.py): logical axis -> mesh "
+        "axis, list of mesh axes, or null (replicated), e.g. {mlp: null}")
+
+    def __post_init__(self):
+        for logical, mesh_axes in self.rules.items():
+            named = [] if mesh_axes is None else [mesh_axes] if isinstance(mesh_axes, str) else list(mesh_axes)
+            if logical not in LOGICAL_AXES:
+                raise FieldError(f"rules.{logical}", f"unknown logical axis; the axes are {list(LOGICAL_AXES)}")
+            unknown = [a for a in named if a not in MESH_AXES]
+            if unknown:
+                raise FieldError(f"rules.{logical}", f"{shown(unknown[0])} is not a mesh axis; the mesh axes are "
+                                 f"{list(MESH_AXES)}")
+            if len(set(named)) != len(named):
+                raise FieldError(f"rules.{logical}", f"{shown(mesh_axes)} names a mesh axis twice")
+        rules = self.sharding_rules()
+        for array in axes.ARRAYS:  # every array the model shards: one mesh axis may split one of its dimensions
+            try:
+                rules.spec(array)
+            except RuleConflict as e:
+                key = e.second if e.second in self.rules else e.first  # the default table has no conflict
+                raise FieldError(f"rules.{key}", f"puts {e.first!r} and {e.second!r} of one array (axes "
+                                 f"{e.axes}) on mesh axis {e.mesh_axis!r}") from None
 
     def sizes(self) -> dict[str, int]:
         return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+    def sharding_rules(self) -> ShardingRules:
+        return with_overrides(self.rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +111,7 @@ class LoopSection:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(ModelSection(), "model to train")
-    lora: LoRASection = field(LoRASection(), "LoRA adapters (rank 0: full fine-tuning)")
+    lora: LoRAConfig = field(LoRAConfig(), "LoRA adapters (rank 0: full fine-tuning)")
     mesh: MeshSection = field(MeshSection(), "device mesh")
     data: DataSection = field(DataSection(), "batches")
     optim: OptimSection = field(OptimSection(), "optimizer and schedule")

@@ -41,13 +41,13 @@ def _token_store(cfg: TrainConfig) -> TokenView:
     data = cfg.data
     try:
         check_curated(data.path)
-        corpus = open_token_store(data.path, load_tokenizer(cfg.model.hf_path))
+        corpus = open_token_store(data.path, load_tokenizer(cfg.model.path))
         return corpus.select(data.seq_len, data.overlong, kinds=data.kinds, loss_on=data.loss_on)
     except (FileNotFoundError, InputError) as e:
         raise InputError(f"data.path: {e}") from e
     except UnsupportedTemplate as e:
         raise ConfigFileError(f"data.path={data.path} with the tokenizer of "
-                              f"{cfg.model.hf_path or 'the embedded Qwen2'}: {e}") from None
+                              f"{cfg.model.path or 'the embedded Qwen2'}: {e}") from None
 
 
 class CuratedFeed:
@@ -60,7 +60,7 @@ class CuratedFeed:
         if store.max_token >= vocab:  # from the stored per-record maxima, not a pass over the tokens
             raise ConfigFileError(
                 f"data.path={cfg.data.path}: token id {store.max_token} is outside the model's vocabulary of "
-                f"{vocab}; the tokenizer ({cfg.model.hf_path or 'embedded Qwen2'}) does not match the model")
+                f"{vocab}; the tokenizer ({cfg.model.path or 'embedded Qwen2'}) does not match the model")
         log.info("curated data: %s", store.stats)
         stats = dict(vars(store.stats))
         plan = plan_for(store, cfg.data)

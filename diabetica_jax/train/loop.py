@@ -20,6 +20,7 @@ import jax
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.parallel import make_mesh
+from diabetica_jax.parallel.rules import use_rules
 from diabetica_jax.run_lock import LOCK_FILE, hold_lock
 from diabetica_jax.train.checkpoint import CheckpointHooks, Checkpoints
 from diabetica_jax.train.config import TrainConfig, check_against_devices
@@ -120,7 +121,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_aft
     # each process of a multi-host job locks a file of its own (.lock, .lock.1, ...): a second job in the directory
     # is then refused in every one of its processes, not in process 0 alone while the others wait for it
     index = jax.process_index()
-    with hold_lock(run_dir, "training", LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"):
+    # every sharding of the run (parameters, optimizer state, batches, activations) follows the run's rules
+    with hold_lock(run_dir, "training", LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"), \
+            use_rules(cfg.mesh.sharding_rules()):
         return _train(cfg, Path(run_dir), progress, stop_after, name)
 
 

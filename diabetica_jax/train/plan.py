@@ -18,7 +18,7 @@ from flax import nnx
 from diabetica_jax.data.batch import Batch
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.parallel import make_mesh
-from diabetica_jax.parallel.rules import param_shardings
+from diabetica_jax.parallel.rules import param_shardings, use_rules
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.optimizer import build_optimizer
 from diabetica_jax.train.setup import model_config
@@ -39,9 +39,10 @@ def plan(cfg: TrainConfig) -> dict[str, float]:
     mesh_shape = check_against_devices(cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(cfg.mesh.sizes())
     model_cfg, _ = model_config(cfg)
-    with jax.set_mesh(mesh):
-        trainable = nnx.LoRAParam if model_cfg.lora_rank else nnx.Param
-        graphdef, train_abs, frozen_abs = nnx.split(abstract_model(model_cfg), trainable, ...)
+    with jax.set_mesh(mesh), use_rules(cfg.mesh.sharding_rules()):
+        trainable = nnx.LoRAParam if cfg.lora.rank else nnx.Param
+        graphdef, train_abs, frozen_abs = nnx.split(abstract_model(model_cfg, cfg.model.runtime, cfg.lora), trainable,
+                                                    ...)
 
         def with_shardings(state):
             shapes, shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(param_shardings(state, mesh))

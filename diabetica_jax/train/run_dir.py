@@ -27,7 +27,7 @@ def trained_model(run_dir: str | Path, step: int | None = None, mesh=None):
 
 def _run_base(run_dir: Path) -> hf.RunBase:
     model = read_train_config(run_dir).model
-    return hf.RunBase(model.hf_path, None if model.hf_path else model.preset)  # hf_path overrides the preset
+    return hf.RunBase(model.path, None if model.path else model.preset)  # a path overrides the preset
 
 
 def _restore(run_dir: Path, step: int | None, mesh):
@@ -54,8 +54,8 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dt
     config.json (no loader takes it for a checkpoint); exporting again replaces it (hf.save)."""
     cfg = read_train_config(run_dir)
     model, model_cfg, step = trained_model(run_dir, step)
-    tokenizer = hf.load_tokenizer(cfg.model.hf_path)
-    source = Path(cfg.model.hf_path) / "generation_config.json" if cfg.model.hf_path else None
+    tokenizer = hf.load_tokenizer(cfg.model.path)
+    source = Path(cfg.model.path) / "generation_config.json" if cfg.model.path else None
     path = hf.save(model, model_cfg, out, max_shard_size=max_shard_size, dtype=dtype, tokenizer=tokenizer,
                    progress=progress, generation_config=source if source is not None and source.is_file() else None)
-    return Export(path, step, model_cfg.without_lora(), tokenizer)
+    return Export(path, step, model_cfg, tokenizer)

@@ -12,11 +12,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from diabetica_jax import hf
-from diabetica_jax.configuration import ConfigFileError, build, to_dict
+from diabetica_jax.configuration import ConfigFileError, build, to_dict, upgrade_renamed_keys
 from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.factory import abstract_model
 from diabetica_jax.model.lora import add_lora, merge_lora
+from diabetica_jax.model.lora_config import NO_LORA
+from diabetica_jax.parallel.rules import use_rules
 from diabetica_jax.train.checkpoint import CheckpointError, Checkpoints, param_shapes
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.optimizer import build_optimizer
@@ -30,24 +32,21 @@ from diabetica_jax.train.state import (
 
 
 def model_config(cfg: TrainConfig) -> tuple[QwenConfig, dict]:
-    """The model's config (architecture from the HF checkpoint or preset, runtime and LoRA from `cfg`)
-    and a description of where its initial weights come from."""
-    runtime = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, attention=cfg.model.attention,
-                   remat=cfg.model.remat)
-    if cfg.model.hf_path:
-        model_cfg = hf.read_config(cfg.model.hf_path, **runtime)
-        source = {"hf_path": str(Path(cfg.model.hf_path).absolute())}
+    """The model's architecture (from the HF checkpoint or preset) and a description of where its initial
+    weights come from; how it computes and which adapters it adds are `cfg.model.runtime` and `cfg.lora`."""
+    if cfg.model.path:
+        model_cfg = hf.read_config(cfg.model.path)
+        # checkpoints record this as `hf_path` (the key's old name): kept, so that older ones still restore
+        source = {"hf_path": str(Path(cfg.model.path).absolute())}
     else:
-        model_cfg = hf.preset_config(cfg.model.preset, **runtime)
+        model_cfg = hf.preset_config(cfg.model.preset)
         source = {"preset": cfg.model.preset, "seed": cfg.model.seed}
-    if cfg.lora.rank:
-        model_cfg = model_cfg.replace(lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
-                                      lora_dropout=cfg.lora.dropout, lora_targets=tuple(cfg.lora.targets))
     return model_cfg, source
 
 
 def read_train_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run was trained with (RUN_DIR/train_config.json, written when training starts)."""
+    """The config a run was trained with (RUN_DIR/train_config.json, written when training starts). A run
+    written before keys were renamed (model.hf_path, model.dtype, ...) is read with their new names."""
     path = Path(run_dir) / RUN_CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
@@ -58,19 +57,22 @@ def read_train_config(run_dir: str | Path) -> TrainConfig:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); training writes it when it starts: is {run_dir} "
                               "a training run directory?") from e
-    return build(TrainConfig, data, str(path))  # unknown keys and wrong types: ConfigFileError naming the key
+    # unknown keys and wrong types: ConfigFileError naming the key
+    return build(TrainConfig, upgrade_renamed_keys(TrainConfig, data), str(path))
 
 
 def restored_model(run_dir: str | Path, mesh, step: int | None = None):
-    """(model, model config, step): a run's checkpoint (latest by default) on `mesh`; call under jax.set_mesh."""
+    """(model, model config, step): a run's checkpoint (latest by default) on `mesh`, laid out by the run's
+    sharding rules; call under jax.set_mesh."""
     cfg = read_train_config(run_dir)
-    setup = prepare(cfg, mesh)
-    checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.loop.keep_checkpoints, async_save=False)
-    step = checkpoints.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"{checkpoints.directory}: no checkpoint to load")
-    state, _ = checkpoints.restore(step, setup.restore_target(), setup.meta)
-    checkpoints.close()
+    with use_rules(cfg.mesh.sharding_rules()):
+        setup = prepare(cfg, mesh)
+        checkpoints = Checkpoints(Path(run_dir) / "checkpoints", keep=cfg.loop.keep_checkpoints, async_save=False)
+        step = checkpoints.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{checkpoints.directory}: no checkpoint to load")
+        state, _ = checkpoints.restore(step, setup.restore_target(), setup.meta)
+        checkpoints.close()
     return nnx.merge(setup.graphdef, state.params, setup.frozen), setup.model_cfg, step
 
 
@@ -80,30 +82,30 @@ def _continued_model(cfg: TrainConfig, model_cfg: QwenConfig, mesh):
     previous, previous_cfg, step = restored_model(cfg.model.init_from, mesh)
     source = {"init_from": str(Path(cfg.model.init_from).absolute()), "step": step, "lora": None}
     where = f"model.init_from {cfg.model.init_from}"
-    if not previous_cfg.same_architecture(model_cfg):
-        raise ConfigFileError(f"{where}: that run trained a different architecture than model.preset/hf_path names")
-    keep_adapters = previous_cfg.lora_rank and cfg.model.init_lora == "unmerged"
+    if previous_cfg != model_cfg:
+        raise ConfigFileError(f"{where}: that run trained a different architecture than model.preset/path names")
+    old = previous.lora
+    keep_adapters = old.rank and cfg.model.init_lora == "unmerged"
     if keep_adapters:
-        same = (previous_cfg.lora_rank, previous_cfg.lora_alpha, tuple(previous_cfg.lora_targets)) == \
-            (model_cfg.lora_rank, model_cfg.lora_alpha, tuple(model_cfg.lora_targets))
-        if not same:
+        if not cfg.lora.continues(old):
             raise ConfigFileError(
-                f"{where}: init_lora unmerged continues its adapters (rank {previous_cfg.lora_rank}, alpha "
-                f"{previous_cfg.lora_alpha}, targets {list(previous_cfg.lora_targets)}); set the same lora section")
+                f"{where}: init_lora unmerged continues its adapters (rank {old.rank}, alpha {old.alpha}, targets "
+                f"{list(old.targets)}); set the same lora section")
         source["lora"] = "unmerged"
-        weights, target_cfg = previous, model_cfg
+        weights, lora = previous, cfg.lora
     else:
-        if previous_cfg.lora_rank:
+        if old.rank:
             source["lora"] = "merged"
-        weights, target_cfg = merge_lora(previous), model_cfg.without_lora()
+        weights, lora = merge_lora(previous), NO_LORA
     # this run's runtime (dtype, attention, remat) on the previous run's values
-    graphdef, _ = nnx.split(abstract_model(target_cfg))
-    dtype = jnp.dtype(target_cfg.param_dtype)
+    runtime = cfg.model.runtime
+    graphdef, _ = nnx.split(abstract_model(model_cfg, runtime, lora))
+    dtype = jnp.dtype(runtime.param_dtype)
     state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                          nnx.state(weights))
     model = nnx.merge(graphdef, state)
     if cfg.lora.rank and not keep_adapters:
-        model = add_lora(model, model_cfg, mesh=mesh, seed=cfg.model.seed)
+        model = add_lora(model, cfg.lora, mesh=mesh, seed=cfg.model.seed)
     return model, source
 
 
@@ -111,17 +113,15 @@ def build_model(cfg: TrainConfig, mesh):
     """The model to train: an HF checkpoint, a seeded random preset or another run's checkpoint (model.init_from),
     plus LoRA adapters if asked."""
     model_cfg, source = model_config(cfg)
-    base_cfg = model_cfg.without_lora()
     if cfg.model.init_from:
         model, source = _continued_model(cfg, model_cfg, mesh)
         return model, model_cfg, source
-    if cfg.model.hf_path:
-        model, _ = hf.load(cfg.model.hf_path, mesh=mesh, dtype=base_cfg.dtype, param_dtype=base_cfg.param_dtype,
-                           attention=base_cfg.attention, remat=base_cfg.remat)
+    if cfg.model.path:
+        model, _ = hf.load(cfg.model.path, mesh=mesh, runtime=cfg.model.runtime)
     else:
-        model = create_model(base_cfg, mesh=mesh, seed=cfg.model.seed)
+        model = create_model(model_cfg, cfg.model.runtime, mesh=mesh, seed=cfg.model.seed)
     if cfg.lora.rank:
-        model = add_lora(model, model_cfg, mesh=mesh, seed=cfg.model.seed)
+        model = add_lora(model, cfg.lora, mesh=mesh, seed=cfg.model.seed)
     return model, model_cfg, source
 
 

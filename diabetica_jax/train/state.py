@@ -24,7 +24,7 @@ class TrainState:
 
 def split_trainable(model: Qwen):
     """(graphdef, trainable, frozen): LoRA adapters when the model has them, else every parameter."""
-    trainable = nnx.LoRAParam if model.config.lora_rank else nnx.Param
+    trainable = nnx.LoRAParam if model.lora.rank else nnx.Param
     graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
     return graphdef, nnx.to_pure_dict(train_state), nnx.to_pure_dict(frozen_state), trainable
 

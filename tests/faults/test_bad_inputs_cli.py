@@ -80,7 +80,7 @@ def _hf_dir(tmp: Path, config: dict | str | bytes | None) -> Path:
     return d
 
 
-TRAIN_BASE = {"model": {"preset": "tiny", "dtype": "float32", "remat": "none"},
+TRAIN_BASE = {"model": {"preset": "tiny", "runtime": {"dtype": "float32", "remat": "none"}},
               "mesh": {"fsdp": 2}, "data": {"seq_len": 32, "global_batch": 8},
               "optim": {"lr": 1e-2, "warmup_steps": 0},
               "loop": {"steps": 1, "checkpoint_every": 1, "loss_chunk": 16, "tensorboard": False,
@@ -639,7 +639,7 @@ def test_train_run_dir_of_another_model_is_refused(checkpoint, tmp_path, capsys)
     """A run trained from the tiny checkpoint (1 step), resumed with the tiny preset's architecture: the
     checkpoint restore refuses with 'incompatible checkpoint', in one line."""
     run = tmp_path / "run"
-    first = _train_yaml(tmp_path, "first.yaml", model={"preset": "tiny", "hf_path": str(checkpoint)})
+    first = _train_yaml(tmp_path, "first.yaml", model={"preset": "tiny", "path": str(checkpoint)})
     assert main(["train", str(first), "--run-dir", str(run), "--no-progress"]) == 0
     assert (run / "checkpoints").is_dir()
     second = _train_yaml(tmp_path, "second.yaml")  # model.preset tiny: another architecture

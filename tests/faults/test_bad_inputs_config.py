@@ -64,8 +64,8 @@ def test_an_alias_bomb_in_a_value_is_refused_at_once_in_a_short_line(tmp_path, c
 
 
 def test_an_alias_bomb_where_a_path_is_read_is_refused_too(tmp_path, capsys):
-    """model.hf_path is a path field: relative paths in it are joined onto the file's folder, a walk of the value."""
-    path = _yaml(tmp_path / "train.yaml", _bomb() + "model: {hf_path: *f}\n")
+    """model.path is a path field: relative paths in it are joined onto the file's folder, a walk of the value."""
+    path = _yaml(tmp_path / "train.yaml", _bomb() + "model: {path: *f}\n")
     _refused_fast(["train", str(path), "--run-dir", str(tmp_path / "run")], [str(path), "more than 100000"], capsys)
 
 

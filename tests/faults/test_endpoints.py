@@ -353,7 +353,7 @@ def eval_reply(i: int, model: str) -> str:
 
 def evaluate_with(server: FakeOpenAI, out: Path) -> dict:
     url = server.base_url
-    overrides = ["model=openai:mut", f"endpoint.base_url={url}", f"endpoint.timeout={TIMEOUT}",
+    overrides = ["model.path=openai:mut", f"endpoint.base_url={url}", f"endpoint.timeout={TIMEOUT}",
                  f"endpoint.retries={RETRIES}", "endpoint.concurrency=2", "judge.backend=openai",
                  f"judge.base_url={url}", "judge.model=judge", f"judge.timeout={TIMEOUT}", f"judge.retries={RETRIES}",
                  "judge.concurrency=2", "tasks=[{task: dialog, files: ['embedded:mini_dialog.jsonl']}]"]
