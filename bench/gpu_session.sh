@@ -20,6 +20,6 @@ train="python3 bench/train_throughput.py --batch 8 --seq 2048 --steps 8 --json $
   timeout 90 $train --presets qwen2-1.5b --rows packed --lora-rank 8
   timeout 80 $train --presets qwen2-0.5b --rows packed
 } 2>&1 | tee "$out/train.txt"
-timeout 110 python3 bench/generate_throughput.py --preset qwen2-1.5b --batches 1 32 --repeats 2 \
+timeout 110 python3 bench/generate_throughput.py --preset qwen2-1.5b --batches 1 32 --repeats 2 --paths batcher \
   --json "$out/generate.jsonl" 2>&1 | tee "$out/generate.txt"
 OUT="$out" timeout 150 python3 .shared_copy/perf/hf_torch_baseline.py 2>&1 | tee "$out/baseline.txt"

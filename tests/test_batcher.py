@@ -13,7 +13,7 @@ from diabetica_jax import hf
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.batcher import Batcher, BatcherError, Finished
 from diabetica_jax.generate.chat import engine_for, stop_and_pad
-from diabetica_jax.generate.sampling import RowSampling, choose, choose_rows
+from diabetica_jax.generate.sampling import RowSampling, choose_rows
 from diabetica_jax.model import create_model
 from diabetica_jax.serve.text import TextStream
 
@@ -22,11 +22,12 @@ from diabetica_jax.serve.text import TextStream
 def tiny():
     tokenizer = hf.load_tokenizer(None)
     model = create_model(hf.preset_config("tiny"), seed=0)
-    engine = engine_for(model, tokenizer)
+    engine = engine_for(model, tokenizer)  # a batcher of its own, sized by each call
     batcher = Batcher(model, *stop_and_pad(tokenizer), slots=3, max_prompt_tokens=64, max_new_tokens=40,
                       max_waiting=8)
     yield model, tokenizer, engine, batcher
     batcher.close()
+    engine.close()
 
 
 def _prompts(n, seed=0):
@@ -47,7 +48,7 @@ def test_more_requests_than_slots_give_what_each_gives_alone(tiny):
 
 def test_requests_join_a_running_batch_without_recompiling(tiny):
     _, _, engine, batcher = tiny
-    batcher.generate(_prompts(1, seed=5)[0], 3)  # the step program and a bucket exist now
+    batcher.generate(_prompts(1, seed=5)[:1], 3)  # the step program and a bucket exist now
     long = batcher.submit(_prompts(1, seed=1)[0], 40)
     next(long.events(timeout=60))  # decoding has started
     compiled = batcher.compilations
@@ -62,13 +63,27 @@ def test_a_seeded_request_samples_the_same_tokens_whatever_runs_beside_it(tiny):
     _, _, _, batcher = tiny
     prompt = _prompts(1, seed=3)[0]
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=11)
-    alone = batcher.generate(prompt, 16, params)
+    alone = batcher.generate([prompt], 16, params)[0]
     crowd = [batcher.submit(p, 16, SamplingParams(temperature=1.2, seed=i)) for i, p in enumerate(_prompts(4))]
     again = batcher.submit(prompt, 16, params)
     assert again.result(timeout=60)[0] == alone
-    assert batcher.generate(prompt, 16, SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=12)) != alone
+    assert batcher.generate([prompt], 16, SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=12))[0] != alone
     for t in crowd:
         t.result(timeout=60)
+
+
+def test_a_seeded_generate_call_samples_the_same_tokens_whatever_the_slot_count(tiny):
+    """Evaluation's sampled decoding: each prompt of a call has its own seed, so 3 slots (prompts wait and join
+    as others finish) and 8 (all at once) give the same tokens; the first prompt samples as a request with the
+    call's seed does, and a prompt given twice gets two samples."""
+    _, _, engine, batcher = tiny
+    prompts = _prompts(5, seed=6)
+    params = SamplingParams(temperature=0.9, top_p=0.9, seed=7)
+    in_three = batcher.generate(prompts, 8, params)
+    assert engine.generate(prompts, 8, params) == in_three  # a batcher of 8 slots
+    assert batcher.submit(prompts[0], 8, params).result(timeout=60)[0] == in_three[0]
+    twice = batcher.generate([prompts[1], prompts[1]], 8, params)
+    assert twice[1] != twice[0]
 
 
 def test_cancel_frees_the_slot_and_bad_requests_are_refused(tiny):
@@ -108,7 +123,7 @@ def test_a_full_queue_refuses_instead_of_growing(tiny):
         batcher.submit([1], 1)
 
 
-def test_row_sampling_matches_the_batch_rule_row_by_row():
+def test_greedy_rows_take_the_argmax_of_the_penalised_logits():
     logits = jax.random.normal(jax.random.PRNGKey(0), (3, 50)) * 3
     seen = jnp.zeros((3, 50), bool).at[:, :25].set(True)
     counts = jnp.zeros((3, 50), jnp.int32)
@@ -116,8 +131,9 @@ def test_row_sampling_matches_the_batch_rule_row_by_row():
     for penalty in (1.0, 1.3):
         rows = RowSampling(*(jnp.broadcast_to(x, (3,)) for x in RowSampling.of(
             SamplingParams(repetition_penalty=penalty))))
-        expected = choose(logits, seen, SamplingParams(repetition_penalty=penalty), keys[0])
-        np.testing.assert_array_equal(choose_rows(logits, seen, counts, rows, keys), expected)
+        plain = np.asarray(logits)  # transformers' rule: seen tokens' positive logits divided, negative multiplied
+        penalised = np.where(np.asarray(seen), np.where(plain > 0, plain / penalty, plain * penalty), plain)
+        np.testing.assert_array_equal(choose_rows(logits, seen, counts, rows, keys), penalised.argmax(axis=-1))
     # top_k 1 samples the argmax; a strong frequency penalty steers away from a token already generated
     top1 = RowSampling(jnp.full(3, 1.0), jnp.full(3, 1, jnp.int32), jnp.ones(3), jnp.ones(3), jnp.zeros(3), jnp.zeros(3))
     best = jnp.argmax(logits, axis=-1)

@@ -1,4 +1,5 @@
-"""The KV-cache engine: token-for-token equal to transformers' generate, few compilations, sharded too."""
+"""The KV-cache engine (the continuous batcher's blocking generate and stream): token-for-token equal to
+transformers' generate, one call of many prompts equal to each prompt alone, few compilations, sharded too."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from diabetica_jax import hf
 from diabetica_jax.cli import main
-from diabetica_jax.generate import Engine, SamplingParams, left_pad
-from diabetica_jax.generate.sampling import apply_repetition_penalty, choose
+from diabetica_jax.generate import SamplingParams, SizedBatcher, left_pad
+from diabetica_jax.generate.sampling import RowSampling, adjusted_logits, choose_rows
 
 
 def _prompts(seed=3, lengths=(3, 9, 6, 20)):
@@ -25,13 +26,16 @@ def _reference(model, prompt, n, penalty):
 @pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3", "llama3"])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
+    """One blocking call of four prompts, each prompt as a request of its own, and transformers, one prompt at
+    a time: the same tokens."""
     path = hf_checkpoints[variant]
     model, _ = hf.load(path, progress=False)
-    engine = Engine(model, stop_ids=[511], pad_id=510)
-    prompts = _prompts()
-    ours = engine.generate(prompts, 12, SamplingParams(repetition_penalty=penalty))
+    prompts, params = _prompts(), SamplingParams(repetition_penalty=penalty)
+    with SizedBatcher(model, stop_ids=[511], pad_id=510) as engine:
+        together = engine.generate(prompts, 12, params)
+        alone = [engine.generate([p], 12, params)[0] for p in prompts]
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    assert ours == [_reference(reference, p, 12, penalty) for p in prompts]
+    assert together == alone == [_reference(reference, p, 12, penalty) for p in prompts]
 
 
 def test_left_padding_layout():
@@ -59,24 +63,34 @@ def test_left_padding_layout():
 
 def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_untied"], progress=False)
-    engine = Engine(model, stop_ids=[511], pad_id=510)
+    engine = SizedBatcher(model, stop_ids=[511], pad_id=510)
     rng = np.random.RandomState(0)
-    for _ in range(12):
-        batch = int(rng.randint(1, 5))
-        engine.generate([rng.randint(0, 500, int(rng.randint(1, 30))).tolist() for _ in range(batch)], 6)
-    # prompt buckets 16 and 32, batch buckets 1, 2 and 4: at most 6 programs for 12 different request shapes
-    assert engine.compilations <= 6
+
+    def mixed_calls():
+        for _ in range(12):
+            batch = int(rng.randint(1, 5))
+            engine.generate([rng.randint(0, 500, int(rng.randint(1, 30))).tolist() for _ in range(batch)], 6)
+
+    mixed_calls()  # a batcher per slot count (1, 2, 4), replaced once its prompts outgrow the 16 bucket
+    built = dict(engine.batchers)
+    mixed_calls()
+    assert engine.batchers == built and set(built) == {1, 2, 4}  # every call fits one of them now
+    # a batcher compiles its decode step, its slot release and a prefill per prompt bucket (16, 32); each slot
+    # count built at most twice
+    assert all(b.compilations <= 4 for b in built.values()) and engine.compilations <= 3 * (3 + 4)
+    engine.close()
 
 
 def test_stop_tokens_and_streaming(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_tied"], progress=False)
-    free = Engine(model, stop_ids=[511], pad_id=0).generate([[1, 2, 3]], 8)[0]
-    assert len(free) == 8
+    with SizedBatcher(model, stop_ids=[511], pad_id=0) as engine:
+        free = engine.generate([[1, 2, 3]], 8)[0]
+        assert len(free) == 8
+        assert list(engine.stream([1, 2, 3], 8)) == free
     stop_at = free[3]
-    cut = Engine(model, stop_ids=[stop_at], pad_id=0).generate([[1, 2, 3]], 8)[0]
-    assert cut == free[: free.index(stop_at)]
-    engine = Engine(model, stop_ids=[511], pad_id=0)
-    assert list(engine.stream([1, 2, 3], 8)) == free
+    with SizedBatcher(model, stop_ids=[stop_at], pad_id=0) as engine:
+        assert engine.generate([[1, 2, 3]], 8)[0] == free[: free.index(stop_at)]
+        assert list(engine.stream([1, 2, 3], 8)) == free[: free.index(stop_at)]
 
 
 def test_sharded_generation_equals_single_device(hf_checkpoints):
@@ -87,8 +101,10 @@ def test_sharded_generation_equals_single_device(hf_checkpoints):
     mesh = make_mesh({"fsdp": 2, "tensor": 2})
     sharded, _ = hf.load(path, mesh=mesh, progress=False)
     prompts = _prompts(lengths=(5, 11))
-    expected = Engine(single, stop_ids=[511], pad_id=510).generate(prompts, 8)
-    assert Engine(sharded, stop_ids=[511], pad_id=510, mesh=mesh).generate(prompts, 8) == expected
+    with SizedBatcher(single, stop_ids=[511], pad_id=510) as engine:
+        expected = engine.generate(prompts, 8)
+    with SizedBatcher(sharded, stop_ids=[511], pad_id=510, mesh=mesh) as engine:
+        assert engine.generate(prompts, 8) == expected
 
 
 def test_sampling_rules():
@@ -97,12 +113,19 @@ def test_sampling_rules():
 
     logits = jnp.array([[2.0, -1.0, 0.5, 3.0]])
     seen = jnp.array([[True, True, False, False]])
-    np.testing.assert_allclose(apply_repetition_penalty(logits, seen, 2.0), [[1.0, -2.0, 0.5, 3.0]])
+    counts = jnp.zeros((1, 4), jnp.int32)
+    penalised = adjusted_logits(logits, seen, counts, RowSampling(*(x[None] for x in RowSampling.of(
+        SamplingParams(repetition_penalty=2.0)))))
+    np.testing.assert_allclose(penalised, [[1.0, -2.0, 0.5, 3.0]])
+
+    def draws(params, keys):
+        rows = RowSampling(*(x[None] for x in RowSampling.of(params)))
+        return {int(choose_rows(logits, ~seen, counts, rows, k[None])[0]) for k in keys}
+
     keys = jax.random.split(jax.random.PRNGKey(0), 200)
-    top1 = {int(choose(logits, ~seen, SamplingParams(temperature=1.0, top_k=1), k)[0]) for k in keys[:20]}
-    assert top1 == {3}
-    top_p = {int(choose(logits, ~seen, SamplingParams(temperature=1.0, top_p=0.7), k)[0]) for k in keys}
-    assert top_p == {0, 3}  # p(3) = 0.65 < 0.7, so the next most likely token joins; the rest never appear
+    assert draws(SamplingParams(temperature=1.0, top_k=1), keys[:20]) == {3}
+    # p(3) = 0.65 < 0.7, so the next most likely token joins; the rest never appear
+    assert draws(SamplingParams(temperature=1.0, top_p=0.7), keys) == {0, 3}
 
 
 def test_generate_command_on_the_embedded_default(capsys):

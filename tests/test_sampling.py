@@ -189,15 +189,17 @@ def batcher():
 
 
 def test_the_decode_step_sorts_nothing_and_filters_only_in_conditional_branches(batcher):
-    batcher.generate([1, 2, 3], 2)  # the state exists and the step is compiled
-    active = jnp.ones(batcher.num_slots, bool)
-    found = list(_primitives(jax.make_jaxpr(batcher._step)(batcher.params, batcher._slots, active,
-                                                           jnp.bool_(False)).jaxpr))
+    batcher.generate([[1, 2, 3]], 2)  # the state exists and the step is compiled
+    # every slot active, 8 tokens left each, one step per call, no log-probabilities
+    args = (batcher.params, batcher._slots, jnp.ones(batcher.num_slots, bool), jnp.full(batcher.num_slots, 8),
+            jnp.int32(1), jnp.bool_(False))
+    step = batcher._step(True)  # the program of batches that sample
+    found = list(_primitives(jax.make_jaxpr(step)(*args).jaxpr))
     names = {name for name, _ in found}
     assert "sort" not in names and "top_k" in names
     assert all(inside for name, inside in found if name in ("top_k", "argmax"))
     if jax.default_backend() == "cpu":  # XLA CPU keeps top_k a TopK call: the compiled step has no sort either
-        compiled = batcher._step.lower(batcher.params, batcher._slots, active, jnp.bool_(False)).compile()
+        compiled = step.lower(*args).compile()
         assert " sort(" not in compiled.as_text()
 
 
@@ -230,7 +232,7 @@ def test_idle_slots_return_to_neutral_after_a_sampled_burst(batcher):
 
 def test_logit_bias_forces_and_bans_tokens(batcher):
     prompt = [11, 12, 13, 14]
-    greedy = batcher.generate(prompt, 4)
+    greedy = batcher.generate([prompt], 4)[0]
     forced = batcher.submit(prompt, 4, logit_bias={4242: 100.0}, logprobs=True)
     tokens, _ = forced.result(timeout=60)
     assert tokens == [4242] * 4

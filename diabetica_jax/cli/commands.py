@@ -74,7 +74,8 @@ def generate(args) -> int:
             raise InputError(f"--prompt {shown(prompt)}: {tokenizer_name} turns it into no token ids ({why}); "
                              "there is nothing to generate from")
     opened, mesh = _load(source, cfg)
-    outputs = engine_for(opened.model, tokenizer, mesh).generate(ids, cfg.max_new_tokens, _sampling(cfg))
+    with engine_for(opened.model, tokenizer, mesh) as engine:
+        outputs = engine.generate(ids, cfg.max_new_tokens, _sampling(cfg))
     origin = cfg.model.path or f"preset {cfg.model.preset} (random weights, seed {cfg.seed})"
     print(f"# model: {origin}; {opened.config.num_params() / 1e6:.1f}M parameters; {cfg.max_new_tokens} new "
           "tokens max")
@@ -86,8 +87,8 @@ def generate(args) -> int:
 def chat(args) -> int:
     cfg = load_config(ChatConfig, *_config_and_overrides(args))
     opened, mesh = _load(_source(cfg), cfg)
-    repl(engine_for(opened.model, opened.tokenizer, mesh), opened.tokenizer, _sampling(cfg), cfg.max_new_tokens,
-         cfg.system)
+    with engine_for(opened.model, opened.tokenizer, mesh) as engine:
+        repl(engine, opened.tokenizer, _sampling(cfg), cfg.max_new_tokens, cfg.system)
     return 0
 
 

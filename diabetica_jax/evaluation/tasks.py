@@ -93,7 +93,7 @@ class ModelUnderTest:
                  decoding: dict | None = None):
         self.tokenizer, self.name, self.batch_size, self.progress = tokenizer, name, batch_size, progress
         self.decoding = decoding if decoding is not None else read_generation_config(None)
-        self.engine = engine_for(model, tokenizer, mesh)
+        self.engine = engine_for(model, tokenizer, mesh, slots=batch_size)
         self.graphdef, self.state = nnx.split(model)
         self.failures: list[tuple[int, str]] = []  # a local model does not fail per item
 
@@ -133,8 +133,9 @@ class ModelUnderTest:
 
 def batch_sampling(params: SamplingParams, start: int) -> SamplingParams:
     """The sampling of the batch that starts at item `start`: its own seed, derived deterministically from
-    (seed, start), so that items i, i + batch_size, ... do not share the same sampling noise. Greedy
-    decoding draws no noise and is returned unchanged."""
+    (seed, start), so that items i, i + batch_size, ... do not share the same sampling noise (within the
+    batch, the batcher gives prompt j a seed of its own from this one: generate/batcher.py's prompt_seed).
+    Greedy decoding draws no noise and is returned unchanged."""
     if params.greedy:
         return params
     return dataclasses.replace(params, seed=(params.seed * 1_000_003 + start) % 2**31)

@@ -13,6 +13,12 @@ that went away); the slot is free for the next request at the next step.
 One scheduler thread owns the device state; callers talk to it through `Ticket`s, which are thread-safe.
 Between two decode steps it admits at most `prefills_per_step` waiting requests (all of them when nothing
 is decoding), so new prompts interleave with decoding instead of stalling it.
+
+`generate` is the blocking path for many prompts at once (evaluation, the CLI): its requests are queued
+together and nobody watches their tokens arrive, so while only such requests decode, one device call runs up
+to `steps_per_call` decode steps (ending early once a slot finishes, so a waiting prompt takes its place
+at once) instead of paying the host's round trip per token. `stream` yields one request's tokens as they come
+(the terminal chat).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20  # alternatives reported per token to requests that ask for logprobs (OpenAI's maximum)
 MAX_LOGIT_BIAS = 300  # logit_bias entries one request may set (OpenAI's limit)
+# decode steps per device call for unwatched requests: the host's dispatch and sync per token is gone, and a
+# call still ends at the first slot that finishes, so only cancellation waits for up to this many steps
+STEPS_PER_CALL = 16
 
 
 class BatcherError(RuntimeError):
@@ -77,15 +86,18 @@ class Ticket:
     `deliver` (optional) is called from the scheduler thread with each event (an int token id or a
     Finished); without it events queue up for `events()`. `cancel()` frees the slot at the next step.
     Log-probabilities are the model's own (before penalties, logit bias, temperature and filters), as OpenAI
-    reports them.
+    reports them. `watched`: someone may read the tokens as they come (every `submit`); a blocking `generate`'s
+    tickets are not, so their tokens may arrive several decode steps at a time.
     """
 
     _ids = itertools.count()
 
     def __init__(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: bool = False,
-                 deliver: Callable[[int | Finished], None] | None = None, logit_bias: dict[int, float] | None = None):
+                 deliver: Callable[[int | Finished], None] | None = None, logit_bias: dict[int, float] | None = None,
+                 watched: bool = True):
         self.id = next(self._ids)
+        self.watched = watched
         # with `logprobs`, each token's entry is stored here before the token is delivered:
         # (its log-probability, [(alternative id, log-probability)] best first)
         self.want_logprobs = logprobs
@@ -141,14 +153,19 @@ class Batcher:
     slots: requests decoded together; max_prompt_tokens: the longest prompt taken (rounded up to its
     bucket); max_new_tokens: the most tokens one request may ask for. The cache holds
     bucket(max_prompt_tokens) + max_new_tokens positions per slot. max_waiting: requests queued for a
-    slot before `submit` refuses more (None: unbounded).
+    slot before `submit` refuses more (None: unbounded). steps_per_call: the most decode steps one device call
+    runs for unwatched requests (`generate`'s). greedy_programs: all-greedy batches get programs of their own,
+    without the sampling tiers, which compile several times faster: for a batcher that compiles on demand
+    (SizedBatcher) rather than at warm-up (a server, whose warm-up compiles the sampling ones only).
     """
 
     def __init__(self, model: Qwen, stop_ids: list[int], pad_id: int, *, slots: int = 8,
                  max_prompt_tokens: int = 1024, max_new_tokens: int = 512, max_waiting: int | None = 256,
-                 prefills_per_step: int = 4, cache_dtype=None, mesh=None):
-        if slots < 1 or max_prompt_tokens < 1 or max_new_tokens < 1 or prefills_per_step < 1:
-            raise ValueError("slots, max_prompt_tokens, max_new_tokens and prefills_per_step must be positive")
+                 prefills_per_step: int = 4, steps_per_call: int = STEPS_PER_CALL, greedy_programs: bool = False,
+                 cache_dtype=None, mesh=None):
+        if min(slots, max_prompt_tokens, max_new_tokens, prefills_per_step, steps_per_call) < 1:
+            raise ValueError("slots, max_prompt_tokens, max_new_tokens, prefills_per_step and steps_per_call "
+                             "must be positive")
         self.graphdef, self.params = nnx.split(model)
         self.config = model.config
         self.stop_ids = frozenset(int(t) for t in stop_ids)
@@ -156,16 +173,17 @@ class Batcher:
         self.num_slots = slots
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.max_len = bucket(max_prompt_tokens) + max_new_tokens
-        self.max_waiting, self.prefills_per_step = max_waiting, prefills_per_step
+        self.max_waiting, self.prefills_per_step, self.steps_per_call = max_waiting, prefills_per_step, steps_per_call
+        self.greedy_programs = greedy_programs
         self.cache_dtype = jnp.dtype(cache_dtype or model.runtime.dtype)
         self.mesh = mesh
-        self.compilations = 0  # programs traced (decode step, slot release, one prefill per prompt bucket)
-        self.steps = 0  # decode steps run
+        self.compilations = 0  # programs traced (decode step, slot release, prefills by prompt count and bucket)
+        self.steps = 0  # decode steps run (one device call may run several)
         self.peak_active = 0  # most slots decoding at once
         self.admitted = 0  # requests prefilled into a slot
         self.finished = collections.Counter()  # requests ended, by Finished.reason
-        self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)
-        self._step = self._build_step()
+        self._prefill = functools.lru_cache(maxsize=None)(self._build_prefill)  # by (rows, width, sampled)
+        self._step = functools.lru_cache(maxsize=None)(self._build_step)  # by sampled
         self._release = self._build_release()
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._active: list[Ticket | None] = [None] * slots
@@ -185,6 +203,44 @@ class Batcher:
                logit_bias: dict[int, float] | None = None) -> Ticket:
         """Queue a request; raises BatcherError when it cannot be taken (nothing is queued then).
         logit_bias: {token id: value added to its logit} (OpenAI's field), at most MAX_LOGIT_BIAS entries."""
+        self._check(prompt, max_new_tokens, logit_bias or {})
+        ticket = Ticket(list(prompt), max_new_tokens, sampling, frequency_penalty, presence_penalty, logprobs, deliver,
+                        logit_bias)
+        self._enqueue([ticket])
+        return ticket
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
+                 ) -> list[list[int]]:
+        """Blocking: each prompt's generated tokens (without the stop token). The prompts are queued together
+        (refused together, if one cannot be taken) and decode together as the slots allow. Prompt i samples
+        with `sampling` under its own seed, prompt_seed(sampling.seed, i), so a call's tokens depend on its
+        seed alone, not on the slot count or on what else runs."""
+        for prompt in prompts:
+            self._check(prompt, max_new_tokens, {})
+        tickets = [Ticket(list(p), max_new_tokens, dataclasses.replace(sampling, seed=prompt_seed(sampling.seed, i)),
+                          watched=False) for i, p in enumerate(prompts)]
+        self._enqueue(tickets)
+        results = [ticket.result() for ticket in tickets]
+        for _, finished in results:
+            if finished.reason not in ("stop", "length"):
+                raise BatcherError(finished.error or f"the request was {finished.reason} (the batcher shut down)")
+        return [tokens for tokens, _ in results]
+
+    def stream(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
+               ) -> Iterator[int]:
+        """One prompt's generated tokens as they are chosen (the terminal chat); leaving early cancels it."""
+        ticket = self.submit(prompt, max_new_tokens, sampling)
+        try:
+            for event in ticket.events():
+                if isinstance(event, Finished):
+                    if event.reason == "error":
+                        raise BatcherError(event.error)
+                    return
+                yield event
+        finally:
+            ticket.cancel()  # a no-op once it has finished
+
+    def _check(self, prompt: list[int], max_new_tokens: int, logit_bias: dict[int, float]) -> None:
         if not prompt:
             raise BatcherError("the prompt has no tokens")
         if len(prompt) > self.max_prompt_tokens:
@@ -192,17 +248,17 @@ class Batcher:
                                f"{self.max_prompt_tokens}")
         if not 1 <= max_new_tokens <= self.max_new_tokens:
             raise BatcherError(f"max_new_tokens must be between 1 and {self.max_new_tokens}, not {max_new_tokens}")
-        self._check_logit_bias(logit_bias or {})
-        ticket = Ticket(list(prompt), max_new_tokens, sampling, frequency_penalty, presence_penalty, logprobs, deliver,
-                        logit_bias)
+        self._check_logit_bias(logit_bias)
+
+    def _enqueue(self, tickets: list[Ticket]) -> None:
+        """Queue tickets at once: the scheduler admits them in one go when it is idle."""
         with self._wake:
             if self._closed:
                 raise BatcherError("the batcher is shut down")
-            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+            if self.max_waiting is not None and len(self._waiting) + len(tickets) > self.max_waiting:
                 raise BatcherError(f"{len(self._waiting)} requests already wait for a slot; try again later")
-            self._waiting.append(ticket)
+            self._waiting.extend(tickets)
             self._wake.notify()
-        return ticket
 
     def _check_logit_bias(self, bias: dict[int, float]) -> None:
         if len(bias) > MAX_LOGIT_BIAS:
@@ -213,14 +269,6 @@ class Batcher:
                 raise BatcherError(f"logit_bias: token {token!r} is not a token id (0 to {vocab - 1})")
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
                 raise BatcherError(f"logit_bias: token {token}'s bias {value!r} is not a finite number")
-
-    def generate(self, prompt: list[int], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
-                 ) -> list[int]:
-        """Blocking convenience: the generated tokens (without the stop token)."""
-        tokens, finished = self.submit(prompt, max_new_tokens, sampling).result()
-        if finished.reason == "error":
-            raise BatcherError(finished.error)
-        return tokens
 
     def warmup(self) -> None:
         """Compile the decode step and every prompt bucket now, so no request waits on a compilation.
@@ -287,57 +335,90 @@ class Batcher:
                 self._finish(ticket, Finished("cancelled"))
 
     def _admit(self, tickets: list[Ticket]) -> list[Ticket]:
-        """Prefill tickets into free slots; returns those that found no free slot."""
-        for n, ticket in enumerate(tickets):
-            free = [i for i, t in enumerate(self._active) if t is None]
-            if not free:
-                return tickets[n:]
-            slot = free[0]
+        """Prefill tickets into free slots; returns those that found no free slot. A blocking generate's
+        tickets (unwatched) are prefilled together, one batch that reads the weights once for all of them; a
+        watched one alone, so a server compiles one prefill per prompt bucket (all of them at warm-up) and
+        each request's first token waits for its own prompt only."""
+        free = [i for i, t in enumerate(self._active) if t is None]
+        taken, leftover = tickets[: len(free)], tickets[len(free):]
+        unwatched = [t for t in taken if not t.watched]
+        for group in [[t] for t in taken if t.watched] + ([unwatched] if unwatched else []):
+            slots, free = free[: len(group)], free[len(group):]
             try:
-                first = self._prefill_slot(slot, ticket)
-            except Exception as e:  # a failed prefill fails its request, not the server
+                firsts = self._prefill_slots(slots, group)
+            except Exception as e:  # a failed prefill fails its requests, not the server
                 log.exception("prefill failed")
-                self._finish(ticket, Finished("error", f"{type(e).__name__}: {e}"))
+                for ticket in group:
+                    self._finish(ticket, Finished("error", f"{type(e).__name__}: {e}"))
                 if self._slots.cache.k.is_deleted():  # the state was donated to the failed call
                     self._reset(e)
                 continue
-            self._active[slot] = ticket
-            self.admitted += 1
-            self._accept(slot, *first)
-        return []
+            for slot, ticket, first in zip(slots, group, firsts):
+                self._active[slot] = ticket
+                self.admitted += 1
+                self._accept(slot, *first)
+        return leftover
 
-    def _prefill_slot(self, slot: int, ticket: Ticket):
-        self._release_freed()  # first: a slot freed just now may be the one this request takes
-        padded = left_pad([ticket.prompt], self.pad_id, bucketed=True)
-        run = self._prefill(padded.tokens.shape[1])
-        rows = RowSampling.of(ticket.sampling, ticket.frequency_penalty, ticket.presence_penalty)
-        bias = LogitBias.of(ticket.logit_bias, MAX_LOGIT_BIAS)
-        self._slots, (token, chosen, top_ids, top) = run(self.params, self._slots, padded, jnp.int32(slot), rows,
-                                                         bias, jax.random.PRNGKey(ticket.sampling.seed))
-        if not ticket.want_logprobs:
-            return int(token), None
-        return int(token), _logprob_entry(chosen, top_ids, top)
+    def _prefill_slots(self, slots: list[int], tickets: list[Ticket]) -> list[tuple[int, tuple | None]]:
+        """Prefill each ticket's prompt into its slot in one device call: (first token, its logprob entry or
+        None) per ticket."""
+        self._release_freed()  # first: a slot freed just now may be the one a request takes
+        padded = left_pad([t.prompt for t in tickets], self.pad_id, bucketed=True)
+        rows = padded.tokens.shape[0]
+        filler = rows - len(tickets)  # the rows left_pad adds to reach a power of two: they write nowhere
+        # settings and biases are stacked on the host: one transfer each with the call, not a device op per row
+        sampling = [RowSampling.of(t.sampling, t.frequency_penalty, t.presence_penalty) for t in tickets]
+        sampling = jax.tree.map(lambda *row: np.stack(row), *sampling, *[RowSampling.of(SamplingParams())] * filler)
+        bias = [LogitBias.of(t.logit_bias, MAX_LOGIT_BIAS) for t in tickets] + [LogitBias.of({}, MAX_LOGIT_BIAS)] * filler
+        bias = jax.tree.map(lambda *row: np.stack(row), *bias)
+        keys = jnp.stack([jax.random.PRNGKey(t.sampling.seed) for t in tickets] + [jax.random.PRNGKey(0)] * filler)
+        targets = jnp.asarray(slots + [self.num_slots] * filler, jnp.int32)  # out of range: the write is dropped
+        run = self._prefill(*padded.tokens.shape, self._sampled(tickets))
+        self._slots, (token, chosen, top_ids, top) = run(self.params, self._slots, padded, targets, sampling, bias,
+                                                         keys)
+        token = np.asarray(token)
+        if any(t.want_logprobs for t in tickets):
+            chosen, top_ids, top = np.asarray(chosen), np.asarray(top_ids), np.asarray(top)
+        return [(int(token[i]), _logprob_entry(chosen[i], top_ids[i], top[i]) if t.want_logprobs else None)
+                for i, t in enumerate(tickets)]
 
     def _decode(self) -> None:
         active = np.array([t is not None for t in self._active])
+        left = np.array([t.max_new_tokens - len(t.tokens) if t is not None else 0 for t in self._active], np.int32)
         self.peak_active = max(self.peak_active, int(active.sum()))
         try:
             self._release_freed()
             report = any(t is not None and t.want_logprobs for t in self._active)
-            self._slots, (tokens, chosen, top_ids, top) = self._step(self.params, self._slots, jnp.asarray(active),
-                                                                     jnp.asarray(report))
-            tokens = np.asarray(tokens)
+            self._slots, ran, (tokens, chosen, top_ids, top) = self._step(self._sampled(self._active))(
+                self.params, self._slots, jnp.asarray(active), jnp.asarray(left), jnp.int32(self._steps_this_call()),
+                jnp.asarray(report))
+            ran, tokens = int(ran), np.asarray(tokens)
             if report:
                 chosen, top_ids, top = np.asarray(chosen), np.asarray(top_ids), np.asarray(top)
         except Exception as e:  # fail the requests in flight, keep serving
             log.exception("decode step failed")
             self._reset(e)
             return
-        self.steps += 1
-        for slot, ticket in enumerate(self._active):
-            if ticket is not None:
-                entry = _logprob_entry(chosen[slot], top_ids[slot], top[slot]) if ticket.want_logprobs else None
-                self._accept(slot, int(tokens[slot]), entry)
+        self.steps += ran
+        for step in range(ran):
+            for slot, ticket in enumerate(self._active):  # a ticket finished at an earlier step has left its slot
+                if ticket is not None:
+                    entry = (_logprob_entry(chosen[step, slot], top_ids[step, slot], top[step, slot])
+                             if ticket.want_logprobs else None)
+                    self._accept(slot, int(tokens[step, slot]), entry)
+
+    def _sampled(self, tickets: list[Ticket | None]) -> bool:
+        """Whether the program for these tickets must sample: always, unless greedy_programs."""
+        return not self.greedy_programs or any(t is not None and not t.sampling.greedy for t in tickets)
+
+    def _steps_this_call(self) -> int:
+        """Decode steps the next device call may run: one while someone watches tokens arrive (a stream, a
+        server's client) or a waiting request could take a free slot at the next step; else steps_per_call."""
+        if any(t is not None and t.watched for t in self._active):
+            return 1
+        with self._wake:
+            joinable = bool(self._waiting) and None in self._active
+        return 1 if joinable else self.steps_per_call
 
     def _accept(self, slot: int, token: int, logprobs=None) -> None:
         """A slot's newly chosen token: deliver it, or finish the request."""
@@ -406,66 +487,93 @@ class Batcher:
             keys=jnp.zeros((n, 2), jnp.uint32),
         )
 
-    def _build_prefill(self, width: int):
-        graphdef = self.graphdef
+    def _build_prefill(self, rows: int, width: int, sampled: bool):
+        graphdef, cfg = self.graphdef, self.config
 
         @functools.partial(jax.jit, donate_argnums=(1,))
-        def prefill(params, s: Slots, padded, slot, rows: RowSampling, bias: LogitBias, key):
+        def prefill(params, s: Slots, padded, targets, sampling: RowSampling, bias: LogitBias, keys):
+            """Run `rows` left-padded prompts into fresh cache rows, choose each one's first token, and write
+            row r's state into slot targets[r] (an out-of-range target: dropped, for filler rows)."""
             self.compilations += 1  # runs at trace time only
             model = nnx.merge(graphdef, params)
-
-            def row(x, axis=0):  # this slot's rows of a slots-major array, keeping the axis
-                return jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=axis)
-
-            def put(x, value, axis=0):
-                return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), slot, axis=axis)
-
-            key_valid = jnp.zeros((1, self.max_len), bool).at[:, :width].set(padded.valid)
-            cache = KVCache(row(s.cache.k, 1), row(s.cache.v, 1))
+            shape = (cfg.num_layers, rows, self.max_len, cfg.num_kv_heads, cfg.head_dim)
+            cache = KVCache(jnp.zeros(shape, self.cache_dtype), jnp.zeros(shape, self.cache_dtype))
+            key_valid = jnp.zeros((rows, self.max_len), bool).at[:, :width].set(padded.valid)
             logits, cache = model.decode_step(padded.tokens, padded.positions, cache, 0, key_valid)
-            seen = jnp.zeros((1, self.config.vocab_size), bool).at[0, padded.tokens[0]].max(padded.valid[0])
-            counts = jnp.zeros((1, self.config.vocab_size), jnp.int32)
-            rows1, bias1 = jax.tree.map(lambda a: a[None], (rows, bias))
-            key, sub = jax.random.split(key)
-            token = choose_rows(logits, seen, counts, rows1, sub[None], bias1)
-            reported = _logprobs(logits, token, jnp.bool_(True))  # one row, once
+            row = jnp.arange(rows)
+            seen = jnp.zeros((rows, cfg.vocab_size), bool).at[row[:, None], padded.tokens].max(padded.valid)
+            counts = jnp.zeros((rows, cfg.vocab_size), jnp.int32)
+            split = jax.vmap(jax.random.split)(keys)
+            token = choose_rows(logits, seen, counts, sampling, split[:, 1], bias, sampled)
+            reported = _logprobs(logits, token, jnp.bool_(True))  # once per prompt
+
+            def put(all_slots, new, axis=0):  # rows into their target slots along the slots axis
+                index = (slice(None),) * axis + (targets,)
+                return all_slots.at[index].set(new.astype(all_slots.dtype), mode="drop")
+
             s = Slots(
                 cache=KVCache(put(s.cache.k, cache.k, 1), put(s.cache.v, cache.v, 1)),
-                key_valid=put(s.key_valid, key_valid), write_index=put(s.write_index, jnp.full((1,), width)),
+                key_valid=put(s.key_valid, key_valid), write_index=put(s.write_index, jnp.full((rows,), width)),
                 position=put(s.position, padded.positions[:, -1] + 1), token=put(s.token, token),
-                seen=put(s.seen, seen.at[0, token[0]].set(True)), counts=put(s.counts, counts.at[0, token[0]].add(1)),
-                sampling=jax.tree.map(lambda all_rows, one: put(all_rows, one), s.sampling, rows1),
-                bias=jax.tree.map(lambda all_rows, one: put(all_rows, one), s.bias, bias1),
-                keys=put(s.keys, key[None]),
-            )
-            return s, jax.tree.map(lambda a: a[0], reported)
-
-        return prefill
-
-    def _build_step(self):
-        graphdef, last = self.graphdef, self.max_len - 1
-
-        @functools.partial(jax.jit, donate_argnums=(1,))
-        def step(params, s: Slots, active, report):
-            self.compilations += 1
-            model = nnx.merge(graphdef, params)
-            slots = jnp.arange(self.num_slots)
-            # idle slots compute on stale state and are ignored; their write index stays put (never past the cache)
-            write = s.write_index
-            key_valid = s.key_valid.at[slots, write].set(active | s.key_valid[slots, write])
-            logits, cache = model.decode_step(s.token[:, None], s.position[:, None], s.cache, write, key_valid)
-            split = jax.vmap(jax.random.split)(s.keys)
-            token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1], s.bias)
-            reported = _logprobs(logits, token, report)
-            grow = active.astype(jnp.int32)
-            s = s._replace(
-                cache=cache, key_valid=key_valid, write_index=jnp.minimum(s.write_index + grow, last),
-                position=s.position + grow, token=token, seen=s.seen.at[slots, token].max(active),
-                counts=s.counts.at[slots, token].add(grow), keys=split[:, 0],
+                seen=put(s.seen, seen.at[row, token].set(True)), counts=put(s.counts, counts.at[row, token].add(1)),
+                sampling=jax.tree.map(put, s.sampling, sampling), bias=jax.tree.map(put, s.bias, bias),
+                keys=put(s.keys, split[:, 0]),
             )
             return s, reported
 
-        return step
+        return prefill
+
+    def _build_step(self, sampled: bool):
+        graphdef, last, most = self.graphdef, self.max_len - 1, self.steps_per_call
+        stop_ids = jnp.asarray(sorted(self.stop_ids), jnp.int32)
+
+        @functools.partial(jax.jit, donate_argnums=(1,))
+        def decode(params, s: Slots, active, left, steps, report):
+            """Up to `steps` (at most steps_per_call) decode steps of the active slots, ending after the first
+            step in which one of them finishes (a stop token, or the last of the `left` [slots] tokens it may
+            still produce): the host frees it, and the next call has no finished slot decoding in vain.
+            Returns the state, the steps run and each step's _logprobs, [steps_per_call, slots, ...]."""
+            self.compilations += 1
+            model = nnx.merge(graphdef, params)
+            slots = jnp.arange(self.num_slots)
+            grow = active.astype(jnp.int32)
+
+            def step(s: Slots):
+                # idle slots compute on stale state and are ignored; their write index stays put (never past the
+                # cache)
+                write = s.write_index
+                key_valid = s.key_valid.at[slots, write].set(active | s.key_valid[slots, write])
+                logits, cache = model.decode_step(s.token[:, None], s.position[:, None], s.cache, write, key_valid)
+                split = jax.vmap(jax.random.split)(s.keys)
+                token = choose_rows(logits, s.seen, s.counts, s.sampling, split[:, 1], s.bias, sampled)
+                reported = _logprobs(logits, token, report)
+                s = s._replace(
+                    cache=cache, key_valid=key_valid, write_index=jnp.minimum(s.write_index + grow, last),
+                    position=s.position + grow, token=token, seen=s.seen.at[slots, token].max(active),
+                    counts=s.counts.at[slots, token].add(grow), keys=split[:, 0],
+                )
+                return s, reported
+
+            def go_on(carry):
+                ran, _, _, finished = carry
+                return (ran < steps) & ~finished
+
+            def one_more(carry):
+                ran, s, out, _ = carry
+                s, reported = step(s)
+                out = jax.tree.map(lambda all_steps, this: all_steps.at[ran].set(this), out, reported)
+                token = reported[0]
+                stopped = jnp.any(token[:, None] == stop_ids, axis=-1)
+                finished = jnp.any(active & (stopped | (ran + 1 >= left)))
+                return ran + 1, s, out, finished
+
+            n = self.num_slots
+            out = (jnp.zeros((most, n), jnp.int32), jnp.zeros((most, n), jnp.float32),
+                   jnp.zeros((most, n, TOP_LOGPROBS), jnp.int32), jnp.zeros((most, n, TOP_LOGPROBS), jnp.float32))
+            ran, s, out, _ = jax.lax.while_loop(go_on, one_more, (jnp.int32(0), s, out, jnp.bool_(False)))
+            return s, ran, out
+
+        return decode
 
     def _build_release(self):
         @functools.partial(jax.jit, donate_argnums=(0,))
@@ -480,6 +588,15 @@ class Batcher:
             return s._replace(sampling=sampling, bias=bias)
 
         return release
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed `generate` gives its prompt number `index`: the call's seed itself for the first (one prompt
+    samples as one request with that seed does), a hash of (seed, index) for the others, so that neither
+    neighbouring prompts nor neighbouring seeds share their noise."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, index]).generate_state(1)[0] % 2**31)
 
 
 def _logprobs(logits: jax.Array, token: jax.Array, report: jax.Array):

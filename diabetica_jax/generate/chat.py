@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from diabetica_jax.generate.engine import Engine
+from diabetica_jax.generate.sized import SizedBatcher
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
@@ -25,10 +25,11 @@ def stop_and_pad(tokenizer) -> tuple[list[int], int]:
     return stop, pad
 
 
-def engine_for(model, tokenizer, mesh=None) -> Engine:
-    """The batch engine for `model`, stopping where the tokenizer's stop tokens say (stop_and_pad)."""
+def engine_for(model, tokenizer, mesh=None, slots: int = 16) -> SizedBatcher:
+    """The generation engine for `model` (blocking `generate` of many prompts, `stream` of one), stopping where
+    the tokenizer's stop tokens say (stop_and_pad); `slots`: the most prompts decoded together."""
     stop, pad = stop_and_pad(tokenizer)
-    return Engine(model, stop_ids=stop, pad_id=pad, mesh=mesh)
+    return SizedBatcher(model, stop, pad, slots=slots, mesh=mesh)
 
 
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:

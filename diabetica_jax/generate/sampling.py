@@ -1,9 +1,9 @@
 """Next-token choice from float32 logits: penalties and logit bias, then greedy or temperature / top-k / top-p.
 
-`choose` is the batch rule of the engine (one setting for the whole batch). `choose_rows` is the continuous
-batcher's: every row has its own settings, and a row pays only for what its settings ask. Each row falls in one
-tier, decided by its own settings and logits alone (so a seeded request samples the same tokens whatever runs
-beside it), and each tier is computed (a `lax.cond`) only when some row of the step is in it:
+`choose_rows` is the rule of the continuous batcher (generate/batcher.py), the one engine: every row has its
+own settings, and a row pays only for what its settings ask. Each row falls in one tier, decided by its own
+settings and logits alone (so a seeded request samples the same tokens whatever runs beside it), and each tier
+is computed (a `lax.cond`) only when some row of the step is in it:
 
 - greedy (temperature 0, also every idle slot): an argmax;
 - whole vocabulary (temperature > 0, no top-k, no top-p): a draw from the softmax, no sort and no top_k;
@@ -45,34 +45,6 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
-def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
-    """Tokens already in the sequence become less likely: positive logits divided by the penalty,
-    negative ones multiplied (the CTRL rule transformers implements)."""
-    if penalty == 1.0:
-        return logits
-    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
-    return jnp.where(seen, penalised, logits)
-
-
-def choose(logits: jax.Array, seen: jax.Array, params: SamplingParams, key: jax.Array) -> jax.Array:
-    """Token ids [b] from logits [b, vocab]; `seen` [b, vocab] marks tokens already in each sequence."""
-    logits = apply_repetition_penalty(logits.astype(jnp.float32), seen, params.repetition_penalty)
-    if params.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / params.temperature
-    if params.top_k > 0:
-        kth = jax.lax.top_k(logits, params.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if params.top_p < 1.0:
-        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(ordered, axis=-1), axis=-1)
-        # smallest set whose probability reaches top_p: keep tokens at least as likely as its last member
-        cutoff_index = jnp.sum(cumulative < params.top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(ordered, cutoff_index, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
-
 class RowSampling(NamedTuple):
     """Sampling settings per batch row, as arrays [b], so rows with different settings (requests of a
     continuously batched server) share one compiled decode step. frequency/presence penalties follow
@@ -81,16 +53,16 @@ class RowSampling(NamedTuple):
     temperature: jax.Array  # float32; 0: greedy
     top_k: jax.Array  # int32; 0: off
     top_p: jax.Array  # float32; 1: off
-    repetition_penalty: jax.Array  # float32; 1: off (over prompt and generated tokens, like `choose`)
+    repetition_penalty: jax.Array  # float32; 1: off (over prompt and generated tokens, as transformers')
     frequency_penalty: jax.Array  # float32; 0: off
     presence_penalty: jax.Array  # float32; 0: off
 
     @staticmethod
     def of(params: SamplingParams, frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> RowSampling:
-        """One row's settings (arrays of shape [])."""
-        return RowSampling(jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p),
-                           jnp.float32(params.repetition_penalty), jnp.float32(frequency_penalty),
-                           jnp.float32(presence_penalty))
+        """One row's settings (host scalars: rows are stacked before they go to the device)."""
+        return RowSampling(np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p),
+                           np.float32(params.repetition_penalty), np.float32(frequency_penalty),
+                           np.float32(presence_penalty))
 
     @staticmethod
     def neutral(rows: int) -> RowSampling:
@@ -110,11 +82,11 @@ class LogitBias(NamedTuple):
 
     @staticmethod
     def of(bias: dict[int, float] | None, width: int) -> LogitBias:
-        """One row's bias (arrays [width]) from {token id: bias}, at most `width` entries."""
+        """One row's bias (host arrays [width]) from {token id: bias}, at most `width` entries."""
         ids, values = np.zeros(width, np.int32), np.zeros(width, np.float32)
         for n, (token, value) in enumerate((bias or {}).items()):
             ids[n], values[n] = token, value
-        return LogitBias(jnp.asarray(ids), jnp.asarray(values))
+        return LogitBias(ids, values)
 
     @staticmethod
     def none(rows: int, width: int) -> LogitBias:
@@ -144,22 +116,27 @@ def tiers_needed(rows: RowSampling, vocab: int) -> frozenset[str]:
 
 
 def choose_rows(logits: jax.Array, seen: jax.Array, counts: jax.Array, rows: RowSampling,
-                keys: jax.Array, bias: LogitBias | None = None) -> jax.Array:
+                keys: jax.Array, bias: LogitBias | None = None, sampled: bool = True) -> jax.Array:
     """Token ids [b] from logits [b, vocab] with each row's own settings; `keys` [b] are per-row PRNG keys.
 
-    Greedy rows give exactly what `choose` gives them; sampled rows draw from the distribution transformers'
-    TopK and TopP warpers leave (see the module's docstring for how each tier computes it).
+    Greedy rows take the argmax of their adjusted logits (the first largest, as transformers' greedy search
+    does); sampled rows draw from the distribution transformers' TopK and TopP warpers leave (see the module's
+    docstring for how each tier computes it). `sampled=False` (static) promises that every row is greedy: only
+    the argmax is built, the same tokens from a program that compiles several times faster (the sampling
+    tiers are most of a decode step's compile time on a CPU).
     """
     logits = logits.astype(jnp.float32)
     adjusting = _adjusting(rows, bias)
 
+    def choose(logits):
+        return _choose_by_tier(logits, rows, keys) if sampled else _argmax(logits, rows, keys)
+
     def adjusted(logits):  # only the rows that adjust: the others' logits stay bit for bit the model's
-        return _choose_by_tier(jnp.where(adjusting[:, None], adjusted_logits(logits, seen, counts, rows, bias),
-                                         logits), rows, keys)
+        return choose(jnp.where(adjusting[:, None], adjusted_logits(logits, seen, counts, rows, bias), logits))
 
     # without penalties or bias (the usual batch) no adjusted copy of the logits is made: a pass over
     # [slots, vocab] costs about as much as the choice
-    return jax.lax.cond(jnp.any(adjusting), adjusted, lambda logits: _choose_by_tier(logits, rows, keys), logits)
+    return jax.lax.cond(jnp.any(adjusting), adjusted, choose, logits)
 
 
 def allowed_tokens(logits: jax.Array, rows: RowSampling) -> jax.Array:

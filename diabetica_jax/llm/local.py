@@ -40,8 +40,8 @@ class LocalModel:
             log.warning("%s: max_tokens %d capped at %d", self.name, max_tokens, MAX_NEW_TOKENS)
             max_tokens = MAX_NEW_TOKENS
         try:
-            out = self.batcher.generate(chat_prompt(self.tokenizer, messages), max_tokens,
-                                        SamplingParams(temperature=temperature))
+            [out] = self.batcher.generate([chat_prompt(self.tokenizer, messages)], max_tokens,
+                                          SamplingParams(temperature=temperature))
         except BatcherError as e:  # a prompt over the limit: asking again will not help
             raise LLMError(f"{self.name}: {e}") from None
         return self.tokenizer.decode(out, skip_special_tokens=True)

@@ -295,8 +295,8 @@ def verify_export(path: Path, tokenizer, n_prompts: int, n_tokens: int) -> dict:
     questions = [q for q, _, _ in BENCH_MCQ] + [q for q, _ in BENCH_DIALOG]
     prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions[:n_prompts]]
     model, _ = hf.load(path, progress=False)
-    engine = engine_for(model, tokenizer)
-    ours = engine.generate(prompts, n_tokens)
+    with engine_for(model, tokenizer) as engine:
+        ours = engine.generate(prompts, n_tokens)
     reference_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     stop = set(int(s) for s in engine.stop_ids)
     theirs = []
