@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # tests/faults is all faults and CLI bad inputs; from the others, the tests marked so (serve's refused requests,
 # lost and hung cluster tasks, executor options)
-SUITE = ["tests/faults", "tests/test_serve.py", "tests/test_serve_conformance.py", "tests/test_serve_limits.py",
-         "tests/test_clusters.py"]
+SUITE = ["tests/faults", "tests/serve/test_serve.py", "tests/serve/test_serve_conformance.py", "tests/serve/test_serve_limits.py",
+         "tests/curate/test_clusters.py"]
 ROWS = [("faults injected", "faults_injected"), ("faults survived", "faults_survived"),
         ("bad inputs tried", "bad_inputs_tried"), ("bad inputs refused with a clear error", "bad_inputs_refused_clearly"),
         ("records checked after a fault", "records_checked"), ("records lost", "records_lost"),

@@ -153,3 +153,26 @@ def test_every_error_the_cli_reports_in_one_line_has_one_of_two_bases():
     caught = {name for name in ("HFCheckpointError", "CheckpointError", "ConfigError", "EvalDataError",
                                 "InputError", "UnitsLost", "CheckpointSaveError") if name in cli}
     assert not caught, f"the CLI lists {caught}: derive them from UserError or RunFailure instead"
+
+
+TESTS = Path(__file__).resolve().parent
+# Folders under tests/ that hold no package's tests: fault injection across packages, and test fixtures.
+TEST_FOLDERS_NOT_PACKAGES = {"faults", "templates", "slurm_standin"}
+REPO_WIDE_TESTS = {"test_architecture.py", "test_docs_links.py", "test_readme_commands.py"}
+
+
+def test_tests_mirror_the_package_folders():
+    """tests/<name>/ holds the tests of diabetica_jax/<name>/; only repo-wide checks sit at the top."""
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders - TEST_FOLDERS_NOT_PACKAGES <= packages, "a test folder with no package of that name"
+    assert {p.name for p in TESTS.glob("test_*.py")} == REPO_WIDE_TESTS, "a package's test file at the top of tests/"
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert len(names) == len(set(names)), "test file names repeat across folders (pytest imports them by name)"
+
+
+def test_every_code_folder_is_a_regular_package():
+    """setuptools' packages.find skips a folder without __init__.py: a wheel would ship without it (train/ had none)."""
+    missing = [str(d.relative_to(PACKAGE.parent)) for d in PACKAGE.rglob("*")
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
+    assert not missing, f"folders of modules without __init__.py: {missing}"

@@ -97,7 +97,7 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 
 def test_generated_blocks_live_in_their_pages():
-    """The config reference (tests/test_train_config.py) and the fault table (bench/faults.py) each have one home."""
+    """The config reference (tests/train/test_train_config.py) and the fault table (bench/faults.py) each have one home."""
     for marker, page in (("config-reference", "configuration.md"), ("faults-table", "reliability.md")):
         holders = [doc.name for doc in DOCS if f"<!-- {marker}:start -->" in doc.read_text(encoding="utf-8")]
         assert holders == [page], f"<!-- {marker}:start --> is in {holders}, expected docs/{page} only"

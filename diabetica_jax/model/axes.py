@@ -3,7 +3,7 @@ config) are checked against them when the config is read, before any model is bu
 puts two dimensions of one array on one mesh axis is refused there, naming the key.
 
 The activations are pinned with these tuples (model/qwen.py, train/loss.py); the parameters name theirs where
-they are made (model/layers.py, model/qwen.py), and tests/test_mesh.py checks that every one of them is listed.
+they are made (model/layers.py, model/qwen.py), and tests/parallel/test_mesh.py checks that every one of them is listed.
 """
 
 # activations [batch, seq, ...]; a None dimension is never sharded

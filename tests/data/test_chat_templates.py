@@ -15,7 +15,7 @@ from diabetica_jax.data.loader import TokenStore
 from diabetica_jax.data.records import Record
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parents[1] / "templates"
 
 CONVERSATIONS = {
     "single turn": [{"role": "user", "content": "什么是糖尿病？"}, {"role": "assistant", "content": "一种以高血糖为特征的代谢病。"}],

@@ -20,7 +20,7 @@ from diabetica_jax.demo.synthetic_qa import write_corpus
 
 pytest.importorskip("datatrove", reason="the cluster executors need: pip install 'diabetica-jax[engine]'")
 
-STANDINS = Path(__file__).parent / "slurm_standin"
+STANDINS = Path(__file__).parents[1] / "slurm_standin"
 SLURM = ["engine.name=datatrove", "engine.executor=slurm", "engine.executor_options.partition=cpu",
          "engine.executor_options.time='00:10:00'", "engine.unit_mb=1", "engine.workers=2"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from diabetica_jax.cli import build_parser, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("jax", "flax", "transformers", "torch", "orbax")
 
 

@@ -165,7 +165,7 @@ def test_configuration_reference_is_current():
     from diabetica_jax.configuration import markdown_reference
     from diabetica_jax.pipeline.config import RunConfig
 
-    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
     start, end = "<!-- config-reference:start -->\n", "\n<!-- config-reference:end -->"
     current = page[page.index(start) + len(start): page.index(end)]
     assert current == markdown_reference(RunConfig), (
@@ -181,7 +181,7 @@ def test_shipped_configs_load():
     from diabetica_jax.evaluation.config import EvalConfig
     from diabetica_jax.pipeline.config import load_run_config
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "configs" / "curate").glob("*.yaml")):
         assert load_curate_config(str(path)).demo
     for path in sorted((root / "configs" / "recipes").glob("*.yaml")):

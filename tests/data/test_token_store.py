@@ -32,7 +32,7 @@ from diabetica_jax.data.token_store import (
 )
 from diabetica_jax.hf.tokenizer import embedded_tokenizer
 
-CHAT_TEMPLATES = Path(__file__).parent / "templates"
+CHAT_TEMPLATES = Path(__file__).parents[1] / "templates"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from diabetica_jax.serve import ServedModel, ServeLimits  # noqa: E402
 from diabetica_jax.serve.app import create_app  # noqa: E402
 from diabetica_jax.serve.server import BackgroundServer  # noqa: E402
 
-MINI_MCQ = Path(__file__).resolve().parents[1] / "diabetica_jax" / "demo" / "benchmarks" / "mini_mcq.csv"
+MINI_MCQ = Path(__file__).resolve().parents[2] / "diabetica_jax" / "demo" / "benchmarks" / "mini_mcq.csv"
 QUESTION = "What is the HbA1c target for most adults with type 2 diabetes?"
 
 

@@ -1,5 +1,5 @@
 """Multi-stage training: a run continuing another run's weights (full, LoRA merged, LoRA unmerged) and stage
-configs (the pipeline running the stages in order is tested with the demo run, tests/test_run.py)."""
+configs (the pipeline running the stages in order is tested with the demo run, tests/pipeline/test_run.py)."""
 
 import jax
 import numpy as np

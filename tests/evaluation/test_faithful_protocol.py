@@ -53,7 +53,7 @@ def test_the_shipped_protocol_records_source_commit_and_licence():
     assert "MIT License" in text and licence["copyright"] in text and "Permission is hereby granted" in text
     assert any("ZhiCheng_MCQ_A2.csv" in f and "evaluation/data/" in f for f in shipped["mcq"]["files"])
     # a wheel carries both files: package-data names them
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = pyproject["tool"]["setuptools"]["package-data"]["diabetica_jax"]
     for name in ("diabetica.json", licence["file"]):
         assert any(fnmatch.fnmatch(f"evaluation/protocols/{name}", p) for p in patterns), name

@@ -97,7 +97,7 @@ def test_without_torch_the_export_check_is_skipped_with_a_note(monkeypatch, capl
     from diabetica_jax.pipeline import run as run_module
     from diabetica_jax.pipeline.config import load_run_config
 
-    cfg = load_run_config(str(run_module.Path(__file__).resolve().parents[1] / "configs" / "recipes" / "demo.yaml"), [])
+    cfg = load_run_config(str(run_module.Path(__file__).resolve().parents[2] / "configs" / "recipes" / "demo.yaml"), [])
     assert cfg.export.verify
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
