@@ -17,7 +17,8 @@ from diabetica_jax.curate.config import load_curate_config
 from diabetica_jax.curate.pipeline import curate as run_curation
 from diabetica_jax.evaluation.compare import load_reports, write_comparison
 from diabetica_jax.evaluation.config import EvalConfig
-from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
+from diabetica_jax.evaluation.runner import evaluate
+from diabetica_jax.evaluation.summary import compare_plot, summary_markdown
 from diabetica_jax.generate import SamplingParams
 from diabetica_jax.generate.chat import chat_prompt, engine_for, repl
 from diabetica_jax.parallel import make_mesh

@@ -69,18 +69,17 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from diabetica_jax.evaluation import clinical
 from diabetica_jax.evaluation import tasks as task_lib
 from diabetica_jax.evaluation.clinical_data import load_clinical_items
-from diabetica_jax.evaluation.clinical_report import clinical_markdown, clinical_plot
-from diabetica_jax.evaluation.compare import comparison_plot, comparison_table
-from diabetica_jax.evaluation.config import CLINICAL_TASKS, PAPER_TASKS, TEXT_TASKS, EvalConfig
+from diabetica_jax.evaluation.clinical_report import clinical_plot
+from diabetica_jax.evaluation.config import CLINICAL_TASKS, TEXT_TASKS, EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError, load_items
 from diabetica_jax.evaluation.perplexity import perplexity_summary, run_perplexity
+from diabetica_jax.evaluation.pooling import pool, seed_stats
 from diabetica_jax.evaluation.prompts import OWN, Prompts, default_protocol_path, from_protocol
 from diabetica_jax.evaluation.rubric import RubricError, default_rubric_path, load_rubric
+from diabetica_jax.evaluation.summary import compare_plot, summary_markdown
 from diabetica_jax.llm import make_backend
 
 log = logging.getLogger(__name__)
@@ -263,7 +262,7 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
                 pooled = clinical.task_summary(section.task, all_results, rubrics[section.task],
                                                getattr(judge, "name", None))
             else:
-                pooled = _pool(per_file, all_results)
+                pooled = pool(per_file, all_results)
             by_seed[seed][section.task] = (all_results, per_file, pooled)
 
     summaries = {}
@@ -316,179 +315,3 @@ def _clinical_extras(task: str, summary: dict, rejects: list, out: Path, title: 
     plot = f"clinical_{task}.png"
     extras["plot"] = plot if clinical_plot(task, {**summary, **extras}, out / plot, title) else None
     return extras
-
-
-def seed_stats(per_seed: list[dict], keys) -> dict:
-    """{metric: {mean, std, min, max, n}} over the seeds where the metric is a number (std: ddof 1, None
-    for one seed)."""
-    stats = {}
-    for key in keys:
-        values = [r[key] for r in per_seed if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
-                  and not np.isnan(r[key])]
-        if not values:
-            continue
-        stats[key] = {"mean": float(np.mean(values)),
-                      "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                      "min": float(min(values)), "max": float(max(values)), "n": len(values)}
-    return stats
-
-
-# The count each mean of a file is taken over, so pooled means weigh each file by it.
-DIALOG_WEIGHTS = {"mean_score": "n_scored", "mean_score_own": "n_scored_own",
-                  "mean_score_original": "n_scored_original"}
-
-
-def _pool(per_file: dict, results: list[dict] | None = None) -> dict:
-    """One summary over several files of a task (MCQ pools its items with mcq_metrics instead): counts add
-    up; each mean is weighted by the count it was taken over (dialogue: n_scored / n_scored_own /
-    n_scored_original; cloze: n_items - n_failed) over the files where it is a number; by_class and by_type
-    recomputed from `results` (all files' items); other keys (bleu_kind, score_rule, judge, ...) are the
-    first file's."""
-    summaries = list(per_file.values())
-    if len(summaries) == 1:
-        return dict(summaries[0])
-    pooled = dict(summaries[0])
-    for key in summaries[0]:
-        values = [s.get(key) for s in summaries]
-        if key.startswith("n_") or key == "unanswered":
-            pooled[key] = sum(v for v in values if _number(v))
-        elif key in ("by_class", "by_type"):
-            pooled[key] = _merge_groups(summaries, key, results)
-        elif any(_number(v) for v in values) and all(_number(v) or v is None for v in values):
-            weights = [_weight(s, key) for s in summaries]
-            pairs = [(v, w) for v, w in zip(values, weights) if _number(v) and not np.isnan(v) and w > 0]
-            total = sum(w for _, w in pairs)
-            if total:
-                pooled[key] = sum(v * w for v, w in pairs) / total
-            else:
-                pooled[key] = None if key in DIALOG_WEIGHTS else float("nan")
-    return pooled
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _weight(summary: dict, key: str) -> int:
-    if key in DIALOG_WEIGHTS:
-        return summary.get(DIALOG_WEIGHTS[key]) or 0
-    return summary.get("n_items", 0) - (summary.get("n_failed") or 0)
-
-
-def _merge_groups(summaries: list[dict], key: str, results: list[dict] | None) -> dict:
-    """by_class / by_type over all files: from the items when given, else merged from the files' groups."""
-    column = {"by_class": "class", "by_type": "type"}[key]
-    if results is not None:
-        groups: dict = {}
-        for r in results:
-            if r.get(column) is not None:
-                groups.setdefault(r[column], []).append(r)
-        return {label: {"n_items": len(rows), **task_lib._score_stats(rows, "score")}
-                for label, rows in sorted(groups.items())}
-    merged: dict = {}
-    for s in summaries:
-        for label, g in (s.get(key) or {}).items():
-            m = merged.setdefault(label, {"n_items": 0, "n_scored": 0, "total": 0.0})
-            m["n_items"] += g["n_items"]
-            if g.get("mean_score") is not None:
-                m["n_scored"] += g["n_scored"]
-                m["total"] += g["mean_score"] * g["n_scored"]
-    return {label: {"n_items": m["n_items"],
-                    "mean_score": m["total"] / m["n_scored"] if m["n_scored"] else None,
-                    "n_scored": m["n_scored"]} for label, m in sorted(merged.items())}
-
-
-def _pct(value) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
-
-
-def _spread(task: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
-    stats = (task.get("seed_stats") or {}).get(key)
-    if not stats or stats["n"] < 2:
-        return ""
-    return (f"; {stats['n']} seeds: mean {scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f} "
-            f"[{scale * stats['min']:.{digits}f}, {scale * stats['max']:.{digits}f}]")
-
-
-def summary_markdown(runs: list[dict]) -> str:
-    lines = ["# Evaluation summary"]
-    paper = [run for run in runs if any(task in run["tasks"] for task in PAPER_TASKS)]
-    if paper:  # the paper's benchmarks in one table; a suite of clinical tasks only has no row for it
-        lines += ["", "| model | mode | MCQ acc. (95% CI) | MCQ answered | MCQ log-lik acc. | cloze ROUGE-L | "
-                  "cloze BLEU | dialog judge mean (scored/n) |", "|---|---|---|---|---|---|---|---|"]
-    for run in paper:
-        t = run["tasks"]
-        mcq = t.get("mcq", {})
-        cloze = t.get("cloze", {})
-        dialog = t.get("dialog", {})
-        acc = (f"{100 * mcq['accuracy']:.1f}% ({100 * mcq['accuracy_ci95'][0]:.1f}-{100 * mcq['accuracy_ci95'][1]:.1f})"
-               + _spread(mcq, "accuracy", 100) if mcq else "-")
-        ll = _pct(mcq["loglik_accuracy"]) if mcq else "-"
-        answered = _pct(mcq.get("answered_rate")) if mcq else "-"
-        rl = f"{cloze['rougeL']:.3f}" + _spread(cloze, "rougeL", digits=3) if cloze else "-"
-        bl = (f"{cloze['bleu']:.3f} ({cloze.get('bleu_kind', 'bleu')})" + _spread(cloze, "bleu", digits=3)
-              if cloze else "-")
-        dm = (f"{dialog['mean_score']:.2f} ({dialog['n_scored']}/{dialog['n_items']})" + _spread(dialog, "mean_score",
-                                                                                                digits=2)
-              if dialog and dialog.get("mean_score") is not None else ("not judged" if dialog else "-"))
-        if dialog and dialog.get("mean_score") is not None and dialog.get("mean_score_own") != dialog.get(
-                "mean_score_original"):
-            own, orig = dialog.get("mean_score_own"), dialog.get("mean_score_original")
-            dm += (f"; own rule {own:.2f}" if own is not None else "; own rule -") + (
-                f", original rule {orig:.2f} ({dialog.get('n_scored_original')} parsed)" if orig is not None
-                else ", original rule -")
-        lines.append(f"| {run['model']} | {run['mode']} | {acc} | {answered} | {ll} | {rl} | {bl} | {dm} |")
-    rules = sorted({r["tasks"]["mcq"]["answer_rule"] for r in paper if r["tasks"].get("mcq", {}).get("answer_rule")})
-    if rules:
-        lines += ["", "MCQ letters read by: " + "; ".join(rules) + ". Answered: the share of replies with a "
-                  "readable letter (answer-format compliance)."]
-    scored = [r for r in runs if isinstance(r["tasks"].get("perplexity"), dict)]
-    if scored:
-        lines += ["", "| model | mode | perplexity | mean NLL (nats/token) | passages | tokens |", "|---|---|---|---|---|---|"]
-        for run in scored:
-            t = run["tasks"]["perplexity"]
-            ppl = f"{t['perplexity']:.1f}" if _number(t.get("perplexity")) else str(t.get("perplexity"))
-            nll = f"{t['mean_nll']:.3f}" if _number(t.get("mean_nll")) else "-"
-            lines.append(f"| {run['model']} | {run['mode']} | {ppl} | {nll} | {t['n_items']} | {t['n_tokens']} |")
-    decoded = [r for r in runs if r.get("decoding")]
-    if decoded:
-        lines += ["", "Decoding:", ""]
-        for run in decoded:
-            d = run["decoding"]
-            per_task = "; ".join(f"{task}: " + ", ".join(f"{k} {v}" for k, v in spec.items())
-                                 for task, spec in d.get("tasks", {}).items())
-            lines.append(f"- {run['model']} ({run['mode']}), seeds {run.get('seeds')}: from {d.get('source')}: "
-                         f"{per_task}")
-    for run in runs:
-        dialog = run["tasks"].get("dialog", {})
-        for key, column in (("by_class", "class"), ("by_type", "type")):
-            groups = dialog.get(key) or {}
-            if not groups:
-                continue
-            lines += ["", f"Dialogue judge mean per {column}: {run['model']} ({run['mode']})", "",
-                      f"| {column} | mean | scored/n |", "|---|---|---|"]
-            for label, g in groups.items():
-                mean = f"{g['mean_score']:.2f}" if g.get("mean_score") is not None else "-"
-                lines.append(f"| {label} | {mean} | {g['n_scored']}/{g['n_items']} |")
-    lines += clinical_markdown(runs)
-    ref = next((r for r in runs if r.get("published")), None)
-    if ref:
-        published = ref["published"]
-        path = (ref.get("protocol") or {}).get("path")  # reports of older versions do not record it
-        lines += ["", f"Published numbers (protocol file {path or ''}".rstrip() + "), for reference:", "",
-                  "| model | MCQ pooled acc. | dialog judge mean |", "|---|---|---|"]
-        mcq_pub = published.get("mcq_pooled_accuracy_pct", {})
-        dialog_pub = published.get("dialog_gpt4_judge_mean", {})
-        for model in sorted(set(mcq_pub) | set(dialog_pub), key=lambda m: -mcq_pub.get(m, 0)):
-            lines.append(f"| {model} | {mcq_pub.get(model, '-')}% | {dialog_pub.get(model, '-')} |")
-    return "\n".join(lines) + "\n"
-
-
-def compare_plot(runs: list[dict], path: Path) -> bool:
-    """MCQ accuracy (95% interval, or spread over seeds) and dialogue judge means of several runs, beside the
-    published reference rows they carry: the comparison report's plot (evaluation/compare.py). A failure to
-    draw is logged and reported as False, never raised into a finished evaluation."""
-    return comparison_plot(comparison_table(runs), path)
-
-
-

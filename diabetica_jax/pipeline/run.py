@@ -182,7 +182,8 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
     general tasks (cfg.general) before training and after every stage into OUT/general/<point>; and
     OUT/learning.json, one row per evaluation point with what was measured there (learning_table)."""
     from diabetica_jax import hf
-    from diabetica_jax.evaluation.runner import compare_plot, evaluate, summary_markdown
+    from diabetica_jax.evaluation.runner import evaluate
+    from diabetica_jax.evaluation.summary import compare_plot, summary_markdown
     from diabetica_jax.parallel import make_mesh
     from diabetica_jax.parallel.rules import use_rules
     from diabetica_jax.train.run_dir import trained_model

@@ -9,6 +9,7 @@ import shutil
 import grain
 import numpy as np
 import pytest
+from store_checks import assert_same_token_store
 
 from diabetica_jax.curate import pipeline
 from diabetica_jax.curate.config import load_curate_config
@@ -63,16 +64,7 @@ def test_assembled_token_store_is_the_one_built_from_the_shards(curated, tmp_pat
     copy = tmp_path / "copy"
     shutil.copytree(out / "shards", copy / "shards", copy_function=shutil.copy2)  # same mtimes: same key
     built = build_token_store(copy, tokenizer, workers=1, progress=False)
-    assert built.meta["key"] == assembled.meta["key"]
-    for name in ("tokens", "loss_mask"):
-        assert (copy / "tokens" / built.meta["key"] / name).read_bytes() == \
-            (out / "tokens" / assembled.meta["key"] / name).read_bytes()
-    np.testing.assert_array_equal(built.offsets, assembled.offsets)
-    for name, column in built.columns.items():
-        np.testing.assert_array_equal(assembled.columns[name], column)
-    drop = {"built_seconds"}
-    assert {k: v for k, v in built.meta.items() if k not in drop} == \
-        {k: v for k, v in assembled.meta.items() if k not in drop}
+    assert_same_token_store(copy, built, out, assembled)
     lengths = np.asarray(built.lengths)
     assert card["tokens"] == {"total": int(lengths.sum()), "mean": float(lengths.mean()),
                               "p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),

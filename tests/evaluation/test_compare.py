@@ -120,7 +120,7 @@ def test_table_rows(runs):
 
 def test_the_spread_over_seeds_is_the_runners():
     """The runner's own seed_stats of per-seed figures become the row's mean and std."""
-    from diabetica_jax.evaluation.runner import seed_stats
+    from diabetica_jax.evaluation.pooling import seed_stats
 
     per_seed = [{"seed": 42, "accuracy": 0.5}, {"seed": 43, "accuracy": 0.7}]
     report = {"model": "m", "mode": "faithful", "seeds": [42, 43],

@@ -127,7 +127,7 @@ def _mcq_run(name, correct, total):
 
 @pytest.mark.parametrize("correct, total", [(0, 11), (6, 6), (0, 235), (77, 77)])
 def test_comparison_plot_of_an_all_wrong_or_all_right_model(tmp_path, correct, total):
-    from diabetica_jax.evaluation.runner import compare_plot
+    from diabetica_jax.evaluation.summary import compare_plot
 
     run = _mcq_run("m", correct, total)
     low, high = run["tasks"]["mcq"]["accuracy_ci95"]
@@ -137,7 +137,7 @@ def test_comparison_plot_of_an_all_wrong_or_all_right_model(tmp_path, correct, t
 
 
 def test_a_failing_plot_is_logged_not_raised(tmp_path, caplog):
-    from diabetica_jax.evaluation.runner import compare_plot
+    from diabetica_jax.evaluation.summary import compare_plot
 
     run = _mcq_run("m", 3, 10)
     run["tasks"]["mcq"]["accuracy_ci95"] = (0.9, 0.1)  # an interval that misses its estimate: clipped, drawn
@@ -250,7 +250,7 @@ def test_dialog_scores_by_both_rules_and_per_category():
     assert summary["by_class"]["药物"] == {"n_items": 2, "mean_score": pytest.approx(8.75), "n_scored": 2}
     assert summary["by_type"]["Others"]["mean_score"] == 3.0
     assert judge.calls == [(1024, 0.0)] * 3
-    assert "药物" in __import__("diabetica_jax.evaluation.runner", fromlist=["x"]).summary_markdown(
+    assert "药物" in __import__("diabetica_jax.evaluation.summary", fromlist=["x"]).summary_markdown(
         [{"model": "m", "mode": "own", "tasks": {"dialog": summary}, "published": {}}])
 
 
@@ -487,7 +487,7 @@ def test_mcq_rows_without_usable_letter_scores_leave_loglik_accuracy():
 
 
 def test_pooling_dialogue_files_weights_means_by_scored_items():
-    from diabetica_jax.evaluation.runner import _pool
+    from diabetica_jax.evaluation.pooling import pool as _pool
 
     one = {"n_items": 4, "mean_score": 8.0, "n_scored": 2, "n_unparsed": 1, "n_failed": 1, "judge": "j",
            "score_rule": "own", "mean_score_own": 8.0, "n_scored_own": 2, "n_unparsed_own": 1,

@@ -22,21 +22,15 @@ from diabetica_jax.serve.app import create_app  # noqa: E402
 from diabetica_jax.serve.server import BackgroundServer  # noqa: E402
 
 MINI_MCQ = Path(__file__).resolve().parents[2] / "diabetica_jax" / "demo" / "benchmarks" / "mini_mcq.csv"
+LIMITS = ServeLimits(slots=4, max_prompt_tokens=256, max_new_tokens=512, max_waiting=64)
 QUESTION = "What is the HbA1c target for most adults with type 2 diabetes?"
 
 
 @pytest.fixture(scope="module")
 def served():
-    model = ServedModel.load("", limits=ServeLimits(slots=4, max_prompt_tokens=256, max_new_tokens=512,
-                                                    max_waiting=64), warmup=True)
+    model = ServedModel.load("", limits=LIMITS, warmup=True)
     yield model
     model.close()
-
-
-@pytest.fixture(scope="module")
-def server(served):
-    with BackgroundServer(create_app(served)) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

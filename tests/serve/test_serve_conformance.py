@@ -44,12 +44,6 @@ def served(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def server(served):
-    with BackgroundServer(create_app(served)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def http(server):
     with httpx.Client(base_url=server.url, timeout=120) as client:
         yield client

@@ -22,20 +22,15 @@ TIMEOUT = 2.0  # seconds for a body to arrive; a whole small body arrives with i
 WAIT = 30.0  # seconds any test waits for an answer before it counts as none
 SETTLE = 1.0  # seconds after a disconnect for anything logged late about it: more than the app's 0.5 s poll
 QUESTION = "What is the HbA1c target for most adults with type 2 diabetes?"
+LIMITS = ServeLimits(slots=2, max_prompt_tokens=256, max_new_tokens=512, max_waiting=8)
+APP_OPTIONS = {"max_body_bytes": CAP, "body_timeout": TIMEOUT}  # the app under test (tests/serve/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def served():
-    model = ServedModel.load("", limits=ServeLimits(slots=2, max_prompt_tokens=256, max_new_tokens=512,
-                                                    max_waiting=8), warmup=True)
+    model = ServedModel.load("", limits=LIMITS, warmup=True)
     yield model
     model.close()
-
-
-@pytest.fixture(scope="module")
-def server(served):
-    with BackgroundServer(create_app(served, max_body_bytes=CAP, body_timeout=TIMEOUT)) as running:
-        yield running
 
 
 @pytest.fixture

@@ -74,12 +74,6 @@ def served(driver):  # after `driver`: a machine without Chromium skips before l
     model.close()
 
 
-@pytest.fixture(scope="module")
-def server(served):
-    with BackgroundServer(create_app(served)) as running:
-        yield running
-
-
 @pytest.fixture
 def artifacts(tmp_path) -> Path:
     where = os.environ.get("DIABETICA_ARTIFACTS")
