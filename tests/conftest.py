@@ -16,7 +16,13 @@ import pytest  # noqa: E402
 # first import could happen inside a test that captures stderr, leaving the handler on a stream pytest closes
 # afterwards ("--- Logging error ---" in a later test's stderr): import it here, at collection.
 import transformers  # noqa: E402, F401
-from fault_ledger import ledger, pytest_runtest_makereport, pytest_terminal_summary  # noqa: E402, F401
+from fault_ledger import (  # noqa: E402, F401
+    ledger,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -4,6 +4,9 @@ refuse); a passing test survived the fault or refused the input clearly. tests/c
 
 At the end of the session the table is printed; with DIABETICA_FAULTS_TABLE=PATH it is also written there as JSON
 (bench/faults.py does this and prints the table of docs/reliability.md).
+
+The counts travel on the test reports (user_properties), and only the process that reports the session counts them:
+under pytest-xdist (`-n 2`) the workers run the tests and the controller, which gets every report, keeps the ledger.
 """
 
 from __future__ import annotations
@@ -18,16 +21,26 @@ _LOST = {"records_lost": 0, "records_checked": 0}
 _ROWS: list[dict] = []
 
 
+_ROW, _LOST_KEY = "fault_ledger_row", "fault_ledger_lost"
+_COUNTING = [True]  # False in an xdist worker: its reports are counted by the controller
+
+
 class Ledger:
+    def __init__(self, item):
+        self._item = item
+
     def lost(self, missing: int, checked: int) -> None:
         """`missing` of `checked` records (ids, items, rows) did not come through a fault."""
-        _LOST["records_lost"] += missing
-        _LOST["records_checked"] += checked
+        self._item.user_properties.append((_LOST_KEY, (missing, checked)))
 
 
 @pytest.fixture
-def ledger() -> Ledger:
-    return Ledger()
+def ledger(request) -> Ledger:
+    return Ledger(request.node)
+
+
+def pytest_configure(config):
+    _COUNTING[0] = not hasattr(config, "workerinput")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -39,12 +52,21 @@ def pytest_runtest_makereport(item, call):
         return
     # one count per test: its call phase, or its setup when that failed or skipped
     if report.when == "call" or (report.when == "setup" and not report.passed):
-        if report.skipped:
-            _ROWS.append({"test": item.nodeid, "kind": kind, "outcome": "skipped"})
-            return
-        _TALLY[kind][0] += 1
-        _TALLY[kind][1] += report.passed
-        _ROWS.append({"test": item.nodeid, "kind": kind, "outcome": report.outcome})
+        report.user_properties.append((_ROW, {"test": item.nodeid, "kind": kind, "outcome": report.outcome}))
+
+
+def pytest_runtest_logreport(report):
+    if not _COUNTING[0]:
+        return
+    for key, value in report.user_properties:
+        if key == _ROW:
+            _ROWS.append(value)
+            if value["outcome"] != "skipped":
+                _TALLY[value["kind"]][0] += 1
+                _TALLY[value["kind"]][1] += value["outcome"] == "passed"
+        elif key == _LOST_KEY and report.when == "teardown":  # the item's properties ride on each later report
+            _LOST["records_lost"] += value[0]
+            _LOST["records_checked"] += value[1]
 
 
 def table() -> dict:

@@ -118,9 +118,10 @@ def test_sampling_rules():
         SamplingParams(repetition_penalty=2.0)))))
     np.testing.assert_allclose(penalised, [[1.0, -2.0, 0.5, 3.0]])
 
-    def draws(params, keys):
+    def draws(params, keys):  # one compiled program draws for every key (eagerly, 200 draws took minutes)
         rows = RowSampling(*(x[None] for x in RowSampling.of(params)))
-        return {int(choose_rows(logits, ~seen, counts, rows, k[None])[0]) for k in keys}
+        drawn = jax.jit(lambda ks: jax.lax.map(lambda k: choose_rows(logits, ~seen, counts, rows, k[None])[0], ks))
+        return {int(t) for t in drawn(keys)}
 
     keys = jax.random.split(jax.random.PRNGKey(0), 200)
     assert draws(SamplingParams(temperature=1.0, top_k=1), keys[:20]) == {3}
