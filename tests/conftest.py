@@ -2,6 +2,7 @@
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -16,6 +17,7 @@ import pytest  # noqa: E402
 # first import could happen inside a test that captures stderr, leaving the handler on a stream pytest closes
 # afterwards ("--- Logging error ---" in a later test's stderr): import it here, at collection.
 import transformers  # noqa: E402, F401
+from benchmark_files import DIABETICA  # noqa: E402
 from fault_ledger import (  # noqa: E402, F401
     ledger,
     pytest_configure,
@@ -25,13 +27,14 @@ from fault_ledger import (  # noqa: E402, F401
 )
 from hf_models import VARIANTS, make_hf_checkpoint  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# The paper's public benchmark files: DIABETICA_BENCHMARKS, else ../shared/benchmarks/diabetica beside the checkout.
-DIABETICA = Path(os.environ.get("DIABETICA_BENCHMARKS") or SHARED / "benchmarks" / "diabetica")
-
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `shared` read the benchmark files; without them they skip and say how to point at them."""
+    """The pipeline's whole-chain runs first (the longest file), then files by how many slow tests they hold, so
+    `-n 2 --dist loadfile` hands the long files out early instead of leaving one worker with a long file at the end;
+    the order inside a file is kept. Tests marked `shared` read the
+    benchmark files; without them they skip and say how to point at them."""
+    slow = Counter(item.path for item in items if "slow" in item.keywords)
+    items.sort(key=lambda item: (item.path.parent.name != "pipeline", -slow[item.path]))  # stable sort
     if (DIABETICA / "protocol.json").is_file():
         return
     skip = pytest.mark.skip(reason=f"Diabetica benchmark files not found at {DIABETICA}; set DIABETICA_BENCHMARKS="

@@ -15,7 +15,7 @@ DOCS = [README, *PAGES]
 SETUP = [
     'pip install -e ".[datasets]" && diabetica-jax run configs/recipes/demo.yaml --run-dir runs/demo   '
     "# the whole pipeline: 9.3 min, 2.2 GB on 2 CPU cores",
-    'pip install -e ".[test]" && python -m pytest tests                                        '
+    'pip install -e ".[test]" && python -m pytest tests -n 2                                   '
     "# the test suite (CPU, 8 emulated devices)",
 ]
 
@@ -86,7 +86,7 @@ def test_readme_opens_with_the_setup_commands():
 
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
-    assert "python3 -m pytest tests\n" in ci and '-e ".[test]"' in ci
+    assert "python3 -m pytest tests -n 2\n" in ci and '-e ".[test]"' in ci
 
 
 def test_every_docs_page_is_linked_from_the_readme():

@@ -95,6 +95,7 @@ def test_bad_executor_options_are_refused_before_submission(overrides, expected,
 
 # ---- Slurm, through the stand-ins ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_slurm_array_gives_the_local_records_and_keeps_its_logs(corpus, local_outcome, slurm, tmp_path):
     out = tmp_path / "out"
     pipeline.curate(_config([corpus], *SLURM), out, progress=False)
@@ -105,6 +106,7 @@ def test_slurm_array_gives_the_local_records_and_keeps_its_logs(corpus, local_ou
     assert not (out / "work").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.fault
 def test_a_lost_task_names_its_unit_and_a_rerun_runs_only_it(corpus, local_outcome, slurm, tmp_path, capsys,
                                                             monkeypatch):
@@ -132,6 +134,7 @@ def test_a_hung_task_is_stopped_by_the_timeout(corpus, slurm, tmp_path, capsys, 
     assert (job / "0.state").read_text() == "cancelled"  # scancel'd, not left running
 
 
+@pytest.mark.slow
 def test_settings_changed_between_runs_start_afresh(corpus, slurm, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_LOSE", "1")
     out = tmp_path / "out"

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import DIABETICA
+from benchmark_files import DIABETICA
 from fake_openai import FakeOpenAI
 
 from diabetica_jax.curate.collect import collect
@@ -166,6 +166,7 @@ def test_config_errors_name_the_key():
         load_curate_config(None, ["quality.min_len=3"])
 
 
+@pytest.mark.slow
 def test_hub_dataset_without_a_network_fails_clearly(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -173,6 +174,7 @@ def test_hub_dataset_without_a_network_fails_clearly(monkeypatch):
         list(collect(InputSection("some-org/diabetes-qa", format="hf_hub")))
 
 
+@pytest.mark.slow
 def test_local_model_backend_answers_through_the_engine():
     from diabetica_jax.llm.local import LocalModel
 

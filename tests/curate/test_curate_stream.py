@@ -114,6 +114,7 @@ def test_demo_corpus_matches_the_list_based_stages(tmp_path):
     assert not (tmp_path / "out" / "work").exists()  # the spill is removed once written out
 
 
+@pytest.mark.slow
 def test_units_and_processes_do_not_change_the_result(planted, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     pipeline.curate(_config([planted], "engine.workers=1"), whole, progress=False)
@@ -133,6 +134,7 @@ def test_units_and_processes_do_not_change_the_result(planted, tmp_path, monkeyp
     assert dropped["relevance"] > 0 and dropped["quality"] > 0
 
 
+@pytest.mark.slow
 def test_datatrove_engine_gives_the_same_records(planted, tmp_path):
     pytest.importorskip("datatrove", reason="the datatrove engine needs: pip install 'diabetica-jax[engine]'")
     local = tmp_path / "local"

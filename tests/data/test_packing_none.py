@@ -206,6 +206,7 @@ def _curated(directory):
     return directory
 
 
+@pytest.mark.slow
 def test_none_training_compiles_once_per_bucket_counts_its_steps_and_resumes(hf_checkpoints, tmp_path, monkeypatch):
     from train_helpers import tiny_config
 

@@ -341,6 +341,7 @@ def test_the_iterator_restores_onto_another_number_of_processes(tmp_path, monkey
         checkpoints.restore_data(4, iter(packed_batches(store, data, range(2, 4))))
 
 
+@pytest.mark.slow
 def test_training_on_the_store_equals_training_on_records_tokenized_in_memory(hf_checkpoints, tmp_path, monkeypatch):
     from train_helpers import tiny_config
 

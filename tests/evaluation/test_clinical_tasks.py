@@ -223,6 +223,7 @@ def _check_group(stats: dict, values_by_dimension: dict):
             assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
 
 
+@pytest.mark.slow
 def test_the_three_clinical_tasks_end_to_end_with_the_tiny_model(tmp_path):
     skip = lambda message: "empathy" if "religious holiday" in message else None  # noqa: E731
     with FakeOpenAI(_fake_judge(DIMENSIONS, skip)) as judge:

@@ -172,7 +172,7 @@ def test_plot_never_raises_on_odd_rows(tmp_path):
 
 @pytest.mark.shared
 def test_merges_real_published_rows(runs, tmp_path):
-    from conftest import DIABETICA
+    from benchmark_files import DIABETICA
 
     _, paths, _ = runs
     protocol = DIABETICA / "protocol.json"

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DIABETICA
+from benchmark_files import DIABETICA
 from fake_openai import FakeOpenAI
 
 from diabetica_jax.configuration import load_config
@@ -38,6 +38,7 @@ def test_judge_score_parsing(reply, own, first_digit):
     assert metrics.parse_score_original(reply) == first_digit
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_mcq_a1_end_to_end_in_faithful_mode(tmp_path):
     cfg = load_config(EvalConfig, None, [
@@ -68,6 +69,7 @@ def _judge(messages, model):
     return "Covers the rules.\nScore: 8"
 
 
+@pytest.mark.slow
 def test_dialog_with_a_fake_judge(tmp_path):
     with FakeOpenAI(_judge) as server:
         overrides = ["tasks=[{task: dialog, files: ['embedded:mini_dialog.jsonl']}]", "judge.backend=openai",
@@ -338,6 +340,7 @@ def _faithful_overrides(checkpoint, protocol, *extra):
             "{task: cloze, files: ['embedded:mini_cloze.csv'], limit: 2}]", *extra]
 
 
+@pytest.mark.slow
 def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds(tmp_path, tiny_checkpoint,
                                                                                  protocol_file):
     (tiny_checkpoint / "generation_config.json").write_text(json.dumps(SAMPLING_CONFIG))
@@ -359,6 +362,7 @@ def test_faithful_mode_samples_with_the_checkpoints_generation_config_over_seeds
     assert "2 seeds: mean" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_faithful_mode_is_greedy_when_the_checkpoint_says_so_and_modes_run_side_by_side(tmp_path, tiny_checkpoint,
                                                                                         protocol_file):
     (tiny_checkpoint / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import DIABETICA
+from benchmark_files import DIABETICA
 from fake_openai import FakeOpenAI
 
 from diabetica_jax.configuration import load_config

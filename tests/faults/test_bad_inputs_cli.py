@@ -635,6 +635,7 @@ def test_serve_refuses_a_checkpoint_with_a_broken_side_file(broken, expected, fu
     assert str(full_checkpoint_copy) in line
 
 
+@pytest.mark.slow
 def test_train_run_dir_of_another_model_is_refused(checkpoint, tmp_path, capsys):
     """A run trained from the tiny checkpoint (1 step), resumed with the tiny preset's architecture: the
     checkpoint restore refuses with 'incompatible checkpoint', in one line."""

@@ -233,6 +233,7 @@ class _Holder:
         self.process.wait()
 
 
+@pytest.mark.slow
 def test_a_second_training_in_one_run_directory_is_refused_then_runs_once_the_first_ends(tmp_path, capsys):
     run = tmp_path / "run"
     config = _train_yaml(tmp_path)

@@ -213,6 +213,7 @@ def test_curation_killed_mid_scan_reruns_to_the_same_kept_and_rejected_records(c
     _assert_same_curation(out, curated_reference, ledger)
 
 
+@pytest.mark.slow
 def test_curation_killed_between_shards_keeps_the_earlier_shards_whole_and_reruns_to_the_same_records(
         corpus, curated_reference, tmp_path, ledger):
     from diabetica_jax.data.shards import shard_records
@@ -299,6 +300,7 @@ def _assert_same_reports(out: Path, reference: Path, ledger) -> None:
     assert not list(out.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_evaluation_killed_mid_generation_reruns_only_the_unanswered_items(eval_reference, tmp_path, ledger):
     reference, requests = eval_reference
     out, gate = tmp_path / "eval", Gate(block_from=12)  # of 21: ten MCQ items, the logprobs probe, cloze ...
@@ -318,6 +320,7 @@ def test_evaluation_killed_mid_generation_reruns_only_the_unanswered_items(eval_
     _assert_same_reports(out, reference, ledger)
 
 
+@pytest.mark.slow
 def test_evaluation_killed_between_reports_leaves_no_finished_report_and_reruns_to_the_same_reports(
         eval_reference, tmp_path, ledger):
     reference, _ = eval_reference

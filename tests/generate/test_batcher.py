@@ -35,6 +35,7 @@ def _prompts(n, seed=0):
     return [rng.integers(0, 5000, int(k)).tolist() for k in rng.integers(2, 60, n)]
 
 
+@pytest.mark.slow
 def test_more_requests_than_slots_give_what_each_gives_alone(tiny):
     model, _, engine, batcher = tiny
     prompts = _prompts(7)
@@ -72,6 +73,7 @@ def test_a_seeded_request_samples_the_same_tokens_whatever_runs_beside_it(tiny):
         t.result(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_seeded_generate_call_samples_the_same_tokens_whatever_the_slot_count(tiny):
     """Evaluation's sampled decoding: each prompt of a call has its own seed, so 3 slots (prompts wait and join
     as others finish) and 8 (all at once) give the same tokens; the first prompt samples as a request with the
@@ -162,6 +164,7 @@ def test_text_stream_holds_back_partial_characters_and_stop_strings():
     assert stream.text == "Insulin 胰岛素 lowers glucose."
 
 
+@pytest.mark.slow
 def test_local_backend_batches_concurrent_callers():
     """The in-process `local` backend (teacher, refiner, judge) decodes its callers' threads together."""
     from diabetica_jax.llm.local import LocalModel

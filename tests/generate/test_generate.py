@@ -23,6 +23,7 @@ def _reference(model, prompt, n, penalty):
     return out[: out.index(511)] if 511 in out else out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3", "llama3"])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_greedy_equals_transformers_generate(hf_checkpoints, variant, penalty):
@@ -61,6 +62,7 @@ def test_left_padding_layout():
         left_pad([[1], []], pad_id=0)
 
 
+@pytest.mark.slow
 def test_compilations_stay_bounded_over_mixed_lengths(hf_checkpoints):
     model, _ = hf.load(hf_checkpoints["qwen2_untied"], progress=False)
     engine = SizedBatcher(model, stop_ids=[511], pad_id=510)
@@ -93,6 +95,7 @@ def test_stop_tokens_and_streaming(hf_checkpoints):
         assert list(engine.stream([1, 2, 3], 8)) == free[: free.index(stop_at)]
 
 
+@pytest.mark.slow
 def test_sharded_generation_equals_single_device(hf_checkpoints):
     from diabetica_jax.parallel import make_mesh
 

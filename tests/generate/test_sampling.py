@@ -188,6 +188,7 @@ def batcher():
     batcher.close()
 
 
+@pytest.mark.slow
 def test_the_decode_step_sorts_nothing_and_filters_only_in_conditional_branches(batcher):
     batcher.generate([[1, 2, 3]], 2)  # the state exists and the step is compiled
     # every slot active, 8 tokens left each, one step per call, no log-probabilities

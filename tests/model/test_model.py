@@ -52,6 +52,7 @@ def _loss_and_grads(cfg, tokens, runtime=RuntimeConfig()):
     return jax.jit(jax.value_and_grad(loss))(state)
 
 
+@pytest.mark.slow
 def test_remat_policies_give_identical_gradients():
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, 1000, (2, 8)))
     base = hf.preset_config("tiny")

@@ -78,6 +78,7 @@ def test_rope_scaling_is_applied_past_the_original_context(hf_checkpoints, tmp_p
     assert np.abs(np.asarray(forward(unscaled, tokens)) - reference).max() > 3e-4
 
 
+@pytest.mark.slow
 def test_kv_cache_decode_uses_the_scaled_rope(hf_checkpoints):
     """Prefill then token-by-token decode_step, past the original context of the llama3 scaling,
     gives the full forward pass's logits at every position."""

@@ -135,6 +135,7 @@ def test_every_parameter_axis_is_declared_for_the_rules_check():
     assert [a for a in found if not any(set(a) <= set(declared) for declared in axes.PARAMETERS)] == []
 
 
+@pytest.mark.slow
 def test_mesh_rules_override_a_parameter_sharding_and_training_still_matches(hf_checkpoints, tmp_path):
     """mesh.rules replaces entries of the default table for the run: here the MLP weights stay whole on the tensor
     axis (and the vocabulary splits over it and data); the run trains to the same losses and weights."""

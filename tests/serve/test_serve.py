@@ -85,6 +85,7 @@ def test_stop_strings_seeds_logprobs_and_text_completions(client, served):
     assert text.choices[0].text and text.usage.completion_tokens == 8
 
 
+@pytest.mark.slow
 def test_curl_against_the_serve_command():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -73,6 +73,7 @@ def _complete(http, served, **body):
 # ---- prompts as vLLM takes them, and echo ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_echo_scores_every_prompt_token_as_transformers_does(http, served, reference):
     ids = served.text_tokens(PROMPT)
     out = _complete(http, served, prompt=ids, echo=True, max_tokens=0, logprobs=5)
@@ -158,6 +159,7 @@ metric_list:
     return "diabetes_mcq_conformance"
 
 
+@pytest.mark.slow
 def test_lm_eval_local_completions_equals_its_hf_model(server, served, checkpoint, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the test extra: pip install -e '.[test]'")
     from lm_eval.tasks import TaskManager

@@ -44,6 +44,7 @@ def lora_run(tmp_path_factory):
     return run_dir, model
 
 
+@pytest.mark.slow
 def test_a_stage_continues_a_lora_run_merged_or_unmerged(lora_run, tmp_path):
     run_dir, previous = lora_run
     expected = np.asarray(forward(previous, TOKENS))
@@ -69,6 +70,7 @@ def test_a_stage_continues_a_lora_run_merged_or_unmerged(lora_run, tmp_path):
         _config(f"model.init_from={run_dir}", "model.init_lora=unmerged")
 
 
+@pytest.mark.slow
 def test_a_continued_stage_trains_checkpoints_and_restores(lora_run, tmp_path):
     run_dir, previous = lora_run
     for name, extra in (("full", []), ("unmerged", ["model.init_lora=unmerged", "lora.rank=4", "lora.alpha=8"])):

@@ -18,6 +18,7 @@ def _losses(result):
     return np.array([h["loss"] for h in result.history])
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_metrics_are_written(hf_checkpoints, tmp_path):
     cfg = tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=12", "loop.tensorboard=true",
                       "loop.checkpoint_every=6")
@@ -34,6 +35,7 @@ def test_loss_decreases_and_metrics_are_written(hf_checkpoints, tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
 
 
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device(hf_checkpoints, tmp_path):
     one = train(tiny_config(hf_checkpoints["qwen3"], "mesh.fsdp=1"), tmp_path / "one", progress=False)
     eight = train(tiny_config(hf_checkpoints["qwen3"], "mesh.fsdp=4", "mesh.tensor=2"), tmp_path / "eight",
@@ -41,6 +43,7 @@ def test_eight_device_mesh_matches_one_device(hf_checkpoints, tmp_path):
     np.testing.assert_allclose(_losses(eight), _losses(one), rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(hf_checkpoints, tmp_path):
     path = hf_checkpoints["qwen2_tied"]
     big = train(tiny_config(path, "loop.steps=3", "mesh.fsdp=2"), tmp_path / "big", progress=False)
@@ -53,6 +56,7 @@ def test_gradient_accumulation_equals_one_big_batch(hf_checkpoints, tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp_path, tokens):
     path = hf_checkpoints["qwen2_untied"]
     cfg = tiny_config(path, "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1", "optim.lr=3e-2", "mesh.fsdp=2",

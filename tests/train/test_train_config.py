@@ -120,6 +120,7 @@ def test_config_reference_covers_every_field():
     assert all(row[3] for row in reference(TrainConfig))  # every field documented
 
 
+@pytest.mark.slow
 def test_incompatible_or_damaged_checkpoints_are_refused(hf_checkpoints, tmp_path):
     cfg = tiny_config(hf_checkpoints["qwen2_untied"], "loop.steps=3", "mesh.fsdp=2")
     train(cfg, tmp_path / "run", progress=False)
