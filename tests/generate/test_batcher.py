@@ -49,11 +49,14 @@ def test_more_requests_than_slots_give_what_each_gives_alone(tiny):
 
 def test_requests_join_a_running_batch_without_recompiling(tiny):
     _, _, engine, batcher = tiny
-    batcher.generate(_prompts(1, seed=5)[:1], 3)  # the step program and a bucket exist now
+    batcher.generate(_prompts(1, seed=5)[:1], 3)  # the step program and the long prompt's bucket exist now
+    # the late pair's prefill: 10 tokens (the 16 bucket), one or two at once (as they happen to arrive)
+    batcher.generate([p[:10] for p in _prompts(2, seed=5)], 3)
+    batcher.generate([_prompts(1, seed=5)[0][:10]], 3)
     long = batcher.submit(_prompts(1, seed=1)[0], 40)
     next(long.events(timeout=60))  # decoding has started
     compiled = batcher.compilations
-    late = [batcher.submit(p[:10], 5) for p in _prompts(2, seed=2)]  # 10 tokens: the 16 bucket, compiled above
+    late = [batcher.submit(p[:10], 5) for p in _prompts(2, seed=2)]  # compiled above
     assert [t.result(timeout=60)[0] for t in late] == engine.generate([p[:10] for p in _prompts(2, seed=2)], 5)
     tokens, finished = long.result(timeout=60)
     assert len(tokens) == 40 or finished.reason == "stop"
