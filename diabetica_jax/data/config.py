@@ -40,6 +40,9 @@ class DataSection:
                             "up to seq_len (one compiled train step per bucket)")
     overlong: Literal[OVERLONG] = field("truncate", "what happens to examples longer than seq_len")
     packing_bins: int = field(16, "rows filled at once while packing (more: less padding)")
+    max_segments_per_row: int = field(32, "packing first_fit / best_fit: most examples in one row (a row holding this "
+                                      "many closes like a full one); packed attention on GPU is compiled for this "
+                                      "many documents per row")
     workers: int = field(0, "Grain worker processes (0: in the training process)")
     seq_len: int = field(128, "tokens per sequence (packing none: the longest bucket)")
     global_batch: int = field(8, "sequences per optimizer step, over all devices and accumulation steps (packing "
@@ -48,7 +51,8 @@ class DataSection:
     seed: int = field(0, "seed of the data order / synthetic data")
 
     def __post_init__(self):
-        require_positive(self, "seq_len", "global_batch", "grad_accum", "epochs", "packing_bins", "min_bucket")
+        require_positive(self, "seq_len", "global_batch", "grad_accum", "epochs", "packing_bins", "min_bucket",
+                         "max_segments_per_row")
         require_at_most(self, MAX_SEQ_LEN, "seq_len", "min_bucket", why="2**20 tokens, the longest context of any "
                         "Qwen model")
         require_at_most(self, MAX_TOKENS_PER_STEP // self.seq_len, "global_batch",

@@ -98,7 +98,8 @@ def epoch_orders(n: int, data: DataSection) -> list[np.ndarray]:
     return [np.random.default_rng([data.seed, epoch]).permutation(n) for epoch in range(data.epochs)]
 
 
-def _pack(order: np.ndarray, lengths: np.ndarray, capacity: int, bins: int, best: bool) -> list[list[int]]:
+def _pack(order: np.ndarray, lengths: np.ndarray, capacity: int, bins: int, best: bool,
+          max_examples: int) -> list[list[int]]:
     """Rows of example indices, in the order they are closed (see PackPlan)."""
     closed: list[list[int]] = []
     rows: list[list[int]] = []
@@ -130,7 +131,7 @@ def _pack(order: np.ndarray, lengths: np.ndarray, capacity: int, bins: int, best
         else:
             rows[j].append(index)
             room[j] -= n
-        if room[j] == 0:
+        if room[j] == 0 or len(rows[j]) == max_examples:
             closed.append(rows.pop(j))
             room.pop(j)
     closed += [rows[i] for i in sorted(range(len(rows)), key=room.__getitem__)]  # fullest first
@@ -143,8 +144,9 @@ class PackPlan:
     Each epoch's examples, in the seeded order BucketPlan uses too (`epoch_orders`), are packed into rows of
     seq_len tokens with packing_bins rows open at once: an example goes to the first open row it fits
     (first_fit) or to the one it leaves least room in (best_fit); when it fits none and packing_bins rows are
-    open, the fullest is closed and a new row opened; a full row closes at once, and at the end of the epoch
-    the open rows close, fullest first. Rows never mix epochs. The closed rows, in order, make the global
+    open, the fullest is closed and a new row opened; a full row closes at once, and so does a row holding
+    max_segments_per_row examples (fused attention kernels take a fixed number of documents per row); at the end
+    of the epoch the open rows close, fullest first. Rows never mix epochs. The closed rows, in order, make the global
     batches, global_batch rows each; a short last batch is filled up with filler rows (all padding, no loss):
     no example is skipped, and the fillers are counted (`filler_rows`).
 
@@ -154,7 +156,7 @@ class PackPlan:
     under a hash of everything it depends on and loaded on the next start.
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: rows hold at most max_segments_per_row examples
 
     def __init__(self, lengths: np.ndarray, data: DataSection, cache_dir: Path | None = None):
         if data.packing == "none":
@@ -164,12 +166,14 @@ class PackPlan:
             raise ValueError(f"an example of {int(lengths.max())} tokens does not fit a row of {data.seq_len}")
         self.global_batch, self.seq_len = data.global_batch, data.seq_len
         key = hashlib.sha256(lengths.tobytes() + json.dumps(
-            [self.VERSION, data.packing, data.packing_bins, data.seed, data.epochs, data.seq_len]).encode()).hexdigest()
+            [self.VERSION, data.packing, data.packing_bins, data.max_segments_per_row, data.seed, data.epochs,
+             data.seq_len]).encode()).hexdigest()
         cached = _load_plan(cache_dir, key[:24])
         if cached is None:
             rows, epoch_rows = [], [0]
             for order in epoch_orders(len(lengths), data):
-                rows += _pack(order, lengths, data.seq_len, data.packing_bins, data.packing == "best_fit")
+                rows += _pack(order, lengths, data.seq_len, data.packing_bins, data.packing == "best_fit",
+                              data.max_segments_per_row)
                 epoch_rows.append(len(rows))
             sizes = np.fromiter((len(r) for r in rows), np.int64, len(rows))
             cached = {"row_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),

@@ -1,27 +1,42 @@
 """Attention backends behind one interface.
 
-    attend(q, k, v, segment_ids=None, positions=None, backend=...)  ->  [batch, seq, heads, head_dim]
+    attend(q, k, v, segment_ids=None, packed=None, backend=...)  ->  [batch, seq, heads, head_dim]
 
 q is [batch, seq, heads, head_dim]; k and v are [batch, seq, kv_heads, head_dim] (grouped-query
 attention when kv_heads < heads). Masking is causal within a sequence, and with `segment_ids`
 ([batch, seq] ints) a token attends only to tokens of its own segment: packed documents never see
 each other, and padding (its own segment, conventionally 0) never mixes with real tokens.
+`packed` (model/segments.py SegmentLayout of the same rows: per-document lengths and offsets) lets
+cuDNN run packed rows without a mask; the other backends read segment_ids (derived from `packed`
+when only it is given). On that cuDNN path padding belongs to no document and its outputs are zero
+(elsewhere padding attends to itself); no loss reads them.
 
 Backends
   xla     reference, any platform; builds the mask explicitly.
-  cudnn   cuDNN fused flash attention on NVIDIA GPUs (jax.nn.dot_product_attention).
+  cudnn   cuDNN fused flash attention on NVIDIA GPUs. Rows holding one document (no segments): the
+          fused causal mask alone, the fastest path (jax.nn.dot_product_attention). With `packed`: the
+          packed layout of JAX's private cuDNN entry point (PADDING_CAUSAL over per-document lengths and
+          offsets; Hopper or later), else, logged once, the path below. With segment_ids only: a dense
+          [b, 1, t, t] same-segment mask on top of the causal one, read as a bias (slower).
   splash  Pallas splash attention on TPU (also runs in interpret mode on CPU for tests).
   auto    cudnn on GPU, splash on TPU, xla elsewhere.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from diabetica_jax.model.runtime import ATTENTION_BACKENDS
+from diabetica_jax.model.segments import SegmentLayout, segment_slots
 from diabetica_jax.parallel.rules import active_rules
+
+log = logging.getLogger(__name__)
 
 # The concrete backends; "auto" picks one of them per platform.
 BACKENDS = tuple(name for name in ATTENTION_BACKENDS if name != "auto")
@@ -42,13 +57,16 @@ def attend(
     v: jax.Array,
     *,
     segment_ids: jax.Array | None = None,
+    packed: SegmentLayout | None = None,
     backend: str = "auto",
 ) -> jax.Array:
     backend = resolve_backend(backend)
+    if backend == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids=segment_ids, packed=packed)
+    if segment_ids is None and packed is not None:
+        segment_ids = segment_slots(packed, q.shape[1])
     if backend == "xla":
         return xla_attention(q, k, v, segment_ids=segment_ids)
-    if backend == "cudnn":
-        return cudnn_attention(q, k, v, segment_ids=segment_ids)
     return splash_attention(q, k, v, segment_ids=segment_ids)
 
 
@@ -81,13 +99,86 @@ def xla_attention(q, k, v, *, segment_ids=None, mask=None):
     return out.reshape(b, t, h, d)
 
 
-def cudnn_attention(q, k, v, *, segment_ids=None):
-    """cuDNN flash attention. Without segments it uses the fused causal mask alone (fastest path);
-    with segments the same-segment mask is passed in as well."""
+def cudnn_attention(q, k, v, *, segment_ids=None, packed=None):
+    """cuDNN flash attention: the packed layout with `packed` (where this jax and GPU offer it), the dense
+    same-segment mask with segment_ids, the fused causal mask alone without either (module docstring)."""
+    if packed is not None:
+        reason = cudnn_packed_unavailable()
+        if reason is None:
+            return _cudnn_packed(q, k, v, packed)
+        _log_fallback_once(reason)
+        if segment_ids is None:
+            segment_ids = segment_slots(packed, q.shape[1])
     mask = None
     if segment_ids is not None:
         mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
+
+
+def _cudnn_packed(q, k, v, packed: SegmentLayout):
+    fused = _private_cudnn()
+    # The kernel leaves positions outside every document (padding) undefined, in its outputs and in the
+    # gradients it returns: zeroing q, k, v there keeps whatever it writes from flowing back to the weights.
+    covered = (segment_slots(packed, q.shape[1]) > 0)[:, :, None, None]
+    q, k, v = (jnp.where(covered, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
+    # GQA as is: the entry point takes fewer kv heads than q heads (jax.nn.dot_product_attention passes them so).
+    out = fused.dot_product_attention(
+        q, k, v,
+        q_seqlen=packed.seqlens, kv_seqlen=packed.seqlens, q_offsets=packed.offsets, kv_offsets=packed.offsets,
+        scale=1.0 / math.sqrt(q.shape[-1]), mask_type=fused.MaskType.PADDING_CAUSAL, qkv_layout="BTNH",
+    )
+    return jnp.where(covered, out, jnp.zeros((), out.dtype))
+
+
+def _private_cudnn():
+    """JAX's private cuDNN attention module, or None where this jax has none (it is no public API)."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo
+    except ImportError:
+        return None
+    return fused_attention_stablehlo
+
+
+def cudnn_takes_offsets() -> bool:
+    """Whether the installed jax's private cuDNN attention takes packed layouts (q_offsets / kv_offsets) and
+    has the PADDING_CAUSAL mask they run under."""
+    fused = _private_cudnn()
+    fn = getattr(fused, "dot_product_attention", None)
+    if fn is None or not hasattr(getattr(fused, "MaskType", None), "PADDING_CAUSAL"):
+        return False
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "q_offsets" in parameters and "kv_offsets" in parameters
+
+
+def cudnn_packed_unavailable() -> str | None:
+    """Why packed rows cannot take cuDNN's packed layout here (None: they can)."""
+    if not cudnn_takes_offsets():
+        return f"jax {jax.__version__}'s private cuDNN attention takes no q_offsets/kv_offsets"
+    capability = _gpu_capability()
+    if capability is not None and capability < (9, 0):
+        return (f"cuDNN packed layouts need compute capability 9.0 (Hopper) or later, this GPU has "
+                f"{'.'.join(map(str, capability))}")
+    return None
+
+
+def _gpu_capability() -> tuple[int, ...] | None:
+    """The first device's CUDA compute capability, None off NVIDIA GPUs."""
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    if not capability:
+        return None
+    return tuple(int(part) for part in str(capability).split("."))
+
+
+_fallbacks_logged: set[str] = set()
+
+
+def _log_fallback_once(reason: str) -> None:
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.warning("cuDNN attention: packed rows use the dense segment mask instead (%s)", reason)
 
 
 def splash_attention(q, k, v, *, segment_ids=None):
