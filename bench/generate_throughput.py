@@ -3,9 +3,16 @@ Engine it replaced, at several batch sizes, in one process.
 
     python bench/generate_throughput.py                              # Qwen2-1.5B shape, batch 1 and 32
     python bench/generate_throughput.py --preset tiny --new 32 --prompt 64 --batches 1 8 --dtype float32 --repeats 5
+    PYTHONPATH=OLD_TREE python bench/generate_throughput.py --paths batcher --label before   # an older package
 
 Random weights, random prompts of --prompt tokens, exactly --new new tokens per row (no stop token can end a
-row early), greedy, compute dtype --dtype. Paths (--paths): `batcher`, the continuous batcher's blocking
+row early), greedy, compute dtype --dtype, weights stored in --param-dtype (float32: master weights, as a
+trained checkpoint comes; the batcher casts them to the compute dtype once, an older one did on every token).
+--unroll runs the decode step's layers unrolled (runtime.unroll_decode). The script only uses what the package
+has had since the continuous batcher, so it also measures an older checkout put first on PYTHONPATH; --label
+names the run in the JSON lines (bench/gpu_session.sh tabulates them).
+
+Paths (--paths): `batcher`, the continuous batcher's blocking
 generate as evaluation and the CLI call it (SizedBatcher: a batcher of `batch` slots); `engine`, the batch Engine (one jitted prefill +
 while_loop decode per call) as it was at git revision --engine-rev, the last one with it, loaded from git
 beside today's package. Each repeat times every path at every batch size in turn (interleaved, so a busy
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -60,6 +68,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--param-dtype", default="float32", help="dtype the model's weights are stored in")
+    parser.add_argument("--unroll", action="store_true", help="decode with the layers unrolled")
+    parser.add_argument("--label", default="", help="what this run measures (a column of the session table)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paths", nargs="+", choices=["batcher", "engine"], default=["batcher", "engine"])
     parser.add_argument("--engine-rev", default="6c64227", help="git revision the engine path is loaded from")
@@ -72,7 +83,13 @@ def main() -> None:
     from diabetica_jax.model.runtime import RuntimeConfig
 
     cfg = hf.preset_config(args.preset)
-    model = create_model(cfg, RuntimeConfig(dtype=args.dtype))
+    import diabetica_jax
+
+    print(f"package {Path(diabetica_jax.__file__).parent}")
+    runtime = {"dtype": args.dtype, "param_dtype": args.param_dtype}
+    if args.unroll:
+        runtime["unroll_decode"] = True  # not in older packages: passed only when asked for
+    model = create_model(cfg, RuntimeConfig(**runtime))
     rng = np.random.default_rng(0)
     prompts = {b: [rng.integers(0, cfg.vocab_size, args.prompt).tolist() for _ in range(b)] for b in args.batches}
     runs = {}  # (path, batch) -> a call generating the batch's prompts
@@ -109,7 +126,9 @@ def main() -> None:
         if args.json:
             import flax
 
-            record = {"preset": args.preset, "device": jax.devices()[0].device_kind, "dtype": args.dtype,
+            record = {"label": args.label, "preset": args.preset, "device": jax.devices()[0].device_kind,
+                      "dtype": args.dtype, "param_dtype": args.param_dtype, "unroll": args.unroll,
+                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
                       "path": path, "batch": b, "prompt": args.prompt, "new": args.new, "seconds": best,
                       "median_seconds": median, "new_tokens_per_s": b * args.new / best, "jax": jax.__version__,
                       "flax": flax.__version__, "command": " ".join(sys.argv)}

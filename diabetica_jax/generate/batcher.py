@@ -166,7 +166,8 @@ class Batcher:
         if min(slots, max_prompt_tokens, max_new_tokens, prefills_per_step, steps_per_call) < 1:
             raise ValueError("slots, max_prompt_tokens, max_new_tokens, prefills_per_step and steps_per_call "
                              "must be positive")
-        self.graphdef, self.params = nnx.split(model)
+        self.graphdef, params = nnx.split(model)
+        self.params = in_compute_dtype(params, model.runtime.dtype)
         self.config = model.config
         self.stop_ids = frozenset(int(t) for t in stop_ids)
         self.pad_id = pad_id
@@ -407,6 +408,16 @@ class Batcher:
                              if ticket.want_logprobs else None)
                     self._accept(slot, int(tokens[step, slot]), entry)
 
+    def lowered_decode(self, sampled: bool = False):
+        """The decode program for this batcher's state, lowered (not run): what its compiled form contains is
+        how the tests and benchmarks see that a step converts no weights and copies no cache."""
+        n = self.num_slots
+        spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # noqa: E731
+        with self._mesh():
+            return self._step(sampled).lower(
+                jax.tree.map(spec, self.params), jax.tree.map(spec, self._slots), jnp.zeros((n,), bool),
+                jnp.zeros((n,), jnp.int32), jnp.int32(1), jnp.bool_(False))
+
     def _sampled(self, tickets: list[Ticket | None]) -> bool:
         """Whether the program for these tickets must sample: always, unless greedy_programs."""
         return not self.greedy_programs or any(t is not None and not t.sampling.greedy for t in tickets)
@@ -588,6 +599,20 @@ class Batcher:
             return s._replace(sampling=sampling, bias=bias)
 
         return release
+
+
+def in_compute_dtype(params, dtype):
+    """The weights as the engine keeps them: floating-point leaves in the compute dtype.
+
+    The model casts every weight to its compute dtype where it uses it, so casting once here computes exactly the
+    same, while a decode step that read float32 master weights would read twice the bytes and convert every
+    weight on every token (the step is bound by reading the weights)."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(leaf):
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype else leaf
+
+    return jax.tree.map(cast, params)
 
 
 def prompt_seed(seed: int, index: int) -> int:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 
-from diabetica_jax.generate.batcher import Batcher
+from flax import nnx
+
+from diabetica_jax.generate.batcher import Batcher, in_compute_dtype
 from diabetica_jax.generate.padding import bucket
 from diabetica_jax.generate.sampling import SamplingParams
 from diabetica_jax.model.qwen import Qwen
@@ -35,7 +37,10 @@ class SizedBatcher:
                  cache_dtype=None):
         if slots < 1:
             raise ValueError("slots must be positive")
-        self.model, self.stop_ids, self.pad_id = model, sorted(set(stop_ids)), pad_id
+        # the batchers it builds share one copy of the weights in the compute dtype (each would cast its own)
+        graphdef, state = nnx.split(model)
+        self.model = nnx.merge(graphdef, in_compute_dtype(state, model.runtime.dtype))
+        self.stop_ids, self.pad_id = sorted(set(stop_ids)), pad_id
         self.max_slots, self.mesh, self.cache_dtype = slots, mesh, cache_dtype
         self.batchers: dict[int, Batcher] = {}  # by slot count
         self._closers: dict[int, weakref.finalize] = {}

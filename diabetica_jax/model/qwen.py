@@ -5,7 +5,8 @@ Mistral without sliding window) as one Flax NNX decoder: the families differ onl
 Decoder layers are created stacked (one leading `layers` axis on every layer parameter) and run
 under `jax.lax.scan`, so compile time does not grow with depth; the remat policy wraps the scanned
 layer body. One forward path serves training, scoring and generation: attention takes an optional
-KV cache, and `decode_step` runs the same scan as `hidden_states`, with the cache.
+KV cache, and `decode_step` runs the same layers with the cache carried through the scan and updated
+in place (optionally unrolled: runtime.unroll_decode).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from diabetica_jax.model import axes
 from diabetica_jax.model.attention import attend, xla_attention
@@ -34,25 +36,33 @@ class KVCache(NamedTuple):
 
 
 class LayerCache(NamedTuple):
-    """One layer's view of the cache for one step: its keys and values [batch, max_len, kv_heads, head_dim],
-    the slot this step's first token is written to (a scalar, or [batch] when rows are at different lengths),
-    and which slots hold real tokens [batch, max_len]
-    (left padding stays False)."""
+    """What one layer's attention needs of the cache for one step: the whole cache (every layer's keys and values,
+    [layers, batch, max_len, kv_heads, head_dim], carried through the layer loop and updated in place), which
+    layer this is, the slot this step's first token is written to (a scalar, or [batch] when rows are at
+    different lengths), and which slots hold real tokens [batch, max_len] (left padding stays False)."""
 
     k: jax.Array
     v: jax.Array
+    layer: jax.Array | int
     write_index: jax.Array | int
     key_valid: jax.Array
 
 
-def _write(buffer: jax.Array, new: jax.Array, write_index) -> jax.Array:
-    """`new` [b, t, ...] written into `buffer` [b, max_len, ...] at slot write_index: one slot for every row
-    (a scalar), or one per row ([b], continuous batching, where each row is at its own length)."""
-    new = new.astype(buffer.dtype)
+def _write(cache: jax.Array, layer, new: jax.Array, write_index) -> jax.Array:
+    """`new` [b, t, ...] written into layer `layer` of `cache` [layers, b, max_len, ...] from slot write_index on:
+    the same slot for every row (a scalar), or one per row ([b], continuous batching, each row at its own length).
+
+    Only those slots change: updating the carried buffer in place is what keeps the decode loop free of
+    cache-sized copies (a cache passed through the layer scan as inputs and outputs is rebuilt every step).
+    """
+    new = new.astype(cache.dtype)
     if jnp.ndim(write_index) == 0:
-        return jax.lax.dynamic_update_slice_in_dim(buffer, new, write_index, axis=1)
-    return jax.vmap(lambda row, value, at: jax.lax.dynamic_update_slice_in_dim(row, value, at, axis=0))(
-        buffer, new, write_index)
+        start = (layer, 0, write_index) + (0,) * (cache.ndim - 3)
+        return jax.lax.dynamic_update_slice(cache, new[None], start)
+    b, t = new.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = jnp.reshape(write_index, (b, 1)) + jnp.arange(t)
+    return cache.at[layer, rows, slots].set(new, mode="promise_in_bounds")
 
 
 def _key(rng: jax.Array | None, index: int) -> jax.Array | None:
@@ -91,7 +101,8 @@ class Attention(nnx.Module):
         v = constrain(v, axes.KV)
         return q, k, v
 
-    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
+    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None,
+                 packed=None):
         """Self-attention over the sequence, or over the KV cache when one is given. Returns the output and
         the cache with this step's keys and values written in (None without a cache).
 
@@ -101,14 +112,17 @@ class Attention(nnx.Module):
         """
         q, k, v = self._qkv(x, cos, sin, dropout_rng)
         if cache is None:
-            out = attend(q, k, v, segment_ids=segment_ids, backend=self.backend)
+            out = checkpoint_name(attend(q, k, v, segment_ids=segment_ids, packed=packed, backend=self.backend),
+                                  ATTENTION_OUTPUT)
         else:
-            cache = cache._replace(k=_write(cache.k, k, cache.write_index), v=_write(cache.v, v, cache.write_index))
+            cache = cache._replace(k=_write(cache.k, cache.layer, k, cache.write_index),
+                                   v=_write(cache.v, cache.layer, v, cache.write_index))
+            keys, values = cache.k[cache.layer], cache.v[cache.layer]  # [b, max_len, kv_heads, head_dim]
             # [b or 1, t]: the slot each query sits in (rows differ under continuous batching)
             query_slots = jnp.reshape(cache.write_index, (-1, 1)) + jnp.arange(x.shape[1])
-            visible = jnp.arange(cache.k.shape[1]) <= query_slots[:, :, None]  # [b or 1, t, max_len]
+            visible = jnp.arange(keys.shape[1]) <= query_slots[:, :, None]  # [b or 1, t, max_len]
             mask = visible[:, None] & cache.key_valid[:, None, None, :]
-            out = xla_attention(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=mask)
+            out = xla_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask)
         return self.o_proj(out, _key(dropout_rng, 3)), cache
 
 
@@ -140,11 +154,22 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pdt)
         self.mlp = MLP(cfg, runtime, lora, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None):
-        attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng, cache)
+    def __call__(self, x, cos, sin, segment_ids=None, dropout_rng=None, cache: LayerCache | None = None,
+                 packed=None):
+        attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, dropout_rng, cache, packed)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_rng)
         return constrain(x, axes.RESIDUAL), cache
+
+
+ATTENTION_OUTPUT = "attention"  # the name remat policies save the attention kernel's output by
+
+# the activations each named policy keeps (Linear names its output after the layer); the rest is recomputed
+SAVED_BY_POLICY = {
+    "save_matmuls": LINEAR_LAYERS,
+    "save_attention": (ATTENTION_OUTPUT,),
+    "save_matmuls_attention": LINEAR_LAYERS + (ATTENTION_OUTPUT,),
+}
 
 
 def _remat(body, policy: str):
@@ -152,9 +177,8 @@ def _remat(body, policy: str):
         return body
     if policy == "full":
         return jax.checkpoint(body, prevent_cse=False)
-    # save_matmuls: keep the linear layers' outputs (Linear names its activation after the layer), recompute the rest
     return jax.checkpoint(
-        body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*LINEAR_LAYERS)
+        body, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*SAVED_BY_POLICY[policy])
     )
 
 
@@ -187,16 +211,19 @@ class Qwen(nnx.Module):
             dtype=self.dtype, param_dtype=pdt, rngs=rngs,
         )
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None, dropout_rng=None):
+    def hidden_states(self, tokens, positions=None, segment_ids=None, dropout_rng=None, packed=None):
         """Final-norm hidden states [batch, seq, embed]; the loss projects these to the vocabulary in chunks.
 
         `dropout_rng` switches on LoRA dropout (training); without it the model is deterministic.
+        `packed` (model.segments.SegmentLayout, made once per batch from segment_ids) lets a fused kernel run
+        packed rows as per-document lengths and offsets instead of a dense mask; backends without such a
+        path use segment_ids.
         """
-        x, _ = self._run_layers(tokens, positions, segment_ids=segment_ids, dropout_rng=dropout_rng)
+        x, _ = self._run_layers(tokens, positions, segment_ids=segment_ids, dropout_rng=dropout_rng, packed=packed)
         return self.norm(x)
 
     def _run_layers(self, tokens, positions, *, segment_ids=None, dropout_rng=None, cache=None, write_index=0,
-                    key_valid=None):
+                    key_valid=None, packed=None):
         """Embed, build the rope tables and scan the stacked layers, with or without a KV cache.
 
         Returns the last layer's output (before the final norm) and the updated KVCache (None without one).
@@ -213,15 +240,27 @@ class Qwen(nnx.Module):
         x = constrain(self.embed_tokens(tokens), axes.RESIDUAL)
 
         graphdef, stacked = nnx.split(self.layers)
+        if cache is None:
+            def layer_step(h, layer):
+                layer_state, layer_rng = layer
+                return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, layer_rng, None, packed)[0], None
 
-        def layer_step(h, layer):
-            layer_state, layer_rng, kv = layer
-            view = None if kv is None else LayerCache(kv.k, kv.v, write_index, key_valid)
-            h, view = nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids, layer_rng, view)
-            return h, None if view is None else KVCache(view.k, view.v)
+            layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
+            x, _ = jax.lax.scan(_remat(layer_step, self.runtime.remat), x, (stacked, layer_rngs))
+            return x, None
 
-        layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
-        return jax.lax.scan(_remat(layer_step, self.runtime.remat), x, (stacked, layer_rngs, cache))
+        def cached_layer_step(carry, layer):
+            h, kv = carry
+            layer_state, index = layer
+            view = LayerCache(kv.k, kv.v, index, write_index, key_valid)
+            h, view = nnx.merge(graphdef, layer_state)(h, cos, sin, None, None, view)
+            return (h, KVCache(view.k, view.v)), None
+
+        # the cache is carried, not scanned over: each layer updates its slots of the one buffer in place
+        unroll = self.config.num_layers if self.runtime.unroll_decode else 1
+        (x, cache), _ = jax.lax.scan(cached_layer_step, (x, cache),
+                                     (stacked, jnp.arange(self.config.num_layers)), unroll=unroll)
+        return x, cache
 
     def output_kernel(self) -> jax.Array:
         """The [embed, vocab] output projection (the embedding table, transposed, when tied)."""

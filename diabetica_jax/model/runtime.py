@@ -15,7 +15,9 @@ from diabetica_jax.configuration import FieldError, field, shown
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
-REMAT_POLICIES = ("none", "full", "save_matmuls")
+# save_matmuls keeps the linear layers' outputs, save_attention the attention kernel's output (the costliest
+# activation to recompute per byte kept), save_matmuls_attention both; the rest is recomputed in the backward pass
+REMAT_POLICIES = ("none", "full", "save_matmuls", "save_attention", "save_matmuls_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,8 @@ class RuntimeConfig:
                                                  "weights), whatever the checkpoint's dtype")
     attention: Literal[ATTENTION_BACKENDS] = field("auto", "attention kernel; auto: the fastest this device has")
     remat: Literal[REMAT_POLICIES] = field("none", "activation rematerialisation policy (matters in training only)")
+    unroll_decode: bool = field(False, "generation: run the layers unrolled in the decode step (one program per "
+                                "layer, no loop around them: fewer launches per token, longer compiles)")
 
     def __post_init__(self):
         # build() checks these against the Literal types already; this is for configs made in Python

@@ -90,7 +90,8 @@ def test_a_run_directory_written_with_the_old_keys_still_opens(run_dir, tmp_path
     config = json.loads((old / "train_config.json").read_text())
     model = config["model"]
     model["hf_path"] = model.pop("path")
-    model.update(model.pop("runtime"))  # dtype, param_dtype, attention, remat beside the other keys
+    runtime = model.pop("runtime")  # its old fields beside the other keys; the ones added since did not exist
+    model.update({key: runtime[key] for key in ("dtype", "param_dtype", "attention", "remat")})
     (old / "train_config.json").write_text(json.dumps(config))
     opened = hf.open(old)
     assert opened.source.path == old and opened.step == 2

@@ -9,7 +9,7 @@ from flax import nnx
 from diabetica_jax import hf
 from diabetica_jax.model import create_model
 from diabetica_jax.model.attention import attend, resolve_backend, splash_attention, xla_attention
-from diabetica_jax.model.runtime import RuntimeConfig
+from diabetica_jax.model.runtime import REMAT_POLICIES, RuntimeConfig
 
 
 def test_auto_backend_is_xla_on_cpu():
@@ -52,12 +52,30 @@ def _loss_and_grads(cfg, tokens, runtime=RuntimeConfig()):
     return jax.jit(jax.value_and_grad(loss))(state)
 
 
+def _saved_shapes(policy: str, capsys) -> list[str]:
+    """The shapes of the residuals the backward pass keeps under a remat policy (JAX's own report)."""
+    model = create_model(hf.preset_config("tiny"), RuntimeConfig(remat=policy), seed=0)
+    graphdef, state = nnx.split(model)
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(lambda s: jnp.sum(nnx.merge(graphdef, s).hidden_states(tokens)), state)
+    return [line.split()[0] for line in capsys.readouterr().out.splitlines() if "argument" not in line]
+
+
+def test_save_attention_keeps_the_attention_output_and_full_remat_does_not(capsys):
+    cfg = hf.preset_config("tiny")
+    # [layers, batch, seq, heads, head_dim]: every layer's attention output, stacked by the layer scan
+    attention = f"f32[{cfg.num_layers},2,8,{cfg.num_heads},{cfg.head_dim}]"
+    assert attention in _saved_shapes("save_attention", capsys)
+    assert attention not in _saved_shapes("full", capsys)
+
+
 @pytest.mark.slow
 def test_remat_policies_give_identical_gradients():
     tokens = jnp.asarray(np.random.RandomState(0).randint(0, 1000, (2, 8)))
     base = hf.preset_config("tiny")
     ref_loss, ref_grads = _loss_and_grads(base, tokens)
-    for policy in ("full", "save_matmuls"):
+    for policy in set(REMAT_POLICIES) - {"none"}:
         loss, grads = _loss_and_grads(base, tokens, RuntimeConfig(remat=policy))
         assert loss == pytest.approx(float(ref_loss), rel=1e-6)
         for a, b in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(grads)):
