@@ -62,6 +62,10 @@ class MeshSection:
         return with_overrides(self.rules)
 
 
+# Adam's first moment may be rounded to bfloat16; the second moment (squares, summed over many steps) may not
+MOMENT_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimSection:
     lr: float = field(1e-4, "peak learning rate")
@@ -73,6 +77,8 @@ class OptimSection:
     b2: float = field(0.999, "Adam beta2")
     eps: float = field(1e-8, "Adam epsilon")
     clip_norm: float = field(1.0, "global gradient-norm clip (0 disables)")
+    mu_dtype: Literal[MOMENT_DTYPES] = field(
+        "float32", "dtype of Adam's first moment (bfloat16 halves its memory; the second moment stays float32)")
 
     def __post_init__(self):
         require_positive(self, "lr", "eps")  # eps 0 divides by zero where a gradient is 0 (unused embedding rows)
@@ -87,6 +93,8 @@ class OptimSection:
             raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.clip_norm < 0:
             raise FieldError("clip_norm", f"must be >= 0 (0 disables clipping), got {self.clip_norm}")
+        if self.mu_dtype not in MOMENT_DTYPES:  # build() checks the Literal already; this is for configs made in Python
+            raise FieldError("mu_dtype", f"{shown(self.mu_dtype)} is not one of {list(MOMENT_DTYPES)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_tok
 from diabetica_jax.train.global_batch import BatchLayout, local_rows
 from diabetica_jax.train.metrics import MetricsLogger
 from diabetica_jax.train.preemption import Preemption
-from diabetica_jax.train.setup import prepare
+from diabetica_jax.train.setup import prepare, step_settings
 from diabetica_jax.train.state import TrainState, init_state
 from diabetica_jax.train.step import batch_sharding, make_train_step
 
@@ -155,9 +155,9 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
             state, start = init_state(setup.params, setup.optimizer, cfg.model.seed, setup.shardings), 0
         setup.params = None  # the state owns (and donates) them from here on
 
-        step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, loss_chunk=cfg.loop.loss_chunk,
-                                  dropout=cfg.lora.dropout > 0, shardings=setup.shardings,
-                                  frozen_shardings=setup.frozen_sharding, batch_sharding=sharding)
+        step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, shardings=setup.shardings,
+                                  frozen_shardings=setup.frozen_sharding, batch_sharding=sharding,
+                                  **step_settings(cfg))
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
         peak = peak_flops_per_device(cfg.loop.peak_tflops)

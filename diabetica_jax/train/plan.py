@@ -21,7 +21,7 @@ from diabetica_jax.parallel import make_mesh
 from diabetica_jax.parallel.rules import param_shardings, use_rules
 from diabetica_jax.train.config import TrainConfig, check_against_devices
 from diabetica_jax.train.optimizer import build_optimizer
-from diabetica_jax.train.setup import model_config
+from diabetica_jax.train.setup import model_config, step_settings
 from diabetica_jax.train.state import abstract_state, init_state, state_shardings
 from diabetica_jax.train.step import batch_sharding, make_train_step
 
@@ -56,9 +56,8 @@ def plan(cfg: TrainConfig) -> dict[str, float]:
         batch_sh = batch_sharding(mesh)
         shape = (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len)
         batch = Batch(*(jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sh) for _ in range(4)))
-        step = make_train_step(graphdef, optimizer, schedule, loss_chunk=cfg.loop.loss_chunk,
-                               dropout=cfg.lora.dropout > 0, shardings=shardings,
-                               frozen_shardings=frozen_sharding, batch_sharding=batch_sh)
+        step = make_train_step(graphdef, optimizer, schedule, shardings=shardings, frozen_shardings=frozen_sharding,
+                               batch_sharding=batch_sh, **step_settings(cfg))
         compiled = step.lower(state, frozen, batch).compile()
     analysis = compiled.memory_analysis()
     report = {

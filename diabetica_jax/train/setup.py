@@ -1,4 +1,5 @@
-"""Model assembly for training: the model from the config, split into what trains and what stays frozen."""
+"""Model assembly for training: the model from the config, split into what trains and what stays frozen, and the
+train step's settings the config decides."""
 
 from __future__ import annotations
 
@@ -142,6 +143,15 @@ class Setup:
     def restore_target(self):
         shapes = jax.eval_shape(lambda p: init_state(p, self.optimizer, 0, self.shardings), self.params)
         return abstract_state(shapes, self.shardings)
+
+
+def step_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The keyword settings of train.step.make_train_step that come from the config: the loss chunk, dropout, and
+    what attention is told of the rows' documents."""
+    # packing none on curated data: one example per row, padding after it (synthetic rows always hold two documents)
+    one_document_rows = cfg.data.source == "curated" and cfg.data.packing == "none"
+    return {"loss_chunk": cfg.loop.loss_chunk, "dropout": cfg.lora.dropout > 0, "one_document_rows": one_document_rows,
+            "max_segments": None if one_document_rows else cfg.data.max_segments_per_row}
 
 
 def prepare(cfg: TrainConfig, mesh) -> Setup:
