@@ -157,7 +157,7 @@ def test_every_error_the_cli_reports_in_one_line_has_one_of_two_bases():
 
 TESTS = Path(__file__).resolve().parent
 # Folders under tests/ that hold no package's tests: fault injection across packages, and test fixtures.
-TEST_FOLDERS_NOT_PACKAGES = {"faults", "templates", "slurm_standin"}
+TEST_FOLDERS_NOT_PACKAGES = {"faults", "templates", "slurm_standin", "bench"}  # bench: scripts, no package
 REPO_WIDE_TESTS = {"test_architecture.py", "test_docs_links.py", "test_readme_commands.py"}
 
 
