@@ -177,10 +177,20 @@ def test_one_example_rows_train_the_same_without_segment_ids(untied):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_packed_rows_with_their_layout_train_as_with_segment_ids(untied):
-    """The xla backend masks by segment ids whatever the layout; the layout only has to be built and carried."""
+def test_packed_rows_with_their_layout_train_as_with_segment_ids(untied, monkeypatch):
+    """Attention made to read the layout alone (as the cuDNN packed kernel does; the xla backend would otherwise
+    mask by the segment ids beside it) gives the loss the segment ids give: the layout holds the rows' documents."""
+    from diabetica_jax.model import qwen
+
+    attend = qwen.attend
+
+    def layout_only(q, k, v, *, segment_ids=None, packed=None, backend="auto"):
+        return attend(q, k, v, segment_ids=None if packed is not None else segment_ids, packed=packed,
+                      backend=backend)
+
+    monkeypatch.setattr(qwen, "attend", layout_only)
     batch = untied.batch(packed_rows())
-    _, with_layout = untied.step(max_segments=4)(untied.state(), untied.setup.frozen, batch)
+    _, with_layout = untied.new_step(max_segments=4)(untied.state(), untied.setup.frozen, batch)
     _, without = untied.step()(untied.state(), untied.setup.frozen, batch)
     np.testing.assert_allclose(with_layout["loss"], without["loss"], rtol=1e-6)
 
