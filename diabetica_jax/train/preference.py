@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diabetica_jax.model.chunks import chunk_size
-from diabetica_jax.train.loss import _from_chunks, _logits, _scan_chunks, _token_losses
+from diabetica_jax.train.loss import _from_chunks, _logits, _scan_chunks, _token_losses, next_token_targets
 
 PAIR_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
 REFERENCE_FREE = ("orpo", "simpo")
@@ -46,6 +46,45 @@ def token_logps(hidden, output_kernel, targets, chunk: int):
     c = chunk_size(hidden.shape[1], chunk)
     _, logps = _scan_chunks(step, None, c, hidden, targets, jnp.zeros(targets.shape, jnp.float32))
     return _from_chunks(logps)
+
+
+def row_token_logps(model, tokens, positions, segment_ids, chunk: int, dropout_rng=None):
+    """log p(next token) at every position of packed rows [b, t]: position t scores token t+1."""
+    hidden = model.hidden_states(tokens, positions, segment_ids, dropout_rng=dropout_rng)
+    return token_logps(hidden, model.output_kernel(), jnp.roll(tokens, -1, axis=1), chunk)
+
+
+def completion_logps(model, prompt_ids, completion_ids, completion_mask, chunk: int, dropout_rng=None):
+    """log p(completion token | prompt, earlier completion tokens), [n, completion length].
+
+    Prompts share one length (the rollout batcher's prompt slot, no padding inside); completions
+    are right-padded, their padding outside the document so it changes nothing before it.
+    """
+    tokens = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+    p = prompt_ids.shape[1]
+    inside = jnp.concatenate([jnp.ones_like(prompt_ids), completion_mask.astype(prompt_ids.dtype)], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    logp = row_token_logps(model, tokens, positions, inside.astype(jnp.int32), chunk, dropout_rng)
+    return logp[:, p - 1 : tokens.shape[1] - 1]
+
+
+def reply_weights(loss_mask, segment_ids):
+    """1.0 at the positions that predict a reply token of their own document."""
+    return next_token_targets(loss_mask, loss_mask, segment_ids)[1]
+
+
+def document_weights(segment_ids):
+    """1.0 at every position that predicts a token of its own document, prompt included."""
+    return next_token_targets(segment_ids, (segment_ids > 0).astype(jnp.int32), segment_ids)[1]
+
+
+def chosen_sequence_nll(token_logp, segment_ids, pairs_per_row: int):
+    """The chosen documents' token-mean NLL over prompt and reply: TRL's ORPO SFT term (the paper's is
+    the reply alone, which pair_loss uses when it is not given this)."""
+    sums, counts = segment_sums(token_logp, document_weights(segment_ids), segment_ids, 1 + 2 * pairs_per_row)
+    chosen, _ = pair_split(sums, pairs_per_row)
+    chosen_n, _ = pair_split(counts, pairs_per_row)
+    return -jnp.sum(chosen) / jnp.maximum(jnp.sum(chosen_n), 1.0)
 
 
 def segment_sums(values, weights, segment_ids, num_segments: int):
@@ -109,12 +148,14 @@ def pair_loss(
     beta: float,
     simpo_gamma: float = 0.5,
     label_smoothing: float = 0.0,
+    orpo_nll=None,
 ):
     """(loss, metrics) over the pairs present. `reference` is None for ORPO and SimPO.
 
     sigmoid/hinge/ipo compare the policy's log-ratio margin with the reference's; ipo on mean
-    token log-probs. ORPO adds the chosen replies' NLL (token mean) to an odds-ratio term; SimPO
-    is a margin on mean token log-probs with a target gap gamma.
+    token log-probs. ORPO adds the chosen replies' NLL (token mean; `orpo_nll` replaces it, e.g.
+    with `chosen_sequence_nll`) to an odds-ratio term; SimPO is a margin on mean token log-probs
+    with a target gap gamma.
     """
     if kind not in PAIR_LOSSES:
         raise ValueError(f"train.preference.loss: {kind!r} is not one of {', '.join(PAIR_LOSSES)}")
@@ -144,7 +185,9 @@ def pair_loss(
         ) * label_smoothing
     else:  # orpo
         log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
-        nll = -jnp.sum(policy.chosen * present) / jnp.maximum(jnp.sum(policy.chosen_tokens * present), 1.0)
+        nll = orpo_nll
+        if nll is None:
+            nll = -jnp.sum(policy.chosen * present) / jnp.maximum(jnp.sum(policy.chosen_tokens * present), 1.0)
         losses = -beta * jax.nn.log_sigmoid(log_odds) + nll
 
     loss = _masked_mean(losses, present)
