@@ -12,6 +12,7 @@ from diabetica_jax.model.choice import ModelChoice
 from diabetica_jax.model.lora_config import LoRAConfig
 from diabetica_jax.parallel.mesh import MESH_AXES
 from diabetica_jax.parallel.rules import LOGICAL_AXES, RuleConflict, ShardingRules, with_overrides
+from diabetica_jax.train.preference import PAIR_LOSSES, REFERENCE_FREE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,41 @@ class LoopSection:
             require_positive(self, "peak_tflops")
 
 
+METHODS = ("sft", "dpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceSection:
+    pairs: str | None = field(None, "preference pairs file (.jsonl or .csv): prompt, chosen and rejected as text, "
+                              "or chat messages (method: dpo)", path=True)
+    loss: Literal[PAIR_LOSSES] = field(
+        "sigmoid", "sigmoid (DPO), ipo, hinge, orpo or simpo (orpo and simpo use no reference model)")
+    beta: float = field(0.1, "how far the policy may move from the reference (DPO's beta; ORPO's lambda)")
+    simpo_gamma: float = field(0.5, "simpo: target reward margin")
+    label_smoothing: float = field(0.0, "sigmoid / simpo: assumed fraction of flipped preference labels")
+    orpo_nll: Literal["reply", "sequence"] = field(
+        "reply", "orpo: the SFT term over the chosen reply (the paper) or prompt and reply (TRL's ORPOTrainer)")
+    pairs_per_row: int = field(1, "pairs packed into one row of data.seq_len tokens (each pair gets seq_len / "
+                               "pairs_per_row); data.global_batch counts rows")
+    reference: str | None = field(
+        None, "Hugging Face checkpoint directory of the frozen reference model (default: the stage's starting "
+        "weights); its log-probs are computed once, before the first step, into RUN_DIR/reference_logps.npz",
+        path=True)
+
+    def __post_init__(self):
+        require_positive(self, "beta", "pairs_per_row")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise FieldError("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss not in PAIR_LOSSES:
+            raise FieldError("loss", f"{shown(self.loss)} is not one of {list(PAIR_LOSSES)}")
+        if self.reference and self.loss in REFERENCE_FREE:
+            raise FieldError("reference", f"the {self.loss} loss uses no reference model; leave reference unset")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss not in REFERENCE_FREE
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(ModelSection(), "model to train")
@@ -124,12 +160,25 @@ class TrainConfig:
     data: DataSection = field(DataSection(), "batches")
     optim: OptimSection = field(OptimSection(), "optimizer and schedule")
     loop: LoopSection = field(LoopSection(), "steps, logging and checkpoints")
+    method: Literal[METHODS] = field("sft", "sft (next-token loss on data) or dpo (preference pairs: preference)")
+    preference: PreferenceSection = field(PreferenceSection(), "preference tuning (method: dpo)")
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise FieldError("method", f"{shown(self.method)} is not one of {list(METHODS)}")
+        if self.method == "dpo":
+            if not self.preference.pairs:
+                raise FieldError("preference.pairs", "method dpo trains on a pairs file: set preference.pairs")
+            if self.data.source == "curated":
+                raise FieldError("data.source", "method dpo reads its rows from preference.pairs; data.source "
+                                 "curated is for sft (data.seq_len, global_batch, grad_accum, epochs and seed apply)")
+            if self.data.seq_len // self.preference.pairs_per_row < 4:
+                raise FieldError("preference.pairs_per_row", f"{self.preference.pairs_per_row} pairs leave under 4 "
+                                 f"tokens each of data.seq_len={self.data.seq_len}")
         if self.model.init_from and self.model.init_lora == "unmerged" and not self.lora.rank:
             raise FieldError("model.init_lora", "unmerged continues the previous run's adapters: set lora.rank "
                              "(and alpha, targets) to the previous run's, or use merged")
-        if self.loop.steps == -1 and self.data.source != "curated":
+        if self.loop.steps == -1 and self.data.source != "curated" and self.method == "sft":
             raise FieldError("loop.steps", "-1 (from the data) needs data.source: curated")
         if self.loop.steps != -1 and self.optim.warmup_steps > self.loop.steps:
             raise FieldError("optim.warmup_steps", f"{self.optim.warmup_steps} exceeds loop.steps={self.loop.steps}")

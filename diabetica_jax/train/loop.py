@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
+from diabetica_jax import hf
 from diabetica_jax.configuration import to_dict
 from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.parallel import make_mesh
@@ -28,8 +30,10 @@ from diabetica_jax.train.feed import count_steps, make_feed
 from diabetica_jax.train.flops import peak_flops_per_device, train_flops_per_token
 from diabetica_jax.train.global_batch import BatchLayout, local_rows
 from diabetica_jax.train.metrics import MetricsLogger
+from diabetica_jax.train.pair_feed import PairFeed, attach_reference, load_pairs, pair_layout
 from diabetica_jax.train.preemption import Preemption
-from diabetica_jax.train.setup import prepare, step_settings
+from diabetica_jax.train.preference_step import make_preference_step
+from diabetica_jax.train.setup import model_config, prepare, step_settings
 from diabetica_jax.train.state import TrainState, init_state
 from diabetica_jax.train.step import batch_sharding, make_train_step
 
@@ -113,6 +117,25 @@ def _resume(checkpoints: Checkpoints, setup, data_iterator) -> tuple[TrainState 
     return state, step
 
 
+def _attach_reference(cfg: TrainConfig, setup, feed: PairFeed, to_device, run_dir: Path, mesh, writer: bool):
+    """The reference log-probs of the pairs (train/pair_feed.py): from preference.reference, or the stage's starting
+    weights, which `setup` still holds (a resumed run restores its trained state only after this)."""
+    if not cfg.preference.uses_reference:
+        return
+    if cfg.preference.reference:
+        source = f"reference {Path(cfg.preference.reference).absolute()}"
+
+        def reference_model():
+            return hf.load(cfg.preference.reference, mesh=mesh, runtime=cfg.model.runtime, progress=False)[0]
+    else:
+        origin = setup.meta.get("init") or setup.meta.get("frozen_source") or model_config(cfg)[1]
+        source = "starting weights " + json.dumps(origin, sort_keys=True)
+
+        def reference_model():
+            return nnx.merge(setup.graphdef, setup.params, setup.frozen)
+    attach_reference(feed, to_device, run_dir, reference_model, source, cfg.loop.loss_chunk, mesh, writer)
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
           name: str = "train") -> TrainResult:
     """Train to cfg.loop.steps (or `stop_after` more steps), resuming from RUN_DIR/checkpoints if present.
@@ -135,19 +158,30 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
     sharding = batch_sharding(mesh)
     rows = local_rows(sharding, (cfg.data.grad_accum, cfg.micro_batch, cfg.data.seq_len))
     layout = BatchLayout(sharding, cfg.data.grad_accum, cfg.micro_batch, rows)
-    if cfg.loop.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
-        steps = count_steps(cfg, rows)
-        log.info("data.epochs=%d of %s fill %d steps", cfg.data.epochs, cfg.data.path, steps)
-        cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=steps))
     writer = jax.process_index() == 0
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
+    pair_feed = None
+    if cfg.method == "dpo":  # pairs are read first: loop.steps -1 counts them, and a bad file fails before any work
+        pair_feed = PairFeed(cfg, rows, load_pairs(cfg, model_config(cfg)[0].vocab_size, run_dir if writer else None))
+    if cfg.loop.steps == -1 and pair_feed is not None:
+        log.info("data.epochs=%d of %d pairs fill %d steps", cfg.data.epochs, len(pair_feed.pairs),
+                 pair_feed.total_steps)
+        cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=pair_feed.total_steps))
+    elif cfg.loop.steps == -1:  # as many steps as the epochs of data fill; the schedule spans exactly them
+        steps = count_steps(cfg, rows)
+        log.info("data.epochs=%d of %s fill %d steps", cfg.data.epochs, cfg.data.path, steps)
+        cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=steps))
 
     with jax.set_mesh(mesh):
         setup = prepare(cfg, mesh)
         checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.loop.keep_checkpoints,
                                   async_save=cfg.loop.async_checkpoint)
-        feed = make_feed(cfg, rows, setup.model_cfg.vocab_size, run_dir if writer else None)
+        if pair_feed is not None:
+            feed, to_device = pair_feed, pair_layout(layout, sharding)
+            _attach_reference(cfg, setup, feed, to_device, run_dir, mesh, writer)
+        else:
+            feed, to_device = make_feed(cfg, rows, setup.model_cfg.vocab_size, run_dir if writer else None), layout
         state, start = _resume(checkpoints, setup, feed.iterator)
         if writer:  # only now: a run directory refused (another model's, all damaged) keeps its own config
             (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -155,9 +189,15 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
             state, start = init_state(setup.params, setup.optimizer, cfg.model.seed, setup.shardings), 0
         setup.params = None  # the state owns (and donates) them from here on
 
-        step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, shardings=setup.shardings,
-                                  frozen_shardings=setup.frozen_sharding, batch_sharding=sharding,
-                                  **step_settings(cfg))
+        if pair_feed is not None:
+            step_fn = make_preference_step(setup.graphdef, setup.optimizer, setup.schedule, cfg.preference,
+                                           loss_chunk=cfg.loop.loss_chunk, dropout=cfg.lora.dropout > 0,
+                                           shardings=setup.shardings, frozen_shardings=setup.frozen_sharding,
+                                           batch_sharding=sharding)
+        else:
+            step_fn = make_train_step(setup.graphdef, setup.optimizer, setup.schedule, shardings=setup.shardings,
+                                      frozen_shardings=setup.frozen_sharding, batch_sharding=sharding,
+                                      **step_settings(cfg))
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
         peak = peak_flops_per_device(cfg.loop.peak_tflops)
@@ -169,7 +209,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
         )
         saver = CheckpointHooks(checkpoints, setup.meta, feed.iterator, saved=start)
 
-        trainer = Trainer(step_fn, setup.frozen, feed, layout)
+        trainer = Trainer(step_fn, setup.frozen, feed, to_device)
         trainer.add_hook(metrics.on_step)
         trainer.add_hook(saver.on_step, every=cfg.loop.checkpoint_every)
         trainer.add_end_hook(saver.on_end)  # first: the save is a collective every process must reach

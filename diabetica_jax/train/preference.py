@@ -78,13 +78,22 @@ def document_weights(segment_ids):
     return next_token_targets(segment_ids, (segment_ids > 0).astype(jnp.int32), segment_ids)[1]
 
 
-def chosen_sequence_nll(token_logp, segment_ids, pairs_per_row: int):
+def chosen_sequence_tokens(segment_ids, pairs_per_row: int):
+    """How many positions `chosen_sequence_nll` averages over."""
+    ones = jnp.ones(segment_ids.shape, jnp.float32)
+    _, counts = segment_sums(ones, document_weights(segment_ids), segment_ids, 1 + 2 * pairs_per_row)
+    return jnp.sum(pair_split(counts, pairs_per_row)[0])
+
+
+def chosen_sequence_nll(token_logp, segment_ids, pairs_per_row: int, total_tokens=None):
     """The chosen documents' token-mean NLL over prompt and reply: TRL's ORPO SFT term (the paper's is
-    the reply alone, which pair_loss uses when it is not given this)."""
+    the reply alone, which pair_loss uses when it is not given this). `total_tokens`: the count of the
+    whole batch when this is one micro-batch of it."""
     sums, counts = segment_sums(token_logp, document_weights(segment_ids), segment_ids, 1 + 2 * pairs_per_row)
     chosen, _ = pair_split(sums, pairs_per_row)
     chosen_n, _ = pair_split(counts, pairs_per_row)
-    return -jnp.sum(chosen) / jnp.maximum(jnp.sum(chosen_n), 1.0)
+    total = jnp.sum(chosen_n) if total_tokens is None else total_tokens
+    return -jnp.sum(chosen) / jnp.maximum(total, 1.0)
 
 
 def segment_sums(values, weights, segment_ids, num_segments: int):
@@ -149,6 +158,8 @@ def pair_loss(
     simpo_gamma: float = 0.5,
     label_smoothing: float = 0.0,
     orpo_nll=None,
+    total_pairs=None,
+    total_reply_tokens=None,
 ):
     """(loss, metrics) over the pairs present. `reference` is None for ORPO and SimPO.
 
@@ -156,6 +167,10 @@ def pair_loss(
     token log-probs. ORPO adds the chosen replies' NLL (token mean; `orpo_nll` replaces it, e.g.
     with `chosen_sequence_nll`) to an odds-ratio term; SimPO is a margin on mean token log-probs
     with a target gap gamma.
+
+    With `total_pairs` (and for ORPO `total_reply_tokens`), counts of the whole batch this micro-batch
+    belongs to, the loss is this micro-batch's share: the shares of a batch's micro-batches add up
+    to the loss of the batch taken at once. The metrics stay this micro-batch's means.
     """
     if kind not in PAIR_LOSSES:
         raise ValueError(f"train.preference.loss: {kind!r} is not one of {', '.join(PAIR_LOSSES)}")
@@ -187,10 +202,14 @@ def pair_loss(
         log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
         nll = orpo_nll
         if nll is None:
-            nll = -jnp.sum(policy.chosen * present) / jnp.maximum(jnp.sum(policy.chosen_tokens * present), 1.0)
-        losses = -beta * jax.nn.log_sigmoid(log_odds) + nll
+            tokens = jnp.sum(policy.chosen_tokens * present) if total_reply_tokens is None else total_reply_tokens
+            nll = -jnp.sum(policy.chosen * present) / jnp.maximum(tokens, 1.0)
+        losses = -beta * jax.nn.log_sigmoid(log_odds)
 
-    loss = _masked_mean(losses, present)
+    pairs = jnp.sum(present) if total_pairs is None else total_pairs
+    loss = jnp.sum(losses * present) / jnp.maximum(pairs, 1.0)
+    if kind == "orpo":
+        loss = loss + nll
     metrics = {
         "loss": loss,
         "rewards/chosen": _masked_mean(chosen_reward, present),
