@@ -24,7 +24,7 @@ from diabetica_jax.generate.chat import chat_prompt, engine_for, repl
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.parallel.distributed import initialize
 from diabetica_jax.parallel.mesh import devices_needed, emulate_cpu_devices
-from diabetica_jax.pipeline.config import load_run_config
+from diabetica_jax.pipeline.config import load_run_config, stage_train_config
 from diabetica_jax.pipeline.run import run as run_pipeline
 from diabetica_jax.serve import ServeConfig, ServedModel
 from diabetica_jax.serve import app as serve_app
@@ -120,18 +120,23 @@ def _config_kind(path: str, given: str | None) -> str:
 
 def plan(args) -> int:
     kind = _config_kind(args.config, args.kind)
-    if kind == "recipe":
-        cfg = load_run_config(args.config, args.overrides).train
+    if kind == "recipe":  # every training stage: their methods (sft, dpo, grpo) compile different steps
+        run_cfg = load_run_config(args.config, args.overrides)
+        stages = [(s.name, stage_train_config(run_cfg, i, "<previous stage>" if i else None, args.config))
+                  for i, s in enumerate(run_cfg.stages)] or [("train", run_cfg.train)]
     else:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    count = args.devices or devices_needed(cfg.mesh.sizes())
-    if count is None:
-        raise ConfigFileError(f"{args.config}: give --devices N, or mesh sizes without -1")
-    emulate_cpu_devices(count)  # before the first JAX computation starts the CPU backend
+        stages = [("train", load_config(TrainConfig, args.config, args.overrides))]
+    counts = {args.devices or devices_needed(cfg.mesh.sizes()) for _, cfg in stages}
+    if None in counts or len(counts) > 1:
+        raise ConfigFileError(f"{args.config}: give --devices N, or mesh sizes without -1 (the same in every stage)")
+    emulate_cpu_devices(counts.pop())  # before the first JAX computation starts the CPU backend
     from diabetica_jax.train.plan import format_plan
     from diabetica_jax.train.plan import plan as plan_memory
 
-    print(format_plan(plan_memory(cfg)))
+    for i, (name, cfg) in enumerate(stages):
+        if len(stages) > 1:
+            print(("\n" if i else "") + f"stage {name} (method {cfg.method}):")
+        print(format_plan(plan_memory(cfg)))
     return 0
 
 

@@ -210,6 +210,21 @@ class Batcher:
         self._enqueue([ticket])
         return ticket
 
+    def load_weights(self, model: Qwen) -> None:
+        """Decode with `model`'s weights from the next request on: the same architecture, dtype and shardings,
+        so the compiled programs are reused (a GRPO trainer's policy between rollouts). Call it while no
+        request runs; anything else is a ValueError."""
+        graphdef, params = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise ValueError("load_weights: the model is not the one this batcher was built for")
+        params = in_compute_dtype(params, model.runtime.dtype)
+        old, new = jax.tree.map(jnp.shape, self.params), jax.tree.map(jnp.shape, params)
+        if old != new:
+            raise ValueError("load_weights: the weights' shapes differ from the batcher's")
+        if any(self._active) or self._waiting:
+            raise ValueError("load_weights: requests are running")
+        self.params = params
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingParams = SamplingParams()
                  ) -> list[list[int]]:
         """Blocking: each prompt's generated tokens (without the stop token). The prompts are queued together

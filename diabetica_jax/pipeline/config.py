@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from diabetica_jax.configuration import ConfigFileError, FieldError, build, config_data, field, shown, to_dict
@@ -68,6 +69,18 @@ def load_run_config(path: str | None, overrides: list[str] | None = None) -> Run
     for i in range(len(cfg.stages)):
         stage_train_config(cfg, i, "<run-dir>/previous-stage" if i else None, source)
     return cfg
+
+
+def stage_inputs(train_cfg: TrainConfig, key: str) -> list[Path]:
+    """The files a training stage reads besides the curated data (a DPO stage's pairs, a GRPO stage's items);
+    one that is missing is a ConfigFileError naming `key` (the stage's train section), before any work."""
+    named = {"dpo": ("preference.pairs", train_cfg.preference.pairs), "grpo": ("grpo.items", train_cfg.grpo.items)}
+    if train_cfg.method not in named:
+        return []
+    field_name, path = named[train_cfg.method]
+    if not Path(path).is_file():
+        raise ConfigFileError(f"{key}.{field_name}: {path} not found")
+    return [Path(path)]
 
 
 def stage_train_config(cfg: RunConfig, index: int, previous: str | None, source: str = "config") -> TrainConfig:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from diabetica_jax.configuration import to_dict
-from diabetica_jax.pipeline.config import RunConfig, stage_train_config
+from diabetica_jax.pipeline.config import RunConfig, stage_inputs, stage_train_config
 from diabetica_jax.run_lock import hold_lock
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,16 @@ def training_stages(cfg: RunConfig, run_dir: Path, data: Stage) -> list[Training
 
     if not cfg.stages:  # one stage: the train section as it is, in RUN_DIR/train
         train_cfg = reading_curated(cfg.train)
-        return [Training("train", train_cfg, Stage(run_dir, "train", _digest([to_dict(train_cfg), data.digest])),
-                         True)]
+        inputs = stage_inputs(train_cfg, "train")
+        digest = _digest([to_dict(train_cfg), data.digest] + ([_files_digest(inputs)] if inputs else []))
+        return [Training("train", train_cfg, Stage(run_dir, "train", digest), True)]
     out, previous = [], None
     for i, section in enumerate(cfg.stages):
         train_cfg = reading_curated(stage_train_config(cfg, i, None if previous is None else str(previous.dir)))
-        digest = _digest([to_dict(train_cfg), data.digest, previous.digest if previous else None])
+        # a DPO or GRPO stage also reads its pairs or items: their bytes are part of what the stage is computed from
+        inputs = stage_inputs(train_cfg, f"stages[{i}].train")
+        digest = _digest([to_dict(train_cfg), data.digest, previous.digest if previous else None]
+                         + ([_files_digest(inputs)] if inputs else []))
         previous = Stage(run_dir, f"train-{section.name}", digest)
         out.append(Training(section.name, train_cfg, previous, section.eval or i == len(cfg.stages) - 1))
     return out

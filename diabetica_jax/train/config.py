@@ -12,7 +12,7 @@ from diabetica_jax.model.choice import ModelChoice
 from diabetica_jax.model.lora_config import LoRAConfig
 from diabetica_jax.parallel.mesh import MESH_AXES
 from diabetica_jax.parallel.rules import LOGICAL_AXES, RuleConflict, ShardingRules, with_overrides
-from diabetica_jax.train.preference import PAIR_LOSSES, REFERENCE_FREE
+from diabetica_jax.train.preference import GRPO_LOSSES, PAIR_LOSSES, REFERENCE_FREE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ class LoopSection:
             require_positive(self, "peak_tflops")
 
 
-METHODS = ("sft", "dpo")
+METHODS = ("sft", "dpo", "grpo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +153,36 @@ class PreferenceSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    items: str | None = field(None, "MCQ or cloze items to roll out on (.csv/.xlsx/.jsonl, the evaluation's item "
+                              "format: question with options, and the keyed answer) (method: grpo)", path=True)
+    task: Literal["mcq", "cloze"] = field("mcq", "the items' kind, which decides the reward rule")
+    group_size: int = field(4, "completions per prompt (data.global_batch counts completions: it must divide)")
+    max_new_tokens: int = field(16, "longest completion")
+    temperature: float = field(1.0, "rollout sampling temperature")
+    top_p: float = field(1.0, "rollout nucleus sampling (1: off)")
+    loss: Literal[GRPO_LOSSES] = field("dapo", "grpo (per-completion mean), dr_grpo (sum over group x "
+                                       "max_new_tokens) or dapo (token mean over the batch)")
+    epsilon_low: float = field(0.2, "lower clip of the probability ratio")
+    epsilon_high: float = field(0.28, "upper clip (DAPO's clip-higher; set equal to epsilon_low for symmetric)")
+    beta: float = field(0.0, "KL penalty to the starting weights (0: none, no reference kept)")
+    scale_rewards: bool = field(True, "divide each group's centred rewards by their standard deviation")
+    format_weight: float = field(0.0, "reward added when the reply is only the answer (a letter; a short span)")
+
+    def __post_init__(self):
+        require_positive(self, "group_size", "max_new_tokens")
+        if self.group_size < 2:
+            raise FieldError("group_size", "GRPO compares completions of one prompt: at least 2")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise FieldError("temperature", "temperature must be >= 0 and top_p in (0, 1]")
+        if self.epsilon_low <= 0 or self.epsilon_high < self.epsilon_low:
+            raise FieldError("epsilon_high", f"need 0 < epsilon_low <= epsilon_high, got {self.epsilon_low}, "
+                             f"{self.epsilon_high}")
+        if self.beta < 0:
+            raise FieldError("beta", f"must be >= 0, got {self.beta}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(ModelSection(), "model to train")
     lora: LoRAConfig = field(LoRAConfig(), "LoRA adapters (rank 0: full fine-tuning)")
@@ -160,8 +190,12 @@ class TrainConfig:
     data: DataSection = field(DataSection(), "batches")
     optim: OptimSection = field(OptimSection(), "optimizer and schedule")
     loop: LoopSection = field(LoopSection(), "steps, logging and checkpoints")
-    method: Literal[METHODS] = field("sft", "sft (next-token loss on data) or dpo (preference pairs: preference)")
+    method: Literal[METHODS] = field(
+        "sft", "sft (next-token loss on the data section's source), dpo (the pairs of preference.pairs) or grpo "
+        "(rollouts on grpo.items); for dpo and grpo only data.seq_len, global_batch, grad_accum, epochs and seed "
+        "apply")
     preference: PreferenceSection = field(PreferenceSection(), "preference tuning (method: dpo)")
+    grpo: GRPOSection = field(GRPOSection(), "reinforcement learning with verifiable rewards (method: grpo)")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -169,12 +203,18 @@ class TrainConfig:
         if self.method == "dpo":
             if not self.preference.pairs:
                 raise FieldError("preference.pairs", "method dpo trains on a pairs file: set preference.pairs")
-            if self.data.source == "curated":
-                raise FieldError("data.source", "method dpo reads its rows from preference.pairs; data.source "
-                                 "curated is for sft (data.seq_len, global_batch, grad_accum, epochs and seed apply)")
             if self.data.seq_len // self.preference.pairs_per_row < 4:
                 raise FieldError("preference.pairs_per_row", f"{self.preference.pairs_per_row} pairs leave under 4 "
                                  f"tokens each of data.seq_len={self.data.seq_len}")
+        if self.method == "grpo":
+            if not self.grpo.items:
+                raise FieldError("grpo.items", "method grpo rolls out on an item file: set grpo.items")
+            if self.data.global_batch % self.grpo.group_size:
+                raise FieldError("grpo.group_size", f"data.global_batch={self.data.global_batch} completions do "
+                                 f"not divide into groups of {self.grpo.group_size}")
+            if self.data.seq_len <= self.grpo.max_new_tokens:
+                raise FieldError("grpo.max_new_tokens", f"{self.grpo.max_new_tokens} leaves no room for the prompt "
+                                 f"in data.seq_len={self.data.seq_len}")
         if self.model.init_from and self.model.init_lora == "unmerged" and not self.lora.rank:
             raise FieldError("model.init_lora", "unmerged continues the previous run's adapters: set lora.rank "
                              "(and alpha, targets) to the previous run's, or use merged")

@@ -29,7 +29,7 @@ def _supersede_after(path: Path, step: int) -> None:
             continue  # the partial last line of a killed run
         (kept if isinstance(record, dict) and record.get("step", 0) <= step else superseded).append(line)
     if superseded:
-        with open(path.with_name("metrics_superseded.jsonl"), "a", encoding="utf-8") as f:
+        with open(path.with_name(f"{path.stem}_superseded.jsonl"), "a", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in superseded))
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

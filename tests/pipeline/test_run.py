@@ -22,11 +22,25 @@ SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_
          "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}}}]"]
 
 
+def with_preference_stage(tmp_path, instruct_train="{data: {kinds: [qa, mcq, dialogue, cloze]}}"):
+    """SMALL's stages and a third, DPO on pairs of keyed answers over refusals, from the instructed weights."""
+    pairs = tmp_path.parent / f"{tmp_path.name}-pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: which option lowers HbA1c most?",
+                                         "chosen": f"The answer is {'ABCD'[i % 4]}.",
+                                         "rejected": "I cannot tell which option."}) + "\n" for i in range(8)))
+    return SMALL[:-1] + [
+        "stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
+        f"{{name: instruct, train: {instruct_train}}}, "
+        f"{{name: prefer, train: {{method: dpo, preference: {{pairs: '{pairs}'}}, data: {{epochs: 4}}}}}}]"]
+
+
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
-    result = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
-    assert result["stages"] == {"curate": "done", "train adapt": "done", "train instruct": "done", "eval": "done",
-                                "export": "done"}
+    """The demo's stages, then a preference stage (SFT -> DPO), each evaluated after it."""
+    config = with_preference_stage(tmp_path)
+    result = run(load_run_config(DEMO, config), tmp_path, progress=False)
+    assert result["stages"] == {"curate": "done", "train adapt": "done", "train instruct": "done",
+                                "train prefer": "done", "eval": "done", "export": "done"}
     card = json.loads((tmp_path / "data" / "data_card.json").read_text())
     assert (card["collected"], card["kept"]) == (194, 159) and list((tmp_path / "data" / "shards").iterdir())
     for stage in ("train-adapt", "train-instruct"):  # the demo's two stages, the second from the first
@@ -34,7 +48,7 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
         assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]
     adapt = json.loads((tmp_path / "train-adapt" / "train_config.json").read_text())
     assert adapt["data"]["kinds"] == ["passage"] and adapt["data"]["loss_on"] == "all"
-    for run_name in ("base", "instruct"):
+    for run_name in ("base", "prefer"):
         report = json.loads((tmp_path / "eval" / run_name / "report.json").read_text())
         assert report["tasks"]["mcq"]["n_items"] == 3 and report["tasks"]["cloze"]["n_items"] == 2
     verify = json.loads((tmp_path / "hf" / "verify.json").read_text())
@@ -47,29 +61,34 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     # stages: the second continues the first's checkpoint; forgetting measured before training and after each
     instruct = json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())
     assert instruct["model"]["init_from"] == str(tmp_path / "train-adapt")
+    prefer = json.loads((tmp_path / "train-prefer" / "train_config.json").read_text())
+    assert prefer["method"] == "dpo" and prefer["model"]["init_from"] == str(tmp_path / "train-instruct")
+    dpo = [json.loads(m) for m in (tmp_path / "train-prefer" / "metrics.jsonl").read_text().splitlines()]
+    # the reference is the instructed model the stage starts from: the first step's loss is log 2
+    assert abs(dpo[0]["loss"] - 0.6931472) < 1e-5 and "rewards/accuracy" in dpo[0]
     rows = json.loads((tmp_path / "eval" / "learning.json").read_text())
-    assert [r["point"] for r in rows] == ["base", "adapt", "instruct"]
+    assert [r["point"] for r in rows] == ["base", "adapt", "instruct", "prefer"]
     assert all(isinstance(r["general_mcq_accuracy"], float) and r["general_perplexity"] > 1 for r in rows)
-    assert all("domain_mcq_answered" in r for r in rows)  # the demo evaluates its tasks after every stage
-    assert "- adapt: 4 steps logged" in summary and "- instruct: 4 steps logged" in summary
+    # the eval tasks where the stages ask (adapt) and after the last; general ones after every stage
+    assert [r["point"] for r in rows if "domain_mcq_answered" in r] == ["base", "adapt", "prefer"]
+    assert "- adapt: 4 steps logged" in summary and "- prefer: 4 steps logged" in summary
     assert (tmp_path / "learning.png").is_file()
 
-    again = run(load_run_config(DEMO, SMALL), tmp_path, progress=False)
+    again = run(load_run_config(DEMO, config), tmp_path, progress=False)
     assert set(again["stages"].values()) == {"skipped (up to date)"}
     assert again["seconds"] == result["seconds"]  # a rerun reports the times the stages took when they ran
-    rows = (tmp_path / "summary.md").read_text().splitlines()[6:11]
+    rows = (tmp_path / "summary.md").read_text().splitlines()[6:12]
     assert [r.split("|")[3].strip() for r in rows] == [f"{s:.0f}" for s in result["seconds"].values()]
     # an evaluation setting changes: only evaluation reruns
-    changed = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2"]), tmp_path, progress=False)
+    changed = run(load_run_config(DEMO, config + ["eval.batch_size=2"]), tmp_path, progress=False)
     assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
-                                 "train instruct": "skipped (up to date)", "eval": "done",
-                                 "export": "skipped (up to date)"}
+                                 "train instruct": "skipped (up to date)", "train prefer": "skipped (up to date)",
+                                 "eval": "done", "export": "skipped (up to date)"}
     # a later stage's setting changes: it and what follows rerun, the stage before it does not
-    stages = ("stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
-              "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}, optim: {lr: 0.004}}}]")
-    later = run(load_run_config(DEMO, SMALL + ["eval.batch_size=2", stages]), tmp_path, progress=False)
+    stages = with_preference_stage(tmp_path, "{data: {kinds: [qa, mcq, dialogue, cloze]}, optim: {lr: 0.004}}")
+    later = run(load_run_config(DEMO, stages + ["eval.batch_size=2"]), tmp_path, progress=False)
     assert later["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
-                               "train instruct": "done", "eval": "done", "export": "done"}
+                               "train instruct": "done", "train prefer": "done", "eval": "done", "export": "done"}
     assert json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())["optim"]["lr"] == 0.004
 
 

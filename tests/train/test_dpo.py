@@ -120,7 +120,6 @@ def test_dpo_configs_fail_before_any_work(tmp_path):
         "preference.pairs": ["method=dpo"],
         "preference.reference": ["method=dpo", "preference.pairs=p.jsonl", "preference.loss=orpo",
                                  f"preference.reference={tmp_path}"],
-        "data.source": ["method=dpo", "preference.pairs=p.jsonl", "data.source=curated", f"data.path={tmp_path}"],
         "preference.label_smoothing": ["preference.label_smoothing=0.5"],
     }
     for key, overrides in cases.items():

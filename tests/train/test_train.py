@@ -108,6 +108,24 @@ def test_plan_reports_per_device_memory_from_the_shardings():
 
 
 @pytest.mark.slow
+def test_plan_compiles_the_preference_and_grpo_steps():
+    """A dpo or grpo stage is planned with its own step (and a grpo stage's rollout cache and weights copy)."""
+    from diabetica_jax.configuration import load_config
+    from diabetica_jax.train.config import TrainConfig
+    from diabetica_jax.train.plan import format_plan, plan
+
+    base = ["model.preset=tiny", "mesh.fsdp=4", "mesh.tensor=2", "data.seq_len=64", "loop.loss_chunk=32",
+            "data.global_batch=8", "model.runtime.dtype=bfloat16"]
+    dpo = plan(load_config(TrainConfig, None, base + ["method=dpo", "preference.pairs=p.jsonl"]))
+    grpo = plan(load_config(TrainConfig, None, base + ["method=grpo", "grpo.items=i.csv", "grpo.beta=0.04"]))
+    assert dpo["method"] == "dpo" and "rollout_kv_cache_bytes" not in dpo and dpo["temporaries_bytes"] > 0
+    # keys and values: tiny's 2 layers x 8 slots x 64 positions x 1 kv-head per device (2 over tensor 2) x 16, bf16
+    assert grpo["rollout_kv_cache_bytes"] == 2 * 2 * 8 * 64 * 1 * 16 * 2
+    assert grpo["rollout_weights_bytes"] == (grpo["trainable_params_bytes"] + grpo["frozen_params_bytes"]) // 2
+    assert "rollout KV cache" in format_plan(grpo)
+
+
+@pytest.mark.slow
 def test_data_running_out_ends_the_run_with_a_checkpoint(tmp_path):
     from train_helpers import curated_training
 
