@@ -13,15 +13,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diabetica_jax"
 # Lowest first. Packages in one layer are siblings: neither may import the other.
 LAYERS = [
     {"errors"},  # the two kinds of error the CLI reports in one line
-    {"configuration", "demo"},  # config plumbing; embedded demo corpus and benchmark files
+    {"configuration"},  # config plumbing
     {"run_lock"},  # one process at a time in a run or output directory
     {"data", "parallel"},  # records, tables, shards, loss masks, the token store, the Grain loader; meshes and rules
+    {"demo"},  # embedded demo corpus and benchmark files, written as the data library's records
     {"model"},  # the Flax model family
     {"hf"},  # Hugging Face checkpoints and tokenizers <-> the model
     {"generate"},  # KV-cache engine
     {"llm"},  # chat backends (OpenAI-compatible, local engine) behind a cache
     {"curate"},  # curation: scan, dedup, teacher stages, shards and the data card
-    {"train", "evaluation"},  # training; benchmarks
+    {"evaluation"},  # benchmarks: items, prompts, answer rules, the runner
+    {"train"},  # training; GRPO scores its rollouts with the benchmarks' own prompts and answer rules
     {"pipeline", "serve"},  # the whole chain; the OpenAI-compatible server and web page
     {"cli"},  # the command line
 ]
