@@ -160,6 +160,27 @@ class RefineSection(WriterSection):
     min_recall: float = field(0.6, "share of the reference's words a rewrite must keep (non-MCQ)")
 
 
+PAIR_KINDS = ("mcq", "cloze", "qa", "dialogue")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsSection(WriterSection):
+    """The base model answers each kept record's question; a reply that is wrong by the record's rule becomes
+    the rejected side of a preference pair whose chosen side is the record's own (keyed, grounded) answer."""
+
+    kinds: list[Literal[PAIR_KINDS]] = field(list(PAIR_KINDS), "record kinds that make pairs")
+    min_support: float = field(0.6, "qa/dialogue: a reply with less than this share of its content words in the "
+                                    "reference (or a number the reference lacks) is wrong")
+    temperature: float = field(0.0, "sampling temperature of the base model's replies (0: greedy)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.min_support <= 1.0:
+            raise FieldError("min_support", f"must be in [0, 1], got {self.min_support}")
+        if self.temperature < 0:
+            raise FieldError("temperature", f"must be 0 or more, got {self.temperature}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputSection:
     shards: int = field(2, "ArrayRecord shard files to write")
@@ -234,6 +255,8 @@ class CurateConfig:
     decontamination: DecontaminationSection = field(DecontaminationSection(), "benchmark decontamination")
     augment: AugmentSection = field(AugmentSection(), "teacher augmentation")
     refine: RefineSection = field(RefineSection(), "self-distillation by the base model")
+    pairs: PairsSection = field(PairsSection(), "preference pairs: the base model's wrong replies against the "
+                                                "records' answers (written to pairs.jsonl for train.method dpo)")
     output: OutputSection = field(OutputSection(), "shards and data card")
     engine: EngineSection = field(EngineSection(), "how the per-record work is spread over processes or a cluster")
 

@@ -81,6 +81,8 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _lock = hold_lock(out, "curation")  # another curation into `out` is refused; released when curate() returns
     (out / DATA_CARD).unlink(missing_ok=True)  # `out` holds no finished curation until this run writes its card
+    for name in ("pairs.jsonl", "pairs_skipped.jsonl"):  # an earlier run's pairs are no pairs of this one
+        (out / name).unlink(missing_ok=True)
     work = out / "work"
     if cfg.engine.work_dir:  # a shared directory may serve several outputs: one folder each
         work = Path(cfg.engine.work_dir) / f"{out.name}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
@@ -106,7 +108,8 @@ def curate(cfg: CurateConfig, out: str | Path, progress: bool = True) -> dict:
         _semantic_dedup(summaries, offsets, work, cfg, semdedup_stats)
     else:
         codes = tuple(c for c in codes if c != resolve.SEMANTIC)
-    writes = cfg.augment.backend == "none" and cfg.refine.backend == "none"  # else the teacher's stages first
+    # else the teacher's (and the base model's) stages first
+    writes = cfg.augment.backend == "none" and cfg.refine.backend == "none" and cfg.pairs.backend == "none"
     finished = run(FinishUnit(str(work), offsets, cfg.dedup.num_perm, codes, writes, cfg.output.tokenizer),
                    list(range(len(summaries))), "finish")
     by_stage = Counter({name: sum(sum(s.rejected[name].values()) for s in summaries) for name in _SCAN_STAGES})
@@ -310,6 +313,10 @@ def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, work: Path, st
         records, counts, by_kind = refine(records, model, cfg.refine)
         refine_stats.update(model=model.name, **dict(counts), by_kind=by_kind)
 
+    pairs_stats: dict = {"enabled": False}
+    if cfg.pairs.backend != "none":
+        pairs_stats = _write_pairs(out, cfg, records, benchmark_items)
+
     total_in = collected + augment_stats.get("generated", 0)
     if len(records) + len(all_rejects) != total_in:
         raise AssertionError(f"curation lost records: kept {len(records)} + rejected {len(all_rejects)} != {total_in}")
@@ -319,7 +326,24 @@ def _finish_with_teacher(out: Path, cfg: CurateConfig, summaries, work: Path, st
     labels = Counter((r.source, r.kind, r.language) for r in records)
     return write_outputs(out, cfg, (dumps(r.to_json()) for r in records), len(records),
                          (dumps(r.to_json()) for r in all_rejects), labels, stages, collected, augment_stats,
-                         refine_stats, progress, semdedup_stats=semdedup_stats, seconds=seconds)
+                         refine_stats, progress, semdedup_stats=semdedup_stats, seconds=seconds,
+                         pairs_stats=pairs_stats)
+
+
+def _write_pairs(out: Path, cfg: CurateConfig, records: list[Record], benchmark_items) -> dict:
+    """pairs.jsonl (what train.method dpo reads) and pairs_skipped.jsonl, each written whole then renamed;
+    the card's `pairs` section."""
+    from diabetica_jax.curate.pairs import make_pairs
+    from diabetica_jax.curate.write import PARTIAL
+
+    model = make_backend(cfg.pairs, out / "cache" / "pairs")
+    result = make_pairs(records, model, cfg.pairs, benchmark_items, cfg.decontamination)
+    for name, rows in (("pairs.jsonl", result.pairs), ("pairs_skipped.jsonl", result.skipped)):
+        partial = out / (name + PARTIAL)
+        partial.write_text("".join(dumps(row) + "\n" for row in rows), encoding="utf-8")
+        partial.replace(out / name)
+    log.info("pairs: %d of %d records (%s)", result.stats["pairs"], len(records), result.stats["skipped"])
+    return result.stats
 
 
 def _benchmark_items(cfg: CurateConfig):

@@ -286,7 +286,7 @@ class ShardTask:
 
 def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects: Iterable[str], kept_labels: Counter,
                   stages, collected: int, augment_stats: dict, refine_stats: dict, progress: bool = True, *,
-                  semdedup_stats: dict | None = None, seconds: dict | None = None) -> dict:
+                  semdedup_stats: dict | None = None, seconds: dict | None = None, pairs_stats: dict | None = None) -> dict:
     """Write everything under `out` from the kept records' and the rejects' JSON lines (streamed: neither is
     held whole); `kept_labels` counts the kept records by (source, kind, language); `seconds` the time
     the earlier phases took (the card adds its own). Returns the card, which is written last."""
@@ -309,7 +309,7 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
             by_stage[json.loads(line)["stage"]] += 1
     os.replace(partial, out / "rejects.jsonl")
     return _write_card(out, cfg, shards, samples, kept_count, by_stage, kept_labels, stages, collected, augment_stats,
-                       refine_stats, progress, semdedup_stats, dict(seconds or {}), clock)
+                       refine_stats, progress, semdedup_stats, dict(seconds or {}), clock, pairs_stats=pairs_stats)
 
 
 def write_parts(out: Path, cfg, work: Path, shards: list[dict], finished: list[dict], kept_count: int,
@@ -356,7 +356,8 @@ def write_parts(out: Path, cfg, work: Path, shards: list[dict], finished: list[d
 
 def _write_card(out: Path, cfg, shards: list[Path], samples: list[str], kept_count: int, by_stage: Counter,
                 kept_labels: Counter, stages, collected: int, augment_stats: dict, refine_stats: dict, progress: bool,
-                semdedup_stats: dict | None, seconds: dict, clock: float, lengths=None) -> dict:
+                semdedup_stats: dict | None, seconds: dict, clock: float, lengths=None,
+                pairs_stats: dict | None = None) -> dict:
     """samples.jsonl, the token store, the `datasets` copy and the data card (last) beside written shards.
     `lengths()` writes the token store and returns the kept records' token lengths as (values, counts); by
     default the store is built from the shards (`_token_lengths`)."""
@@ -384,6 +385,7 @@ def _write_card(out: Path, cfg, shards: list[Path], samples: list[str], kept_cou
         "kept_by_language": count_by(kept_labels, 2),
         "augment": augment_stats,
         "refine": refine_stats,
+        "pairs": pairs_stats or {"enabled": False},
         "semantic_dedup": semdedup_stats or {"enabled": False},
         "tokens": token_summary(values, counts),
         "shards": [str(p.relative_to(out)) for p in shards],
@@ -477,8 +479,17 @@ def _markdown(card: dict) -> str:
         r = {k: v for k, v in card["refine"].items() if k not in ("enabled", "model", "by_kind")}
         lines.append(f"Refinement ({card['refine']['model']}): " + ", ".join(f"{k}: {v}" for k, v in r.items()) + ".")
         lines += _refine_kind_lines(card["refine"].get("by_kind", {}))
+    if card.get("pairs", {}).get("enabled"):
+        p = card["pairs"]
+        lines.append(f"Preference pairs ({p['model']}, in {p['file']}): {p['pairs']} of {p['records']} records, "
+                     f"by kind {_counts(p['by_kind'])}, by source {_counts(p['by_source'])}; rejected replies: "
+                     f"{_counts(p['why_rejected'])}; no pair: {_counts(p['skipped'])}.")
     lines += ["", "![records per stage](data_card.png)", ""]
     return "\n".join(lines)
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 def _augment_kind_lines(kinds: dict) -> list[str]:

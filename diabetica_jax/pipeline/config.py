@@ -11,7 +11,7 @@ from diabetica_jax.configuration import ConfigFileError, FieldError, build, conf
 from diabetica_jax.curate.config import CurateConfig
 from diabetica_jax.evaluation.config import EvalConfig, TaskSection
 from diabetica_jax.model.runtime import COMPUTE_DTYPES
-from diabetica_jax.train.config import TrainConfig
+from diabetica_jax.train.config import CURATED_PAIRS, TrainConfig
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -71,11 +71,18 @@ def load_run_config(path: str | None, overrides: list[str] | None = None) -> Run
     return cfg
 
 
-def stage_inputs(train_cfg: TrainConfig, key: str) -> list[Path]:
+def stage_inputs(train_cfg: TrainConfig, key: str, curated_pairs: bool = False) -> list[Path]:
     """The files a training stage reads besides the curated data (a DPO stage's pairs, a GRPO stage's items);
-    one that is missing is a ConfigFileError naming `key` (the stage's train section), before any work."""
+    one that is missing is a ConfigFileError naming `key` (the stage's train section), before any work.
+    `preference.pairs: curated` reads what the curate stage writes (its digest covers them): it needs the
+    curate section's pairs stage on (`curated_pairs`)."""
     named = {"dpo": ("preference.pairs", train_cfg.preference.pairs), "grpo": ("grpo.items", train_cfg.grpo.items)}
     if train_cfg.method not in named:
+        return []
+    if train_cfg.method == "dpo" and train_cfg.preference.pairs == CURATED_PAIRS:
+        if not curated_pairs:
+            raise ConfigFileError(f"{key}.preference.pairs: {CURATED_PAIRS} reads the curated pairs, but "
+                                  "curate.pairs.backend is none: set it (and curate.pairs.model) to the base model")
         return []
     field_name, path = named[train_cfg.method]
     if not Path(path).is_file():

@@ -151,16 +151,17 @@ def training_stages(cfg: RunConfig, run_dir: Path, data: Stage) -> list[Training
         return dataclasses.replace(train_cfg, data=dataclasses.replace(train_cfg.data, source="curated",
                                                                        path=str(data.dir)))
 
+    curated_pairs = cfg.curate.pairs.backend != "none"
     if not cfg.stages:  # one stage: the train section as it is, in RUN_DIR/train
         train_cfg = reading_curated(cfg.train)
-        inputs = stage_inputs(train_cfg, "train")
+        inputs = stage_inputs(train_cfg, "train", curated_pairs)
         digest = _digest([to_dict(train_cfg), data.digest] + ([_files_digest(inputs)] if inputs else []))
         return [Training("train", train_cfg, Stage(run_dir, "train", digest), True)]
     out, previous = [], None
     for i, section in enumerate(cfg.stages):
         train_cfg = reading_curated(stage_train_config(cfg, i, None if previous is None else str(previous.dir)))
         # a DPO or GRPO stage also reads its pairs or items: their bytes are part of what the stage is computed from
-        inputs = stage_inputs(train_cfg, f"stages[{i}].train")
+        inputs = stage_inputs(train_cfg, f"stages[{i}].train", curated_pairs)
         digest = _digest([to_dict(train_cfg), data.digest, previous.digest if previous else None]
                          + ([_files_digest(inputs)] if inputs else []))
         previous = Stage(run_dir, f"train-{section.name}", digest)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 from diabetica_jax.configuration import ConfigFileError, FieldError, field, require_positive, shown
 from diabetica_jax.data.config import DataSection
+from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model import axes
 from diabetica_jax.model.choice import ModelChoice
 from diabetica_jax.model.lora_config import LoRAConfig
@@ -118,12 +120,16 @@ class LoopSection:
 
 
 METHODS = ("sft", "dpo", "grpo")
+# preference.pairs naming the pairs curation wrote beside the curated data (its `pairs` stage: pairs.jsonl)
+CURATED_PAIRS = "curated"
 
 
 @dataclasses.dataclass(frozen=True)
 class PreferenceSection:
     pairs: str | None = field(None, "preference pairs file (.jsonl or .csv): prompt, chosen and rejected as text, "
-                              "or chat messages (method: dpo)", path=True)
+                              "or chat messages (method: dpo); `curated`: the pairs.jsonl curation's pairs stage "
+                              "wrote beside the curated data (data.path)",
+                              path=lambda section: section.get("pairs") != CURATED_PAIRS)
     loss: Literal[PAIR_LOSSES] = field(
         "sigmoid", "sigmoid (DPO), ipo, hinge, orpo or simpo (orpo and simpo use no reference model)")
     beta: float = field(0.1, "how far the policy may move from the reference (DPO's beta; ORPO's lambda)")
@@ -168,6 +174,9 @@ class GRPOSection:
     beta: float = field(0.0, "KL penalty to the starting weights (0: none, no reference kept)")
     scale_rewards: bool = field(True, "divide each group's centred rewards by their standard deviation")
     format_weight: float = field(0.0, "reward added when the reply is only the answer (a letter; a short span)")
+    judge: BackendSection = field(BackendSection(), "judge rating each completion from 1 to 10 against the keyed "
+                                  "answer (the evaluation's judge prompt); off unless judge_weight is set too")
+    judge_weight: float = field(0.0, "reward added for the judge's rating: judge_weight x (score - 1) / 9")
 
     def __post_init__(self):
         require_positive(self, "group_size", "max_new_tokens")
@@ -180,6 +189,11 @@ class GRPOSection:
                              f"{self.epsilon_high}")
         if self.beta < 0:
             raise FieldError("beta", f"must be >= 0, got {self.beta}")
+        if self.judge_weight < 0:
+            raise FieldError("judge_weight", f"must be >= 0, got {self.judge_weight}")
+        if (self.judge_weight > 0) != (self.judge.backend != "none"):
+            raise FieldError("judge_weight", "a judge reward needs both judge.backend and judge_weight > 0 (got "
+                             f"backend {self.judge.backend}, weight {self.judge_weight})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +217,9 @@ class TrainConfig:
         if self.method == "dpo":
             if not self.preference.pairs:
                 raise FieldError("preference.pairs", "method dpo trains on a pairs file: set preference.pairs")
+            if self.preference.pairs == CURATED_PAIRS and self.data.source != "curated":
+                raise FieldError("preference.pairs", f"{CURATED_PAIRS} names the pairs beside curated data, but "
+                                 f"data.source is {self.data.source}")
             if self.data.seq_len // self.preference.pairs_per_row < 4:
                 raise FieldError("preference.pairs_per_row", f"{self.preference.pairs_per_row} pairs leave under 4 "
                                  f"tokens each of data.seq_len={self.data.seq_len}")
@@ -226,6 +243,13 @@ class TrainConfig:
     @property
     def micro_batch(self) -> int:
         return self.data.global_batch // self.data.grad_accum
+
+    @property
+    def pairs_file(self) -> str | None:
+        """The pairs file method dpo reads: preference.pairs, or for `curated` the one beside data.path."""
+        if self.preference.pairs == CURATED_PAIRS:
+            return str(Path(self.data.path) / "pairs.jsonl")
+        return self.preference.pairs
 
 
 def check_against_devices(cfg: TrainConfig, n_devices: int, n_processes: int = 1, source: str = "config") -> tuple[int, ...]:

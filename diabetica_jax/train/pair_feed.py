@@ -48,7 +48,7 @@ def load_pairs(cfg: TrainConfig, vocab: int, run_dir: Path | None) -> list[tuple
     """The pairs file tokenized; records that cannot be used (malformed, too long for a pair's share of a row)
     go to RUN_DIR/pairs_rejects.jsonl with their reason. None usable, or a tokenizer that does not fit the
     model, is an error before any work."""
-    path = cfg.preference.pairs
+    path = cfg.pairs_file
     try:
         records, rejected = read_pairs(path)
     except (FileNotFoundError, ValueError) as e:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +30,7 @@ from diabetica_jax.generate.chat import chat_prompt, stop_and_pad
 from diabetica_jax.generate.sampling import SamplingParams
 from diabetica_jax.train.config import TrainConfig
 from diabetica_jax.train.metrics import _supersede_after
-from diabetica_jax.train.rewards import answer_of, reward
+from diabetica_jax.train.rewards import answer_of, judged, reward
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,12 @@ class RolloutFeed:
         self.steps_per_epoch = len(self.items) // self.per_step  # each epoch's permutation leaves out a different rest
         self.total_steps = self.steps_per_epoch * cfg.data.epochs
         self.sampling = SamplingParams(temperature=g.temperature, top_p=g.top_p)
+        self.judge = None
+        if g.judge_weight > 0:  # its verdicts cached on disk: a resumed run's rollouts are rated the same
+            from diabetica_jax.llm import make_backend
+
+            cache = (run_dir or Path(tempfile.mkdtemp(prefix="grpo-judge-"))) / "cache" / "judge"
+            self.judge = make_backend(g.judge, cache)
         self.batcher: Batcher | None = None
         self.model_of = None  # state -> the policy model: set by the loop
         self.mesh = None
@@ -126,6 +134,13 @@ class RolloutFeed:
                             "answer": answer_of(g.task, item, text), "expected": item.answer,
                             "stopped": len(completion) < g.max_new_tokens,
                             "reward": reward(g.task, item, text, g.format_weight)})
+        if self.judge is not None:
+            items = [self.items[indices[row // g.group_size]] for row in range(len(records))]
+            with ThreadPoolExecutor(max_workers=g.judge.concurrency) as pool:
+                verdicts = list(pool.map(lambda r, item: judged(self.judge, g.task, item, r["text"], g.judge_weight),
+                                         records, items))
+            for record, verdict in zip(records, verdicts):
+                record.update(verdict, reward=record["reward"] + verdict["judge_reward"])
         return indices, completions, records
 
     def rows_of(self, indices, completions) -> Batch:

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from fake_openai import FakeOpenAI
 from train_helpers import REPO, cli_env
 
 from diabetica_jax.pipeline.config import load_run_config
@@ -22,27 +23,40 @@ SMALL = ["train.loop.steps=4", "train.loop.checkpoint_every=2", "train.data.seq_
          "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}}}]"]
 
 
-def with_preference_stage(tmp_path, instruct_train="{data: {kinds: [qa, mcq, dialogue, cloze]}}"):
-    """SMALL's stages and a third, DPO on pairs of keyed answers over refusals, from the instructed weights."""
-    pairs = tmp_path.parent / f"{tmp_path.name}-pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}: which option lowers HbA1c most?",
-                                         "chosen": f"The answer is {'ABCD'[i % 4]}.",
-                                         "rejected": "I cannot tell which option."}) + "\n" for i in range(8)))
+def _base_model(messages, model):
+    """The fake base model curation asks for the rejected sides: option A to every MCQ, a number to the rest."""
+    return "A" if "\nB. " in messages[-1]["content"] else "Perhaps 42 units, I am not sure."
+
+
+def with_preference_stage(base_url, prefer_lr=1.0e-2):
+    """SMALL's stages and a third, DPO from the instructed weights on the pairs curation made: the records'
+    answers over the base model's (at `base_url`) wrong replies."""
     return SMALL[:-1] + [
+        "curate.pairs.backend=openai", f"curate.pairs.base_url={base_url}", "curate.pairs.model=base",
         "stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
-        f"{{name: instruct, train: {instruct_train}}}, "
-        f"{{name: prefer, train: {{method: dpo, preference: {{pairs: '{pairs}'}}, data: {{epochs: 4}}}}}}]"]
+        "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}}}, "
+        f"{{name: prefer, train: {{method: dpo, preference: {{pairs: curated}}, data: {{epochs: 4}}, "
+        f"optim: {{lr: {prefer_lr}}}}}}}]"]
 
 
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
-    """The demo's stages, then a preference stage (SFT -> DPO), each evaluated after it."""
-    config = with_preference_stage(tmp_path)
+    """The demo's stages, then a preference stage on curated pairs (SFT -> pairs -> DPO), each evaluated after it."""
+    with FakeOpenAI(_base_model) as server:
+        _end_to_end_then_skips(tmp_path, server.base_url)
+
+
+def _end_to_end_then_skips(tmp_path, base_url):
+    config = with_preference_stage(base_url)
     result = run(load_run_config(DEMO, config), tmp_path, progress=False)
     assert result["stages"] == {"curate": "done", "train adapt": "done", "train instruct": "done",
                                 "train prefer": "done", "eval": "done", "export": "done"}
     card = json.loads((tmp_path / "data" / "data_card.json").read_text())
     assert (card["collected"], card["kept"]) == (194, 159) and list((tmp_path / "data" / "shards").iterdir())
+    # pairs: every MCQ not keyed A, and every other record with an answer (the number is in none of them)
+    pairs = card["pairs"]
+    assert pairs["pairs"] > 50 and pairs["by_kind"]["mcq"] < card["kept_by_kind"]["mcq"]
+    assert pairs["pairs"] == len((tmp_path / "data" / "pairs.jsonl").read_text().splitlines())
     for stage in ("train-adapt", "train-instruct"):  # the demo's two stages, the second from the first
         metrics = (tmp_path / stage / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(m)["step"] for m in metrics] == [1, 2, 3, 4]
@@ -84,12 +98,13 @@ def test_demo_pipeline_end_to_end_then_skips_finished_stages(tmp_path):
     assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
                                  "train instruct": "skipped (up to date)", "train prefer": "skipped (up to date)",
                                  "eval": "done", "export": "skipped (up to date)"}
-    # a later stage's setting changes: it and what follows rerun, the stage before it does not
-    stages = with_preference_stage(tmp_path, "{data: {kinds: [qa, mcq, dialogue, cloze]}, optim: {lr: 0.004}}")
-    later = run(load_run_config(DEMO, stages + ["eval.batch_size=2"]), tmp_path, progress=False)
+    # a later stage's setting changes: it and what follows rerun, the stages before it do not
+    later = run(load_run_config(DEMO, with_preference_stage(base_url, 0.004) + ["eval.batch_size=2"]), tmp_path,
+                progress=False)
     assert later["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
-                               "train instruct": "done", "train prefer": "done", "eval": "done", "export": "done"}
-    assert json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())["optim"]["lr"] == 0.004
+                               "train instruct": "skipped (up to date)", "train prefer": "done", "eval": "done",
+                               "export": "done"}
+    assert json.loads((tmp_path / "train-prefer" / "train_config.json").read_text())["optim"]["lr"] == 0.004
 
 
 @pytest.mark.slow

@@ -121,10 +121,19 @@ def test_dpo_configs_fail_before_any_work(tmp_path):
         "preference.reference": ["method=dpo", "preference.pairs=p.jsonl", "preference.loss=orpo",
                                  f"preference.reference={tmp_path}"],
         "preference.label_smoothing": ["preference.label_smoothing=0.5"],
+        # the curated pairs sit beside curated data only
+        "preference.pairs: curated names the pairs beside curated data": ["method=dpo", "preference.pairs=curated"],
+        # a judge reward needs a judge, and a judge a weight
+        "grpo.judge_weight: a judge reward needs both": ["grpo.judge_weight=0.5"],
+        "grpo.judge_weight: a judge reward needs both judge.backend": ["grpo.judge.backend=openai",
+                                                                       "grpo.judge.model=j"],
     }
     for key, overrides in cases.items():
         with pytest.raises(ConfigFileError, match=key.replace(".", r"\.")):
             load_config(TrainConfig, None, overrides)
+    curated = load_config(TrainConfig, None, ["method=dpo", "preference.pairs=curated", "data.source=curated",
+                                              f"data.path={tmp_path}"])
+    assert curated.pairs_file == str(tmp_path / "pairs.jsonl")
     with pytest.raises(InputError, match="missing.jsonl: preference pairs file not found"):
         train(dpo_config(tmp_path / "missing.jsonl"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
