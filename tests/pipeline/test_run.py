@@ -28,15 +28,14 @@ def _base_model(messages, model):
     return "A" if "\nB. " in messages[-1]["content"] else "Perhaps 42 units, I am not sure."
 
 
-def with_preference_stage(base_url, prefer_lr=1.0e-2):
+def with_preference_stage(base_url, instruct_lr=1.0e-2):
     """SMALL's stages and a third, DPO from the instructed weights on the pairs curation made: the records'
     answers over the base model's (at `base_url`) wrong replies."""
     return SMALL[:-1] + [
         "curate.pairs.backend=openai", f"curate.pairs.base_url={base_url}", "curate.pairs.model=base",
         "stages=[{name: adapt, eval: true, train: {data: {kinds: [passage], loss_on: all}}}, "
-        "{name: instruct, train: {data: {kinds: [qa, mcq, dialogue, cloze]}}}, "
-        f"{{name: prefer, train: {{method: dpo, preference: {{pairs: curated}}, data: {{epochs: 4}}, "
-        f"optim: {{lr: {prefer_lr}}}}}}}]"]
+        f"{{name: instruct, train: {{data: {{kinds: [qa, mcq, dialogue, cloze]}}, optim: {{lr: {instruct_lr}}}}}}}, "
+        "{name: prefer, train: {method: dpo, preference: {pairs: curated}, data: {epochs: 4}}}]"]
 
 
 @pytest.mark.slow
@@ -98,13 +97,12 @@ def _end_to_end_then_skips(tmp_path, base_url):
     assert changed["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
                                  "train instruct": "skipped (up to date)", "train prefer": "skipped (up to date)",
                                  "eval": "done", "export": "skipped (up to date)"}
-    # a later stage's setting changes: it and what follows rerun, the stages before it do not
+    # a middle stage's setting changes: it and every stage after it rerun, the stage before it does not
     later = run(load_run_config(DEMO, with_preference_stage(base_url, 0.004) + ["eval.batch_size=2"]), tmp_path,
                 progress=False)
     assert later["stages"] == {"curate": "skipped (up to date)", "train adapt": "skipped (up to date)",
-                               "train instruct": "skipped (up to date)", "train prefer": "done", "eval": "done",
-                               "export": "done"}
-    assert json.loads((tmp_path / "train-prefer" / "train_config.json").read_text())["optim"]["lr"] == 0.004
+                               "train instruct": "done", "train prefer": "done", "eval": "done", "export": "done"}
+    assert json.loads((tmp_path / "train-instruct" / "train_config.json").read_text())["optim"]["lr"] == 0.004
 
 
 @pytest.mark.slow
