@@ -176,16 +176,27 @@ def test_page_streams_answers_that_match_the_api(driver, server, served, artifac
 
     _screenshot(driver, artifacts / "web_page_chat.png")
 
+    # a third turn takes the conversation past the server's 256 prompt tokens: the 400 shows in the chat
+    _set(driver, "input", QUESTION)
+    driver.find_element(By.ID, "send").click()
+    WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")) == 3)
+    too_long = _last_answer(driver)
+    assert too_long.get_attribute("data-state") == "error"
+    error = _text(driver, too_long, ".error")
+    assert "400" in error and "at most 256" in error and "start a new chat" in error, error
+
+    driver.find_element(By.ID, "new-chat").click()  # clears the conversation
+    assert not driver.find_elements(By.CSS_SELECTOR, "#messages .msg")
     _set(driver, "input", QUESTION)  # Stop aborts the answer (clicked before the reply can arrive)
     driver.execute_script("document.getElementById('send').click(); document.getElementById('stop').click();")
     stopped = _last_answer(driver)
     assert stopped.get_attribute("data-state") == "stopped"
     assert driver.find_element(By.ID, "send").is_enabled() and not driver.find_element(By.ID, "stop").is_displayed()
 
-    driver.find_element(By.ID, "new-chat").click()  # clears the conversation
-    assert not driver.find_elements(By.CSS_SELECTOR, "#messages .msg")
+    # the console holds the one refused request and nothing else (no script or CSP failure)
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, errors
+    refused = [e for e in errors if "chat/completions" in e and "status of 400" in e]
+    assert len(refused) == 1 and len(errors) == 1, errors
 
 
 def test_page_shows_http_errors_in_the_chat(driver, served, artifacts, monkeypatch):
