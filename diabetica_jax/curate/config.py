@@ -172,6 +172,9 @@ class PairsSection(WriterSection):
     min_support: float = field(0.6, "qa/dialogue: a reply with less than this share of its content words in the "
                                     "reference (or a number the reference lacks) is wrong")
     temperature: float = field(0.0, "sampling temperature of the base model's replies (0: greedy)")
+    judge: BackendSection = field(BackendSection(), "judge rating, 1 to 10, the reference and each reply that passes "
+                                  "its kind's rule (none: the rules alone decide)")
+    judge_margin: float = field(1.0, "with a judge: a reply rated at least this much below the reference is wrong")
 
     def __post_init__(self):
         super().__post_init__()
@@ -179,6 +182,8 @@ class PairsSection(WriterSection):
             raise FieldError("min_support", f"must be in [0, 1], got {self.min_support}")
         if self.temperature < 0:
             raise FieldError("temperature", f"must be 0 or more, got {self.temperature}")
+        if not 0.0 < self.judge_margin <= 9.0:
+            raise FieldError("judge_margin", f"must be in (0, 9] (scores run 1 to 10), got {self.judge_margin}")
 
 
 @dataclasses.dataclass(frozen=True)

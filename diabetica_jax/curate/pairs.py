@@ -10,8 +10,13 @@ cloze      the reference span does not occur in the reply (`grounding.is_span`)
 qa,        the grounding rule with the reference as the passage: less than `min_support` of the reply's
 dialogue   content words occur in the reference, or the reply states a number the reference does not
 
-A reply that passes its rule makes no pair (it is no worse than the reference by any rule this stage
-can check), nor does a failed request. Both sides are then decontaminated against the benchmarks, as
+With `pairs.judge` set, a reply that passes its rule is rated by the judge beside the reference, each
+alone on the same 1-10 rubric (the judge is not told which is the reference, nor shown the other); the
+reply is wrong when it scores at least `judge_margin` below the reference. Both ratings go with the pair.
+
+A reply that passes (its rule, and the judge when there is one) makes no pair: it is no worse than the
+reference by anything this stage can check. Nor does a failed request, or a rating the judge gave no
+score in. Both sides are then decontaminated against the benchmarks, as
 the teacher's output is. Every record that made no pair is written with its reason to
 pairs_skipped.jsonl: the records themselves stay in the shards either way.
 """
@@ -28,6 +33,15 @@ from diabetica_jax.curate.grounding import is_span, turn_support
 from diabetica_jax.data.mcq import picked_option
 from diabetica_jax.data.records import Record, reason_class
 from diabetica_jax.llm import CachedChat, LLMError
+from diabetica_jax.llm.scores import parse_score
+
+JUDGE_PROMPT = (
+    "You are a diabetes specialist grading an answer written for a patient, a clinician or a medical student. "
+    "Judge its medical accuracy, safety and helpfulness for the conversation below, against current diabetes "
+    "guidelines. Reason in a few sentences, then give a last line of the form 'Score: N', N from 1 (wrong or "
+    "unsafe) to 10 (accurate, safe and complete).\n\nConversation:\n{conversation}\n\nAnswer to grade:\n{answer}"
+)
+JUDGE_MAX_TOKENS = 512
 
 
 @dataclasses.dataclass
@@ -52,10 +66,31 @@ def wrong_reply(record: Record, reference: str, reply: str, cfg: PairsSection) -
     return None if support >= cfg.min_support else f"low support: {support:.2f} < {cfg.min_support}"
 
 
+def rating(judge: CachedChat, prompt: list[dict], answer: str) -> float | None:
+    """The judge's 1-10 score of `answer` to the conversation `prompt` (None: no score in its reply)."""
+    conversation = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    reply = judge.chat([{"role": "user", "content": JUDGE_PROMPT.format(conversation=conversation, answer=answer)}],
+                       max_tokens=JUDGE_MAX_TOKENS, temperature=0.0)
+    return parse_score(reply)
+
+
+def judged_worse(judge: CachedChat, prompt: list[dict], reference: str, reply: str,
+                 margin: float) -> tuple[str | None, dict]:
+    """(why the reply is wrong by the judge, or None; the ratings). Raises LLMError when a request fails and
+    ValueError when a rating holds no score."""
+    scores = {"chosen": rating(judge, prompt, reference), "rejected": rating(judge, prompt, reply)}
+    unscored = [side for side, score in scores.items() if score is None]
+    if unscored:
+        raise ValueError(f"no score in the judge's rating of the {' and the '.join(unscored)} side")
+    if scores["chosen"] - scores["rejected"] >= margin:
+        return f"judge: scores {scores['rejected']:g}, the reference {scores['chosen']:g}", scores
+    return None, scores
+
+
 def make_pairs(records: list[Record], model: CachedChat, cfg: PairsSection, benchmark_items: list,
-               decontamination: DecontaminationSection) -> PairsResult:
+               decontamination: DecontaminationSection, judge: CachedChat | None = None) -> PairsResult:
     """Ask `model` for a reply to every eligible record (cfg.concurrency at a time), keep the wrong ones as
-    pairs, decontaminate both sides; in record order."""
+    pairs (by the kind's rule, then by `judge` when given), decontaminate both sides; in record order."""
     kinds = set(cfg.kinds)
 
     def work(record: Record) -> tuple[dict | None, str]:
@@ -67,12 +102,23 @@ def make_pairs(records: list[Record], model: CachedChat, cfg: PairsSection, benc
             reply = model.chat(prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature).strip()
         except LLMError as e:
             return None, f"model failed: {e}"
-        why = wrong_reply(record, reference, reply, cfg)
+        why, scores = wrong_reply(record, reference, reply, cfg), None
+        if why is None and judge is not None:
+            try:
+                why, scores = judged_worse(judge, prompt, reference, reply, cfg.judge_margin)
+            except LLMError as e:
+                return None, f"judge failed: {e}"
+            except ValueError as e:
+                return None, f"judge unscored: {e}"
+            if why is None:
+                return None, (f"reply passes the rule and the judge (scores {scores['rejected']:g}, the reference "
+                              f"{scores['chosen']:g})")
         if why is None:
             return None, "reply passes the rule"
-        return {"id": f"{record.id}/pair", "prompt": prompt, "chosen": reference, "rejected": reply,
+        pair = {"id": f"{record.id}/pair", "prompt": prompt, "chosen": reference, "rejected": reply,
                 "source": record.source, "kind": record.kind, "language": record.language, "why_rejected": why,
-                "record": record.id}, "pair"
+                "record": record.id}
+        return (pair if scores is None else {**pair, "judge_scores": scores}), "pair"
 
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         outcomes = list(pool.map(work, records))
@@ -93,7 +139,8 @@ def make_pairs(records: list[Record], model: CachedChat, cfg: PairsSection, benc
                             "reason": f"decontaminate: {leaks[pair['id']]}"})
         else:
             pairs.append(pair)
-    stats = {"enabled": True, "model": model.name, "records": len(records), "pairs": len(pairs),
+    stats = {"enabled": True, "model": model.name, "judge": judge.name if judge else None,
+             "records": len(records), "pairs": len(pairs),
              "file": "pairs.jsonl", "by_source": dict(Counter(p["source"] for p in pairs)),
              "by_kind": dict(Counter(p["kind"] for p in pairs)),
              "why_rejected": dict(Counter(reason_class(p["why_rejected"]) for p in pairs).most_common()),

@@ -334,14 +334,14 @@ def _write_pairs(out: Path, cfg: CurateConfig, records: list[Record], benchmark_
     """pairs.jsonl (what train.method dpo reads) and pairs_skipped.jsonl, each written whole then renamed;
     the card's `pairs` section."""
     from diabetica_jax.curate.pairs import make_pairs
-    from diabetica_jax.curate.write import PARTIAL
+    from diabetica_jax.curate.write import written_whole
 
     model = make_backend(cfg.pairs, out / "cache" / "pairs")
-    result = make_pairs(records, model, cfg.pairs, benchmark_items, cfg.decontamination)
+    judge = make_backend(cfg.pairs.judge, out / "cache" / "pairs_judge") if cfg.pairs.judge.backend != "none" else None
+    result = make_pairs(records, model, cfg.pairs, benchmark_items, cfg.decontamination, judge)
     for name, rows in (("pairs.jsonl", result.pairs), ("pairs_skipped.jsonl", result.skipped)):
-        partial = out / (name + PARTIAL)
-        partial.write_text("".join(dumps(row) + "\n" for row in rows), encoding="utf-8")
-        partial.replace(out / name)
+        with written_whole(out / name) as partial:
+            partial.write_text("".join(dumps(row) + "\n" for row in rows), encoding="utf-8")
     log.info("pairs: %d of %d records (%s)", result.stats["pairs"], len(records), result.stats["skipped"])
     return result.stats
 

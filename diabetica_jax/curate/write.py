@@ -23,6 +23,7 @@ temporary name. Curating into the same directory again replaces all of it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -47,6 +48,15 @@ log = logging.getLogger(__name__)
 HF_DATASET_DIR = "hf_dataset"
 JSON_COLUMNS = ("options", "meta", "provenance")
 PARTIAL = ".partial"  # what is being written: renamed to its name without this once complete
+
+
+@contextlib.contextmanager
+def written_whole(path: Path):
+    """The path to write `path`'s content to (`path` + PARTIAL), renamed to `path` when the block ends
+    without an error: a reader, or a rerun after a crash, never takes a half-written file for a whole one."""
+    partial = path.with_name(path.name + PARTIAL)
+    yield partial
+    os.replace(partial, path)
 
 
 def write_shards(out: Path, records: list[Record], count: int) -> list[Path]:
@@ -302,12 +312,10 @@ def write_outputs(out: Path, cfg, kept: Iterable[str], kept_count: int, rejects:
 
     shards = write_shard_lines(out, sampled(kept), kept_count, cfg.output.shards)
     by_stage = Counter()
-    partial = out / ("rejects.jsonl" + PARTIAL)
-    with open(partial, "w", encoding="utf-8") as f:
+    with written_whole(out / "rejects.jsonl") as partial, open(partial, "w", encoding="utf-8") as f:
         for line in rejects:
             f.write(line + "\n")
             by_stage[json.loads(line)["stage"]] += 1
-    os.replace(partial, out / "rejects.jsonl")
     return _write_card(out, cfg, shards, samples, kept_count, by_stage, kept_labels, stages, collected, augment_stats,
                        refine_stats, progress, semdedup_stats, dict(seconds or {}), clock, pairs_stats=pairs_stats)
 
@@ -329,12 +337,10 @@ def write_parts(out: Path, cfg, work: Path, shards: list[dict], finished: list[d
     shutil.rmtree(final, ignore_errors=True)
     directory.rename(final)
     paths = [final / SHARD_PATTERN.format(index=s["shard"], count=len(shards)) for s in shards]
-    partial = out / ("rejects.jsonl" + PARTIAL)
-    with open(partial, "wb") as f:
+    with written_whole(out / "rejects.jsonl") as partial, open(partial, "wb") as f:
         for unit in range(len(finished)):
             with open(unit_file(work, unit, "rejects.jsonl"), "rb") as part:
                 shutil.copyfileobj(part, f, 1 << 20)
-    os.replace(partial, out / "rejects.jsonl")
     samples = [line for s in shards for line in s["samples"]][:20]
 
     def lengths() -> tuple[np.ndarray, np.ndarray]:
@@ -399,9 +405,8 @@ def _write_card(out: Path, cfg, shards: list[Path], samples: list[str], kept_cou
         raise AssertionError("data card does not add up: kept + rejected != collected + generated")
     (out / "data_card.md").write_text(_markdown(card), encoding="utf-8")
     _plot(out / "data_card.png", card, values, counts)
-    partial = out / (DATA_CARD + PARTIAL)
-    partial.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, out / DATA_CARD)
+    with written_whole(out / DATA_CARD) as partial:
+        partial.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return card
 
 
@@ -481,7 +486,8 @@ def _markdown(card: dict) -> str:
         lines += _refine_kind_lines(card["refine"].get("by_kind", {}))
     if card.get("pairs", {}).get("enabled"):
         p = card["pairs"]
-        lines.append(f"Preference pairs ({p['model']}, in {p['file']}): {p['pairs']} of {p['records']} records, "
+        judged = f", judged by {p['judge']}" if p.get("judge") else ""
+        lines.append(f"Preference pairs ({p['model']}{judged}, in {p['file']}): {p['pairs']} of {p['records']} records, "
                      f"by kind {_counts(p['by_kind'])}, by source {_counts(p['by_source'])}; rejected replies: "
                      f"{_counts(p['why_rejected'])}; no pair: {_counts(p['skipped'])}.")
     lines += ["", "![records per stage](data_card.png)", ""]

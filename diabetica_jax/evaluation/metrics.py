@@ -17,7 +17,7 @@
   to exact match on Chinese (1.0 when identical, 0.0 otherwise). `bleu_word_tokenizer()` says which was used.
   `bleu_char` is the project's own: the same sentence_bleu and smoothing over non-whitespace characters
   (not the paper's computation). Both give 0.0 for an empty candidate or reference;
-- judge scores: `parse_score` (the project's own, robust) and `parse_score_original` (the paper's rule);
+- judge scores: `parse_score` (the project's own, robust; it lives in `llm.scores`, curation's pair judge reads scores too) and `parse_score_original` (the paper's rule);
 - for the clinical tasks: ROUGE-1/2/L F1 over word tokens (`rouge_words`, tokens by `rouge_tokens`: the text
   NFKC-normalised and lower-cased, split at whitespace and punctuation, each CJK character a token of its
   own), and the mean of ratings with a 95% Student t interval (`mean_ci95`).
@@ -29,6 +29,8 @@ import math
 import re
 import unicodedata
 from collections import Counter
+
+from diabetica_jax.llm.scores import parse_score as parse_score  # re-exported beside parse_score_original
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -225,35 +227,6 @@ def bleu_word_tokenizer() -> str:
 def bleu_word(candidate: str, reference: str) -> float:
     """The paper's BLEU: sentence_bleu over nltk word_tokenize(text.lower()) tokens, smoothing method 4."""
     return _sentence_bleu(word_tokens(candidate), word_tokens(reference))
-
-
-_SCORE_PATTERNS = [
-    # "Score: 8", "Score: **10**", "score = [9]", "评分：7.5分", "Score：8" (NFKC makes the colon ASCII)
-    re.compile(r"(?:score|rating|评分|得分|分数)\W{0,8}?(\d+(?:\.\d+)?)", re.I),
-    re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b"),  # "8/10"
-]
-_BARE_SCORE = re.compile(r"^\W*(\d+(?:\.\d+)?)\W*$")  # a last line holding only a number: "[9]", "**9**"
-
-
-def parse_score(reply: str, low: float = 1.0, high: float = 10.0) -> float | None:
-    """The project's own judge-score rule, robust to formatting: the reply NFKC-normalised (full-width colon and
-    digits become ASCII); the LAST `Score: 8` / `Score: **10**` / `Score: [9]` / `评分：7.5分` in the reply (the
-    judge is asked to reason first and score last, so when it writes a score twice the final verdict counts:
-    "Score: 8 ... Score: 3" -> 3); else the last `8/10`; else a last non-empty line holding only a number
-    (`[9]`, `**9**`). Decimals are kept (7.5). None when there is none or it is out of [low, high]
-    (recorded as unparsed, never as zero)."""
-    text = unicodedata.normalize("NFKC", reply or "")
-    for pattern in _SCORE_PATTERNS:
-        found = pattern.findall(text)
-        if found:
-            value = float(found[-1])
-            return value if low <= value <= high else None
-    lines = [line for line in text.splitlines() if line.strip()]
-    bare = _BARE_SCORE.match(lines[-1]) if lines else None
-    if bare:
-        value = float(bare.group(1))
-        return value if low <= value <= high else None
-    return None
 
 
 def parse_score_original(reply: str) -> float | None:

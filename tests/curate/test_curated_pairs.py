@@ -3,8 +3,10 @@
 import csv
 import json
 
+import pytest
 from fake_openai import FakeOpenAI
 
+from diabetica_jax.configuration import FieldError
 from diabetica_jax.curate.benchmarks import load_benchmark_items
 from diabetica_jax.curate.config import PairsSection, load_curate_config
 from diabetica_jax.curate.pairs import wrong_reply
@@ -121,3 +123,75 @@ def test_each_kind_has_its_rule():
     qa = _record("qa", reference)
     assert wrong_reply(qa, reference, "Check your feet daily for blisters and cuts.", cfg) is None
     assert wrong_reply(qa, reference, "Drink plenty of sugary juice instead.", cfg).startswith("low support: ")
+
+
+JUDGED = {  # question -> (the base model's reply, which passes the grounding rule; the judge's verdicts)
+    # the judge rates a complete reply like the reference: no pair
+    "How should insulin pens in use be stored by a patient with diabetes?":
+        ("Insulin pens in use can be kept at room temperature below 30 degrees for up to four weeks, away "
+         "from sunlight.", "Accurate. Score: 8", "Accurate. Score: 8"),
+    # a reply that drops the hypoglycaemia treatment: grounded, but rated well below the reference
+    "What blood glucose level defines hypoglycaemia in diabetes treatment?":
+        ("In diabetes treatment hypoglycaemia is a blood glucose below 3.9 mmol/L.", "Complete. Score: 9",
+         "It omits the treatment. Score: 4"),
+    # a rating without a score, and a judge that fails: no pair, and said why
+    "How often should a person with type 2 diabetes have their kidney function checked?":
+        ("A person with type 2 diabetes should have kidney function checked at least yearly.", "Score: 9",
+         "A fine answer."),
+    "Why is foot care important for people with diabetes and neuropathy?":
+        ("Neuropathy in diabetes hides small foot injuries, which can ulcerate.", 500, 500),
+}
+
+
+def _base_or_judge(messages, model):
+    if model == "judge":
+        prompt = messages[-1]["content"]
+        conversation, graded = prompt.split("Conversation:\nuser: ")[1].split("\n\nAnswer to grade:\n")
+        if "\nA. " in conversation:  # the MCQ the base model gets right (keyed B): as good as its key
+            return "Score: 7"
+        reply, reference_verdict, reply_verdict = JUDGED[conversation]
+        return reply_verdict if graded == reply else reference_verdict
+    question = messages[-1]["content"]
+    return "B. That one." if "\nA. " in question else JUDGED[question][0]
+
+
+def test_a_judge_rejects_replies_that_pass_the_rules_but_score_lower(tmp_path):
+    with FakeOpenAI(_base_or_judge) as server:
+        cfg = load_curate_config(None, ["pairs.backend=openai", f"pairs.base_url={server.base_url}",
+                                        "pairs.model=base", "pairs.judge.backend=openai", "pairs.judge.model=judge",
+                                        f"pairs.judge.base_url={server.base_url}", "pairs.judge.retries=1",
+                                        "pairs.judge_margin=2"],
+                                 inputs=_inputs(tmp_path))
+        card = curate(cfg, tmp_path / "out", progress=False)
+        judge_requests = [r for r in server.requests if r["model"] == "judge"]
+    out = tmp_path / "out"
+    pairs = {p["kind"] + ":" + p["chosen"][:1 if p["kind"] == "mcq" else 12]: p for p in
+             map(json.loads, (out / "pairs.jsonl").read_text(encoding="utf-8").splitlines())}
+    skipped = sorted(s["reason"] for s in
+                     map(json.loads, (out / "pairs_skipped.jsonl").read_text(encoding="utf-8").splitlines()))
+
+    judged = pairs.pop("qa:In diabetes ")
+    assert judged["why_rejected"] == "judge: scores 4, the reference 9"
+    assert judged["judge_scores"] == {"chosen": 9.0, "rejected": 4.0}
+    assert judged["rejected"] == JUDGED["What blood glucose level defines hypoglycaemia in diabetes treatment?"][0]
+    # the MCQs that pick a wrong option are wrong by their rule: the judge rates only the one it gets right
+    assert sorted(pairs) == ["mcq:A", "mcq:C"] and not any("judge_scores" in p for p in pairs.values())
+    rated_mcqs = {r["messages"][-1]["content"].split("Conversation:\nuser: ")[1].split("\n")[0]
+                  for r in judge_requests if "\nA. " in r["messages"][-1]["content"]}
+    assert rated_mcqs == {MCQS[1][0].split("\n")[0]}
+    assert skipped[0].startswith("judge failed: ")
+    assert skipped[1:] == ["judge unscored: no score in the judge's rating of the rejected side",
+                           "reply passes the rule and the judge (scores 7, the reference 7)",  # the MCQ keyed B
+                           "reply passes the rule and the judge (scores 8, the reference 8)"]
+
+    section = card["pairs"]
+    assert section["judge"] == "openai:judge" and section["pairs"] == 3
+    assert section["why_rejected"] == {"wrong option": 2, "judge": 1}
+    assert section["skipped"] == {"reply passes the rule and the judge": 2, "judge failed": 1, "judge unscored": 1}
+    assert "Preference pairs (openai:base, judged by openai:judge, in pairs.jsonl)" in (out / "data_card.md").read_text()
+
+
+def test_a_judge_margin_outside_the_score_range_is_refused():
+    for margin in (0, -1, 9.5):
+        with pytest.raises(FieldError, match="judge_margin"):
+            PairsSection(judge_margin=margin)

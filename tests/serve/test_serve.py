@@ -201,7 +201,11 @@ def test_unknown_routes_and_methods_answer_json(server):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_disconnects_frees_its_slot(server, served, stream):
+def test_a_client_that_disconnects_frees_its_slot(server, served, stream, monkeypatch):
+    # each decode call slowed by 10 ms: 500 tokens take 5 s or more, so the request is still decoding when the
+    # client goes, however busy the machine (unslowed, a loaded CI machine saw it finish first)
+    decode = served.batcher._decode
+    monkeypatch.setattr(served.batcher, "_decode", lambda: (time.sleep(0.01), decode())[1])
     cancelled = served.batcher.load["finished"].get("cancelled", 0)
     request = {"model": served.name, "max_tokens": 500, "stream": stream, "temperature": 0,
                "messages": [{"role": "user", "content": QUESTION}]}
