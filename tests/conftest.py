@@ -8,19 +8,6 @@ from pathlib import Path
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One persistent compilation cache for the whole session (both xdist workers and every subprocess a test
-# starts inherit it): the suite compiles the same tiny programs again and again (each evaluation point, each
-# training stage, each CLI run), and a program compiled once is read back afterwards. Tracing still happens,
-# so counts of traced programs are unchanged. Removed by the process that made it.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import atexit
-    import shutil
-    import tempfile
-
-    _compile_cache = tempfile.mkdtemp(prefix="diabetica-jax-test-compile-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _compile_cache
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    atexit.register(shutil.rmtree, _compile_cache, ignore_errors=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
