@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="weights dtype (default: the source checkpoint's)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 2GB or 500MB")
+    p.add_argument("--adapter", action="store_true", help="a LoRA run's adapters only, unmerged, in PEFT's layout "
+                   "(adapter_config.json + adapter_model.safetensors: PeftModel, vLLM --enable-lora)")
     return parser
 
 

@@ -141,9 +141,12 @@ def plan(args) -> int:
 
 
 def export(args) -> int:
-    exported = export_run(args.run_dir, args.out, args.step, args.dtype, args.max_shard_size)
-    merged = " (LoRA adapters merged)" if read_train_config(args.run_dir).lora.rank else ""
-    print(f"exported step {exported.step} of {args.run_dir} to {exported.path}{merged}")
+    exported = export_run(args.run_dir, args.out, args.step, args.dtype, args.max_shard_size, adapter=args.adapter)
+    if args.adapter:
+        what = " (LoRA adapters only, PEFT layout)"
+    else:
+        what = " (LoRA adapters merged)" if read_train_config(args.run_dir).lora.rank else ""
+    print(f"exported step {exported.step} of {args.run_dir} to {exported.path}{what}")
     return 0
 
 

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from diabetica_jax.hf.errors import HFCheckpointError
 from diabetica_jax.hf.generation_config import read_generation_config
 from diabetica_jax.hf.loader import load, read_config
+from diabetica_jax.hf.peft_adapter import load_adapter, read_adapter_config
 from diabetica_jax.hf.presets import preset_config
 from diabetica_jax.hf.run_directories import is_run_directory, run_reader
 from diabetica_jax.hf.tokenizer import load_tokenizer
@@ -56,6 +57,7 @@ class ModelSource:
     tokenizer: PreTrainedTokenizerBase
     decoding_from: str | Path | None  # generation_config.json or its directory; None: greedy
     step: int | None = None  # RUN: the checkpoint step to load; None: the latest
+    adapter: Path | None = None  # a PEFT LoRA adapter directory applied on the loaded weights (not for a RUN)
 
     @functools.cached_property
     def generation_config(self) -> dict:
@@ -75,15 +77,30 @@ class ModelSource:
         else:
             config = preset_config(self.preset)
             model = create_model(config, runtime, mesh=mesh, seed=seed)
+        if self.adapter is not None:
+            model = load_adapter(model, config, self.adapter, mesh)
         return OpenedModel(model, config, self.tokenizer, self, step)
 
 
 def find(source: str | Path | None = None, *, preset: str | None = None, step: int | None = None,
-         generation_config: str | Path | None = None) -> ModelSource:
+         generation_config: str | Path | None = None, adapter: str | Path | None = None) -> ModelSource:
     """`source`: a Hugging Face checkpoint directory (config.json + safetensors) or a training run directory (its
     checkpoint `step`, the latest by default); without one, `preset` with random weights. `generation_config`
     (a file, or the directory holding one) replaces the default decoding the source brings (a checkpoint's own,
-    a run's starting checkpoint's; a preset: greedy). What cannot be used is a UserError naming its file."""
+    a run's starting checkpoint's; a preset: greedy). `adapter`: a PEFT LoRA adapter directory (ms-swift,
+    LLaMA-Factory and `export --adapter` write one) applied on a checkpoint's or preset's weights; its
+    adapter_config.json is checked here. What cannot be used is a UserError naming its file."""
+    found = _find(source, preset, step, generation_config)
+    if adapter is None:
+        return found
+    if found.kind == RUN:
+        raise HFCheckpointError(f"{adapter}: an adapter goes on a checkpoint or a preset; the training run "
+                                f"{source} has its own adapters (export it, or continue it with lora.init_from)")
+    read_adapter_config(adapter)
+    return dataclasses.replace(found, adapter=Path(adapter))
+
+
+def _find(source, preset, step, generation_config) -> ModelSource:
     if not source:
         if preset is None:
             raise ValueError("hf.find: give a checkpoint or run directory, or a preset")
@@ -105,10 +122,12 @@ def find(source: str | Path | None = None, *, preset: str | None = None, step: i
 
 # hf.open for callers; it hides builtins.open in this module only, which opens no file itself
 def open(source: str | Path | None = None, *, preset: str | None = None, step: int | None = None,
-         generation_config: str | Path | None = None, **load_options: Any) -> OpenedModel:
-    """find(source, preset=..., step=..., generation_config=...).load(**load_options): the model, its config,
-    tokenizer and default decoding."""
-    return find(source, preset=preset, step=step, generation_config=generation_config).load(**load_options)
+         generation_config: str | Path | None = None, adapter: str | Path | None = None,
+         **load_options: Any) -> OpenedModel:
+    """find(source, preset=..., step=..., generation_config=..., adapter=...).load(**load_options): the model,
+    its config, tokenizer and default decoding."""
+    return find(source, preset=preset, step=step, generation_config=generation_config,
+                adapter=adapter).load(**load_options)
 
 
 def _no_step(step: int | None, what: str) -> None:

@@ -22,6 +22,9 @@ class LoRAConfig:
     dropout: float = field(0.0, "dropout on the adapter input during training")
     # all linear layers by default, as the Diabetica recipe adapted them all
     targets: tuple[str, ...] = field(LINEAR_LAYERS, "linear layers to adapt (default: all linear layers)")
+    init_from: str | None = field(None, "a PEFT LoRA adapter directory (ms-swift, LLaMA-Factory, export --adapter) "
+                                        "the adapters start from; its rank, alpha and targets must be these",
+                                  path=True)
 
     def __post_init__(self):
         if self.rank < 0:
@@ -46,7 +49,7 @@ class LoRAConfig:
 
     def continues(self, other: LoRAConfig) -> bool:
         """Adapters trained under `other` keep training under this config (dropout may differ)."""
-        return (self.rank, self.alpha, self.targets) == (other.rank, other.alpha, other.targets)
+        return (self.rank, self.alpha, set(self.targets)) == (other.rank, other.alpha, set(other.targets))
 
 
 NO_LORA = LoRAConfig()

@@ -235,6 +235,12 @@ class TrainConfig:
         if self.model.init_from and self.model.init_lora == "unmerged" and not self.lora.rank:
             raise FieldError("model.init_lora", "unmerged continues the previous run's adapters: set lora.rank "
                              "(and alpha, targets) to the previous run's, or use merged")
+        if self.lora.init_from and not self.lora.rank:
+            raise FieldError("lora.init_from", "starts LoRA adapters from a PEFT adapter: set lora.rank, alpha and "
+                             "targets to the adapter's (its adapter_config.json: r, lora_alpha, target_modules)")
+        if self.lora.init_from and self.model.init_from:
+            raise FieldError("lora.init_from", "the adapter goes on model.path or model.preset; model.init_from "
+                             "continues another run's model: set one of them")
         if self.loop.steps == -1 and self.data.source != "curated" and self.method == "sft":
             raise FieldError("loop.steps", "-1 (from the data) needs data.source: curated")
         if self.loop.steps != -1 and self.optim.warmup_steps > self.loop.steps:

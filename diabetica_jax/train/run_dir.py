@@ -13,6 +13,9 @@ from typing import Any
 import jax
 
 from diabetica_jax import hf
+from diabetica_jax.configuration import ConfigFileError
+from diabetica_jax.hf.exporter import EXPORT_DTYPES
+from diabetica_jax.hf.peft_adapter import save_adapter
 from diabetica_jax.parallel import make_mesh
 from diabetica_jax.train.setup import read_train_config, restored_model
 
@@ -46,14 +49,24 @@ class Export:
 
 
 def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dtype: str | None = None,
-               max_shard_size: str = "5GB", progress: bool = True) -> Export:
+               max_shard_size: str = "5GB", progress: bool = True, adapter: bool = False) -> Export:
     """A run's checkpoint as a Hugging Face directory that transformers loads: LoRA adapters merged, weights in
     the source checkpoint's dtype unless `dtype` says otherwise, the run's own tokenizer (its source
     checkpoint's; the embedded Qwen2 one for presets), and the source's generation_config.json, so the
     export keeps the decoding defaults that faithful evaluation reads. A killed export leaves `out` without
-    config.json (no loader takes it for a checkpoint); exporting again replaces it (hf.save)."""
+    config.json (no loader takes it for a checkpoint); exporting again replaces it (hf.save).
+    `adapter`: only the LoRA adapters, unmerged, in PEFT's layout (hf/peft_adapter.py), float32 by default."""
     cfg = read_train_config(run_dir)
+    if adapter and not cfg.lora.rank:
+        raise ConfigFileError(f"{run_dir}: export --adapter writes LoRA adapters, and this run has none "
+                              "(lora.rank 0: full fine-tuning); export the whole model instead")
     model, model_cfg, step = trained_model(run_dir, step)
+    if adapter:
+        # the base the adapters apply to: the source checkpoint, or the earlier stage they continue (merged)
+        base = str(cfg.model.init_from) if cfg.model.init_from else cfg.model.path
+        path = save_adapter(model, model_cfg, out, base_model=base or None,
+                            dtype=EXPORT_DTYPES[dtype or "float32"])
+        return Export(path, step, model_cfg, None)
     tokenizer = hf.load_tokenizer(cfg.model.path)
     source = Path(cfg.model.path) / "generation_config.json" if cfg.model.path else None
     path = hf.save(model, model_cfg, out, max_shard_size=max_shard_size, dtype=dtype, tokenizer=tokenizer,

@@ -14,6 +14,7 @@ from flax import nnx
 
 from diabetica_jax import hf
 from diabetica_jax.configuration import ConfigFileError, build, to_dict, upgrade_renamed_keys
+from diabetica_jax.hf.peft_adapter import load_adapter, read_adapter_config
 from diabetica_jax.hf.run_directories import RUN_CONFIG_FILE
 from diabetica_jax.model import QwenConfig, create_model
 from diabetica_jax.model.factory import abstract_model
@@ -114,6 +115,8 @@ def build_model(cfg: TrainConfig, mesh):
     """The model to train: an HF checkpoint, a seeded random preset or another run's checkpoint (model.init_from),
     plus LoRA adapters if asked."""
     model_cfg, source = model_config(cfg)
+    if cfg.lora.init_from:
+        _check_adapter(cfg)  # before any weight is read
     if cfg.model.init_from:
         model, source = _continued_model(cfg, model_cfg, mesh)
         return model, model_cfg, source
@@ -121,9 +124,21 @@ def build_model(cfg: TrainConfig, mesh):
         model, _ = hf.load(cfg.model.path, mesh=mesh, runtime=cfg.model.runtime)
     else:
         model = create_model(model_cfg, cfg.model.runtime, mesh=mesh, seed=cfg.model.seed)
-    if cfg.lora.rank:
+    if cfg.lora.init_from:
+        model = load_adapter(model, model_cfg, cfg.lora.init_from, mesh, lora=cfg.lora)
+        source["lora"] = f"adapter {cfg.lora.init_from}"
+    elif cfg.lora.rank:
         model = add_lora(model, cfg.lora, mesh=mesh, seed=cfg.model.seed)
     return model, model_cfg, source
+
+
+def _check_adapter(cfg: TrainConfig) -> None:
+    """lora.init_from's adapter fits this run's lora section: the same rank, alpha and targets."""
+    adapter = read_adapter_config(cfg.lora.init_from)
+    if not cfg.lora.continues(adapter):
+        raise ConfigFileError(f"lora.init_from: the adapter in {cfg.lora.init_from} has rank {adapter.rank}, alpha "
+                              f"{adapter.alpha}, targets {list(adapter.targets)}; set this run's lora section to "
+                              f"them (it has {cfg.lora.rank}, {cfg.lora.alpha}, {list(cfg.lora.targets)})")
 
 
 @dataclasses.dataclass

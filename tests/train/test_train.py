@@ -87,6 +87,19 @@ def test_lora_trains_only_adapters_and_merged_export_matches(hf_checkpoints, tmp
     # the export keeps the source checkpoint's decoding defaults (faithful evaluation reads them)
     generation = lambda d: json.loads((d / "generation_config.json").read_text())  # noqa: E731
     assert generation(tmp_path / "hf") == generation(path)
+    # the adapters alone, in PEFT's layout: PeftModel on the base gives the adapted logits
+    assert main(["export", "--run-dir", str(tmp_path / "lora"), "--out", str(tmp_path / "adapter"), "--adapter"]) == 0
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["base_model_name_or_path"]) == (
+        4, 8.0, str(path))
+    peft, torch = pytest.importorskip("peft"), pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    base_hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        peft_logits = peft.PeftModel.from_pretrained(base_hf, str(tmp_path / "adapter")).eval()(
+            torch.as_tensor(tokens)).logits.numpy()
+    assert np.abs(peft_logits - adapted_logits).max() <= 1e-5
 
 
 def test_plan_reports_per_device_memory_from_the_shardings():
