@@ -101,8 +101,23 @@ def _is_placeholder(path: str) -> bool:
     return path.startswith("/") or path.isupper() or "<" in path
 
 
+def _parse_lm_eval(command: Command) -> None:
+    """`diabetica-jax lm-eval ...` hands its arguments to lm-eval: they must parse as lm-eval's run command."""
+    pytest.importorskip("lm_eval", reason="lm-eval is in the test extra: pip install -e '.[test]'")
+    from lm_eval._cli import HarnessCLI
+
+    rest = command.words[2:]
+    try:
+        HarnessCLI()._parser.parse_args(rest if rest[:1] in (["run"], ["ls"], ["validate"]) else ["run", *rest])
+    except SystemExit:
+        raise AssertionError(f"{command.where}: lm-eval does not take: {shlex.join(command.words)}") from None
+
+
 def _parse(command: Command):
-    """The parsed arguments (overrides placed the way main() places them), or None for a prose fragment."""
+    """The parsed arguments (overrides placed the way main() places them), or None for a prose fragment (or for
+    an lm-eval command, checked by lm-eval's parser)."""
+    if command.words[1:2] == ["lm-eval"]:
+        return _parse_lm_eval(command)
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(command.words[1:])

@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     shorthands(group, ServeConfig, "limits.max_waiting", "max_body_mb", "body_timeout")
     shorthand(p, "--no-warmup", ServeConfig, "warmup", help="compile on the first requests instead of at start")
 
+    command("lm-eval", "lm-evaluation-harness with this engine as --model diabetica-jax and the Diabetica tasks "
+                       "(diabetica_mcq, diabetica_cloze); every argument goes to lm-eval, e.g. --model diabetica-jax "
+                       "--model_args pretrained=DIR --tasks mmlu")
+
     p = command("export", "write a training run's checkpoint as a Hugging Face checkpoint")
     p.add_argument("--run-dir", required=True, help="the training run directory (of `train`, or run's train-STAGE)")
     p.add_argument("--out", required=True, help="Hugging Face checkpoint directory to write")
@@ -164,6 +168,11 @@ def _quiet_library_internals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own options, untouched (argparse would take its --model for ours)
+        from diabetica_jax.cli import harness
+
+        return harness.main(argv[1:])
     parser = build_parser()
     # Overrides (key=value) may come before or after the options; argparse alone wants them first.
     args, extra = parser.parse_known_args(argv)

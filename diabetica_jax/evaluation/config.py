@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from diabetica_jax.configuration import FieldError, field, require_positive, shown
-from diabetica_jax.evaluation.task_names import CLINICAL_TASKS, MODES, PAPER_TASKS, TASKS, TEXT_TASKS  # noqa: F401 (re-exported)
+from diabetica_jax.evaluation.task_names import (  # noqa: F401 (re-exported)
+    CLINICAL_TASKS,
+    HARNESS_TASKS,
+    MODES,
+    PAPER_TASKS,
+    TASKS,
+    TEXT_TASKS,
+)
 from diabetica_jax.llm.config import BackendSection
 from diabetica_jax.model.choice import ModelChoice
 
@@ -16,13 +23,21 @@ from diabetica_jax.model.choice import ModelChoice
 class TaskSection:
     task: Literal[TASKS] = field("mcq", "which task: a Diabetica benchmark (mcq, cloze, dialog), a clinical "
                                  "role rated by the judge (consult, educate, summarize), or the perplexity of "
-                                 "held-out text (perplexity: a `text` column, or Markdown / text paragraphs)")
-    files: list[str] = field([], "benchmark files (relative to data_dir; 'embedded:NAME' for the mini benchmarks)")
+                                 "held-out text (perplexity: a `text` column, or Markdown / text paragraphs), "
+                                 "or lm-evaluation-harness tasks on this engine (lm_eval: see lm_eval_tasks)")
+    files: list[str] = field([], "benchmark files (relative to data_dir; 'embedded:NAME' for the mini benchmarks); "
+                             "lm_eval: folders of task YAMLs (local data) put on lm-eval's task path")
     limit: int | None = field(None, "evaluate only the first N items of each file")
     rubric: str | None = field(None, "clinical tasks: the judge's rubric file (default: the package's "
                                "evaluation/rubrics/TASK.txt)", path=True)
     max_new_tokens: int | None = field(None, "longest reply in tokens (default: the mode's; own: mcq 16, cloze 32, "
                                        "dialog 512, consult 512, educate 384, summarize 384)")
+    lm_eval_tasks: list[str] = field([], "task lm_eval: the lm-evaluation-harness tasks or groups to run, by name "
+                                     "(lm-eval's own, e.g. mmlu_anatomy, or ones defined in `files`; "
+                                     "diabetica_mcq and diabetica_cloze are always on the path)")
+    lm_eval_metadata: dict[str, Any] = field({}, "task lm_eval: lm-eval's --metadata (what custom datasets read, e.g. "
+                                   "{mcq_files: [ZhiCheng_MCQ_A1.csv]} for diabetica_mcq)")
+    num_fewshot: int | None = field(None, "task lm_eval: few-shot examples per prompt (default: each task's own)")
 
 
 # Without a tasks list, the embedded mini benchmarks (as eval/demo.yaml runs them).
@@ -80,6 +95,17 @@ class EvalConfig:
             if section.rubric is not None and section.task not in CLINICAL_TASKS:
                 raise FieldError("tasks", f"{section.task}: a rubric is read by the clinical tasks only "
                                  f"({', '.join(CLINICAL_TASKS)})")
+            harness = section.task in HARNESS_TASKS
+            if harness and not section.lm_eval_tasks:
+                raise FieldError("tasks", f"{section.task}: lm_eval_tasks is empty: name the lm-eval tasks to run")
+            for name in ("lm_eval_tasks", "lm_eval_metadata", "num_fewshot"):
+                if not harness and getattr(section, name) not in ([], {}, None):
+                    raise FieldError("tasks", f"{section.task}: {name} is read by task lm_eval only")
+            if harness and (section.max_new_tokens is not None or section.rubric is not None):
+                raise FieldError("tasks", f"{section.task}: each lm-eval task sets its own decoding: max_new_tokens "
+                                 "and rubric are not read")
+            if section.num_fewshot is not None and section.num_fewshot < 0:
+                raise FieldError("tasks", f"{section.task}: num_fewshot must be at least 0, not {section.num_fewshot}")
             if section.max_new_tokens is not None and section.max_new_tokens <= 0:
                 raise FieldError("tasks", f"{section.task}: max_new_tokens must be positive, not "
                                  f"{section.max_new_tokens}")
@@ -88,6 +114,9 @@ class EvalConfig:
             if same:  # per_file is keyed by Path(file).name
                 raise FieldError("tasks", f"{section.task}: two files named {', '.join(same)}; the report keys "
                                  "files by name, so rename one")
+        if self.remote and any(t.task in HARNESS_TASKS for t in self.tasks):
+            raise FieldError("tasks", "lm_eval runs on a local model; for an endpoint run lm-eval itself with "
+                             "--model local-completions against it")
         if len(set(self.modes)) != len(self.modes):
             raise FieldError("modes", f"{shown(self.modes)}: a mode named twice")
         require_positive(self, "batch_size", "seeds", "judge_max_tokens")

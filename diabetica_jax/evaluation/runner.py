@@ -73,7 +73,7 @@ from diabetica_jax.evaluation import clinical
 from diabetica_jax.evaluation import tasks as task_lib
 from diabetica_jax.evaluation.clinical_data import load_clinical_items
 from diabetica_jax.evaluation.clinical_report import clinical_plot
-from diabetica_jax.evaluation.config import CLINICAL_TASKS, TEXT_TASKS, EvalConfig
+from diabetica_jax.evaluation.config import CLINICAL_TASKS, HARNESS_TASKS, TEXT_TASKS, EvalConfig
 from diabetica_jax.evaluation.data import EvalDataError, load_items
 from diabetica_jax.evaluation.perplexity import perplexity_summary, run_perplexity
 from diabetica_jax.evaluation.pooling import pool, seed_stats
@@ -117,12 +117,20 @@ def section_prompts(prompts: Prompts, max_new_tokens: int | None, task: str) -> 
     return dataclasses.replace(prompts, decoding={**prompts.decoding, task: settings})
 
 
-def load_suite(cfg: EvalConfig, tolerant: bool) -> tuple[dict, dict, dict]:
-    """(items, rejects, rubrics) of the suite, read before any model is loaded so that data problems stop the
-    run first: items {(task, file): items[:limit]}; rejects {task: [ClinicalReject]} (clinical tasks keep the
-    usable rows of a file and record the others; the paper's tasks stop at a bad row); rubrics {task: Rubric}."""
-    items, rejects, rubrics = {}, {}, {}
+def load_suite(cfg: EvalConfig, tolerant: bool) -> tuple[dict, dict, dict, dict]:
+    """(items, rejects, rubrics, harness) of the suite, read before any model is loaded so that data problems stop
+    the run first: items {(task, file): items[:limit]}; rejects {task: [ClinicalReject]} (clinical tasks keep the
+    usable rows of a file and record the others; the paper's tasks stop at a bad row); rubrics {task: Rubric};
+    harness {task: lm-eval's task index} for an lm_eval section (its task names checked)."""
+    items, rejects, rubrics, harness = {}, {}, {}, {}
     for t in cfg.tasks:
+        if t.task in HARNESS_TASKS:
+            from diabetica_jax.evaluation import harness as lm_harness  # lm-eval loads only when a suite asks
+
+            metadata = {"data_dir": cfg.data_dir, **t.lm_eval_metadata} if cfg.data_dir else dict(t.lm_eval_metadata)
+            harness[t.task] = lm_harness.task_manager([resolve(f, cfg.data_dir) for f in t.files], metadata)
+            lm_harness.check_tasks(t.lm_eval_tasks, harness[t.task])
+            continue
         if t.task in CLINICAL_TASKS:
             try:
                 rubrics[t.task] = load_rubric(t.rubric or default_rubric_path(t.task))
@@ -137,7 +145,7 @@ def load_suite(cfg: EvalConfig, tolerant: bool) -> tuple[dict, dict, dict]:
             else:
                 usable = load_items(path, t.task, faithful=tolerant)
             items[(t.task, f)] = usable[: t.limit]
-    return items, rejects, rubrics
+    return items, rejects, rubrics, harness
 
 
 def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progress: bool = True) -> dict:
@@ -157,7 +165,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
     # faithful mode keys an MCQ item it cannot parse by the answer cell's first letter, as the paper's script
     # did; own mode (also when it runs beside faithful) needs every item parsed
     tolerant = "own" not in modes
-    items, rejects, rubrics = load_suite(cfg, tolerant)
+    items, rejects, rubrics, harness = load_suite(cfg, tolerant)
     # data problems are reported above, before any model is loaded
     if cfg.remote:
         from diabetica_jax.evaluation.remote import RemoteModel
@@ -187,7 +195,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
         mode_out = out / mode if len(modes) > 1 else out
         mode_out.mkdir(parents=True, exist_ok=True)
         runs.append(_evaluate_mode(cfg, mode, prompts[mode], items, name, models, mode_out, published, rejects,
-                                   rubrics, protocol))
+                                   rubrics, protocol, harness))
     if len(modes) == 1:
         return runs[0]
     _write_text(out / "summary.md", summary_markdown(runs))
@@ -197,7 +205,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, model=None, tokenizer=None, progr
 
 def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, name: str, models, out: Path,
                    published: dict, rejects: dict | None = None, rubrics: dict | None = None,
-                   protocol: dict | None = None) -> dict:
+                   protocol: dict | None = None, harness: dict | None = None) -> dict:
     faithful = mode == "faithful"
     seeds = [prompts.seed + k for k in range(cfg.seeds)] if faithful else [prompts.seed]
     if not faithful and cfg.seeds > 1:
@@ -216,6 +224,9 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
         if section.task in TEXT_TASKS:
             task_decoding[section.task] = {"strategy": "scoring (no generation)"}
             continue
+        if section.task in HARNESS_TASKS:
+            task_decoding[section.task] = {"strategy": "each lm-eval task's own (greedy unless it samples)"}
+            continue
         sampling = task_lib.task_sampling(task_prompts, section.task, faithful, default, seeds[0])
         max_new = task_prompts.decoding.get(section.task, {}).get("max_new_tokens",
                                                                   {"mcq": 16, "cloze": 32}.get(section.task, 512))
@@ -233,6 +244,15 @@ def _evaluate_mode(cfg: EvalConfig, mode: str, prompts: Prompts, items: dict, na
             task_prompts = section_prompt[section.task]
             sampling = task_lib.task_sampling(task_prompts, section.task, faithful, default, seed)
             all_results, per_file = [], {}
+            if section.task in HARNESS_TASKS:
+                from diabetica_jax.evaluation import harness as lm_harness
+
+                all_results, pooled = lm_harness.run_tasks(
+                    model.model, model.tokenizer, section.lm_eval_tasks, harness[section.task], engine=model.engine,
+                    batch_size=cfg.batch_size, limit=section.limit, num_fewshot=section.num_fewshot,
+                    progress=model.progress)
+                by_seed[seed][section.task] = (all_results, per_file, pooled)
+                continue
             for f in section.files:
                 subset = items[(section.task, f)]
                 if section.task == "mcq":
@@ -300,6 +320,9 @@ def _headline(task: str, summary: dict) -> dict:
     """The numbers of a task's summary that are tracked per seed (per_seed, seed_stats)."""
     if task in CLINICAL_TASKS:
         return clinical.headline(task, summary)
+    if task in HARNESS_TASKS:  # every lm-eval task's metrics, as TASK/METRIC
+        return {f"{name}/{metric}": value for name, metrics in summary["results"].items()
+                for metric, value in metrics.items() if not metric.endswith("_stderr")}
     return {k: summary.get(k) for k in HEADLINE[task]}
 
 

@@ -63,6 +63,17 @@ def summary_markdown(runs: list[dict]) -> str:
             ppl = f"{t['perplexity']:.1f}" if number(t.get("perplexity")) else str(t.get("perplexity"))
             nll = f"{t['mean_nll']:.3f}" if number(t.get("mean_nll")) else "-"
             lines.append(f"| {run['model']} | {run['mode']} | {ppl} | {nll} | {t['n_items']} | {t['n_tokens']} |")
+    harnessed = [r for r in runs if isinstance(r["tasks"].get("lm_eval"), dict)]
+    if harnessed:
+        lines += ["", "| model | mode | lm-eval task | metric | value | stderr |", "|---|---|---|---|---|---|"]
+        for run in harnessed:
+            for task, metrics in run["tasks"]["lm_eval"]["results"].items():
+                for metric, value in metrics.items():
+                    if metric.endswith("_stderr"):
+                        continue
+                    err = metrics.get(f"{metric}_stderr")
+                    shown_err = f"{err:.4f}" if number(err) else "-"
+                    lines.append(f"| {run['model']} | {run['mode']} | {task} | {metric} | {value:.4f} | {shown_err} |")
     decoded = [r for r in runs if r.get("decoding")]
     if decoded:
         lines += ["", "Decoding:", ""]

@@ -94,6 +94,7 @@ class ModelUnderTest:
         self.tokenizer, self.name, self.batch_size, self.progress = tokenizer, name, batch_size, progress
         self.decoding = decoding if decoding is not None else read_generation_config(None)
         self.engine = engine_for(model, tokenizer, mesh, slots=batch_size)
+        self.model = model  # lm-eval tasks (harness.py) score with it beside the engine
         self.graphdef, self.state = nnx.split(model)
         self.failures: list[tuple[int, str]] = []  # a local model does not fail per item
 

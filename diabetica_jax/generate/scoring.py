@@ -25,13 +25,15 @@ TOP_ALTERNATIVES = 5  # alternatives computed per position (the legacy completio
 LOGIT_CHUNK = 32  # positions projected to the vocabulary at once
 
 
-def next_token_logprobs(model, tokens, positions, valid, alternatives: int = 0):
+def next_token_logprobs(model, tokens, positions, valid, alternatives: int = 0, targets=None):
     """For left-padded rows [b, t]: the log-probability of token p+1 at each position p [b, t] (the last position's
     is meaningless: nothing follows it), and with `alternatives` > 0 the likeliest ids there and their
-    log-probabilities [b, t, alternatives] (else None). The vocabulary projection runs LOGIT_CHUNK positions at a
-    time. Traced: call it inside jit."""
+    log-probabilities [b, t, alternatives] (else None). `targets` [b, t]: the tokens to score at each position
+    instead of the row's next ones (lm-eval's windows, whose last target is not in the input). The vocabulary
+    projection runs LOGIT_CHUNK positions at a time. Traced: call it inside jit."""
     hidden = model.hidden_states(tokens, positions, valid.astype(jnp.int32))  # padding is segment 0
-    targets = jnp.roll(tokens, -1, axis=1)
+    if targets is None:
+        targets = jnp.roll(tokens, -1, axis=1)
     b, t, _ = hidden.shape
     c = chunk_size(t, LOGIT_CHUNK)
 

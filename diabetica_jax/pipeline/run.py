@@ -270,6 +270,11 @@ def headline_figures(tasks: dict) -> dict:
                 figures[name] = list(value)
             elif isinstance(value, (int, float)) and value == value:  # NaN: not measured
                 figures[name] = value
+    harnessed = tasks.get("lm_eval")
+    if isinstance(harnessed, dict):  # every lm-eval task's metrics: lm_eval_<task>_<metric>
+        for task, metrics in harnessed.get("results", {}).items():
+            figures.update({f"lm_eval_{task}_{metric}": value for metric, value in metrics.items()
+                            if not metric.endswith("_stderr") and value == value})
     return figures
 
 
