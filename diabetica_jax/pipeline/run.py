@@ -234,7 +234,24 @@ def _evaluate(cfg: RunConfig, trainings: list[Training], out: Path, progress: bo
     (out / "summary.md").write_text(summary_markdown(runs[::-1]), encoding="utf-8")
     compare_plot(runs[::-1], out / "comparison.png")
     (out / "learning.json").write_text(json.dumps(learning_table(points), indent=2) + "\n")
+    _track_evaluation(trainings[-1].config.tracking, out, points, runs)
     return {"runs": [r["model"] for r in runs], "points": [p["name"] for p in points]}
+
+
+def _track_evaluation(tracking, out: Path, points: list[dict], runs: list[dict]) -> None:
+    """The evaluation as one tracked run of its own (the trainings' tracking settings): the learning table, each
+    report's task figures, summary.md and learning.json."""
+    from diabetica_jax.train.trackers import Trackers
+
+    trackers = Trackers(tracking, out, {"points": [p["point"] for p in points]}, name=f"{out.parent.name}-eval")
+    try:
+        trackers.log_table("learning", learning_table(points))
+        trackers.log_table("evaluation", [{"model": r["model"], "mode": r["mode"], **headline_figures(r["tasks"])}
+                                          for r in runs])
+        for name in ("summary.md", "learning.json"):
+            trackers.log_file(out / name)
+    finally:
+        trackers.close()
 
 
 def learning_table(points: list[dict]) -> list[dict]:

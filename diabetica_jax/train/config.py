@@ -15,6 +15,7 @@ from diabetica_jax.model.lora_config import LoRAConfig
 from diabetica_jax.parallel.mesh import MESH_AXES
 from diabetica_jax.parallel.rules import LOGICAL_AXES, RuleConflict, ShardingRules, with_overrides
 from diabetica_jax.train.preference import GRPO_LOSSES, PAIR_LOSSES, REFERENCE_FREE
+from diabetica_jax.train.trackers import TrackingSection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +211,7 @@ class TrainConfig:
         "apply")
     preference: PreferenceSection = field(PreferenceSection(), "preference tuning (method: dpo)")
     grpo: GRPOSection = field(GRPOSection(), "reinforcement learning with verifiable rewards (method: grpo)")
+    tracking: TrackingSection = field(TrackingSection(), "experiment trackers (Weights & Biases, MLflow)")
 
     def __post_init__(self):
         if self.method not in METHODS:

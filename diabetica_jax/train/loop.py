@@ -40,6 +40,7 @@ from diabetica_jax.train.rollouts import RolloutFeed, rollout_layout
 from diabetica_jax.train.setup import model_config, prepare, step_settings
 from diabetica_jax.train.state import TrainState, init_state
 from diabetica_jax.train.step import batch_sharding, make_train_step
+from diabetica_jax.train.trackers import Trackers, TrackingSection
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +226,16 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
         flops_per_token = train_flops_per_token(setup.model_cfg, cfg.data.seq_len, lora=bool(cfg.lora.rank))
         peak = peak_flops_per_device(cfg.loop.peak_tflops)
+        # W&B / MLflow (tracking.backends), on the writing process: the config once, then each logged step
+        trackers = Trackers(cfg.tracking if writer else TrackingSection(), run_dir, to_dict(cfg))
+        if cfg.data.source == "curated" and cfg.data.path:
+            for card in ("data_card.md", "data_card.json"):
+                trackers.log_file(Path(cfg.data.path) / card)
         metrics = MetricsLogger(
             run_dir, start_step=start, total_steps=cfg.loop.steps, tokens_per_step=tokens_per_step,
             flops_per_step=tokens_per_step * flops_per_token, peak_flops=peak * jax.device_count() if peak else None,
             log_every=cfg.loop.log_every, tensorboard=cfg.loop.tensorboard, enabled=writer, progress=progress,
-            name=name,
+            name=name, trackers=trackers,
         )
         saver = CheckpointHooks(checkpoints, setup.meta, feed.iterator, saved=start)
 
@@ -246,6 +252,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
         finally:
             if rollout_feed is not None:
                 rollout_feed.close()
+            trackers.close()  # closed by the metrics' end hook already, unless the run failed
         if len(layout.shapes) > 1:
             log.info("the train step ran on %d batch shapes (one program each): %s", len(layout.shapes),
                      sorted(layout.shapes.values()))

@@ -51,6 +51,7 @@ class MetricsLogger:
         enabled: bool = True,
         progress: bool = True,
         name: str = "train",
+        trackers=None,
     ):
         self.enabled = enabled
         self.tokens_per_step, self.flops_per_step, self.peak_flops = tokens_per_step, flops_per_step, peak_flops
@@ -58,6 +59,7 @@ class MetricsLogger:
         self.pending: tuple[int, Any] | None = None
         self.last_time = time.perf_counter()
         self.history: list[dict[str, Any]] = []
+        self.trackers = trackers  # train/trackers.py Trackers (W&B, MLflow), closed with this logger
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,8 @@ class MetricsLogger:
             self.file.close()
             if self.writer is not None:
                 self.writer.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
     def _write(self, step: int, metrics: Any) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -113,3 +117,5 @@ class MetricsLogger:
                 for key, value in record.items():
                     if key != "step" and value is not None:
                         self.writer.add_scalar(f"train/{key}", value, step + 1)
+            if self.trackers is not None:
+                self.trackers.log_metrics(step + 1, record)
