@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         from diabetica_jax.evaluation.harness import TASKS_DIR  # importing it registers the model
 
         # every lm-eval subcommand (run, ls, validate, or none: run) reads --include_path
-        if "--include_path" not in args:
+        if not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
             args += ["--include_path", str(TASKS_DIR)]
     saved, sys.argv = sys.argv, ["lm-eval", *args]
     try:

@@ -115,9 +115,12 @@ class DiabeticaLM(TemplateLM):
         # as lm-eval's hf model: the tokenizer's own special tokens (BOS for Llama, none for Qwen) unless told,
         # and none for a string that already starts with the BOS text
         if add_special_tokens is None:
-            add_special_tokens = self.add_bos_token if self.add_bos_token is not None else (
-                not has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)))
-        ids = self.tokenizer.encode(string, add_special_tokens=add_special_tokens)
+            if has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+                add_special_tokens = False
+            elif self.add_bos_token is not None:
+                add_special_tokens = self.add_bos_token
+        ids = (self.tokenizer.encode(string) if add_special_tokens is None
+               else self.tokenizer.encode(string, add_special_tokens=add_special_tokens))
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
     def tok_decode(self, tokens: list[int]) -> str:
@@ -137,7 +140,8 @@ class DiabeticaLM(TemplateLM):
         rows = []
         for _, context, continuation in requests:
             whole = (list(context) + list(continuation))[-(self.max_length + 1):]
-            rows.append((whole[:-1], whole[1:], len(continuation)))
+            # a continuation longer than the window is scored on the part of it that fits
+            rows.append((whole[:-1], whole[1:], min(len(continuation), len(whole) - 1)))
         # longest first, so a batch's rows are of similar width (fewer padded positions computed)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
@@ -146,7 +150,8 @@ class DiabeticaLM(TemplateLM):
             chunk = order[start : start + self.batch_size]
             for i, scored in zip(chunk, self._score([rows[i] for i in chunk])):
                 results[i] = scored
-                self.cache_hook.add_partial("loglikelihood", requests[i][0], scored)
+                if requests[i][0] != (None,):  # a rolling window is cached as its whole text, below
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], scored)
         return results
 
     def _score(self, rows: list[tuple[list[int], list[int], int]]) -> list[tuple[float, bool]]:
@@ -276,7 +281,8 @@ def run_tasks(model, tokenizer, names: list[str], manager: TaskManager, *, engin
         for sample in sorted(samples, key=lambda x: x["doc_id"]):
             row = {"task": task, "doc_id": sample["doc_id"], "target": sample.get("target"),
                    "response": sample.get("filtered_resps")}
-            row.update({m: sample[m] for m in metrics.get(task, {}) if m in sample})
+            bare = {m.split("[")[0] for m in metrics.get(task, {}) if not m.endswith("_stderr")}
+            row.update({m: sample[m] for m in sorted(bare) if m in sample})  # a sample keys its metrics bare
             rows.append(row)
     return rows, {"n_items": len(rows), "lm_eval_version": lm_eval.__version__, "results": metrics,
                   "versions": {k: v for k, v in result.get("versions", {}).items()},
@@ -284,6 +290,10 @@ def run_tasks(model, tokenizer, names: list[str], manager: TaskManager, *, engin
 
 
 def _metric_name(key: str) -> str:
-    """lm-eval's `acc,none` / `acc_stderr,none` as acc / acc_stderr (the filter named where it is not none)."""
+    """lm-eval's `acc,none` / `acc_stderr,none` as acc / acc_stderr; a filter other than none is named after the
+    metric, before _stderr (`exact_match_stderr,strict-match`: exact_match[strict-match]_stderr)."""
     metric, _, filtered = key.partition(",")
-    return metric if filtered in ("", "none") else f"{metric}[{filtered}]"
+    if filtered in ("", "none"):
+        return metric
+    stderr = metric.endswith("_stderr")
+    return f"{metric.removesuffix('_stderr')}[{filtered}]" + ("_stderr" if stderr else "")

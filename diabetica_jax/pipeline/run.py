@@ -243,7 +243,8 @@ def _track_evaluation(tracking, out: Path, points: list[dict], runs: list[dict])
     report's task figures, summary.md and learning.json."""
     from diabetica_jax.train.trackers import Trackers
 
-    trackers = Trackers(tracking, out, {"points": [p["point"] for p in points]}, name=f"{out.parent.name}-eval")
+    trackers = Trackers(tracking, out, {"points": [p["point"] for p in points]}, name=f"{out.parent.name}-eval",
+                        resume=False)  # an evaluation run again is a new tracked run
     try:
         trackers.log_table("learning", learning_table(points))
         trackers.log_table("evaluation", [{"model": r["model"], "mode": r["mode"], **headline_figures(r["tasks"])}

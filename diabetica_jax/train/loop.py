@@ -249,10 +249,12 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, stop_after: int | No
         try:
             with Preemption(mesh) as preemption:
                 outcome = trainer.run(state, start, end, preemption)
+        except BaseException:
+            trackers.close(failed=True)  # ended as failed (the metrics' end hook closes them on success)
+            raise
         finally:
             if rollout_feed is not None:
                 rollout_feed.close()
-            trackers.close()  # closed by the metrics' end hook already, unless the run failed
         if len(layout.shapes) > 1:
             log.info("the train step ran on %d batch shapes (one program each): %s", len(layout.shapes),
                      sorted(layout.shapes.values()))

@@ -48,6 +48,18 @@ class Export:
     tokenizer: Any
 
 
+def adapter_base(cfg) -> str | None:
+    """What a run's LoRA adapters apply to (an adapter export's base_model_name_or_path): its checkpoint
+    (model.path; None for a preset); for a stage that continues an earlier one, that stage's weights with its
+    adapters folded in (init_lora merged: the earlier run directory, whose export is the base), or, when it
+    keeps training the earlier adapters (unmerged, never folded in), the earlier stage's own base."""
+    if cfg.model.init_from is None:
+        return cfg.model.path
+    if cfg.model.init_lora == "unmerged":
+        return adapter_base(read_train_config(cfg.model.init_from))
+    return str(cfg.model.init_from)
+
+
 def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dtype: str | None = None,
                max_shard_size: str = "5GB", progress: bool = True, adapter: bool = False) -> Export:
     """A run's checkpoint as a Hugging Face directory that transformers loads: LoRA adapters merged, weights in
@@ -62,9 +74,7 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None, dt
                               "(lora.rank 0: full fine-tuning); export the whole model instead")
     model, model_cfg, step = trained_model(run_dir, step)
     if adapter:
-        # the base the adapters apply to: the source checkpoint, or the earlier stage they continue (merged)
-        base = str(cfg.model.init_from) if cfg.model.init_from else cfg.model.path
-        path = save_adapter(model, model_cfg, out, base_model=base or None,
+        path = save_adapter(model, model_cfg, out, base_model=adapter_base(cfg),
                             dtype=EXPORT_DTYPES[dtype or "float32"])
         return Export(path, step, model_cfg, None)
     tokenizer = hf.load_tokenizer(cfg.model.path)

@@ -5,7 +5,9 @@ refused when the config is read, before any work. Each logs the run config once,
 tables (the pipeline's evaluation figures) and files (the data card, summary.md). W&B runs offline by default
 (no network is needed; `wandb sync RUN_DIR/wandb` uploads later) and reads its key from WANDB_API_KEY itself;
 MLflow writes a local file store under RUN_DIR/mlruns unless `mlflow_uri` names a server. A rerun of the same
-run directory continues the same tracked run (its ids are kept in RUN_DIR/trackers.json).
+run directory continues the same tracked run (its ids are kept in RUN_DIR/trackers.json); W&B's offline mode
+cannot resume, so each rerun is an offline run under the same id, which `wandb sync` joins. Steps redone after
+the last checkpoint are logged again: MLflow keeps both values of such a step, W&B the first.
 """
 
 from __future__ import annotations
@@ -58,19 +60,26 @@ def flat(config: dict, prefix: str = "") -> dict[str, str]:
 class Trackers:
     """The trackers a run asked for, opened on one run directory. Calls with no backend do nothing."""
 
-    def __init__(self, section: TrackingSection, run_dir: Path, config: dict, name: str | None = None):
+    def __init__(self, section: TrackingSection, run_dir: Path, config: dict, name: str | None = None,
+                 resume: bool = True):
+        """`resume`: continue the tracked runs RUN_DIR/trackers.json names (a training resumed); False: new ones
+        (an evaluation run again: its tables are its own)."""
         self.backends = []
         if not section.backends:
             return
         run_dir = Path(run_dir)
         ids_path = run_dir / IDS_FILE
-        ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.is_file() else {}
+        ids = json.loads(ids_path.read_text(encoding="utf-8")) if resume and ids_path.is_file() else {}
         run_name = section.run_name or name or run_dir.resolve().name
-        for backend in section.backends:
-            opened = {"wandb": _Wandb, "mlflow": _Mlflow}[backend](section, run_dir, run_name, ids.get(backend))
-            opened.log_config(config)
-            ids[backend] = opened.run_id
-            self.backends.append(opened)
+        try:
+            for backend in section.backends:
+                opened = {"wandb": _Wandb, "mlflow": _Mlflow}[backend](section, run_dir, run_name, ids.get(backend))
+                self.backends.append(opened)
+                opened.log_config(config)
+                ids[backend] = opened.run_id
+        except BaseException:
+            self.close(failed=True)  # the ones already open
+            raise
         run_dir.mkdir(parents=True, exist_ok=True)
         ids_path.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
 
@@ -91,10 +100,11 @@ class Trackers:
             for backend in self.backends:
                 backend.log_file(Path(path))
 
-    def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
-        self.backends = []
+    def close(self, failed: bool = False) -> None:
+        """End the tracked runs, as failed when the run raised (MLflow status FAILED, W&B exit code 1)."""
+        backends, self.backends = self.backends, []
+        for backend in backends:
+            backend.close(failed)
 
 
 def _cell(value):
@@ -122,8 +132,8 @@ class _Wandb:
     def log_file(self, path: Path) -> None:
         self.run.save(str(path), base_path=str(path.parent), policy="now")
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class _Mlflow:
@@ -159,10 +169,10 @@ class _Mlflow:
 
     def log_table(self, name: str, columns: list[str], data: list[list]) -> None:
         self.client.log_table(self.run_id, {c: [row[i] for row in data] for i, c in enumerate(columns)},
-                              artifact_file=f"{name}.json")
+                              artifact_file=f"tables/{name}.json")  # apart from the files logged
 
     def log_file(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")

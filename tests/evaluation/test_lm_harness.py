@@ -227,3 +227,9 @@ def test_lm_eval_sections_are_checked():
     with pytest.raises(FieldError, match="lm_eval runs on a local model"):
         EvalConfig(model=EvalModelSection(path="openai:gpt"), tasks=[TaskSection("lm_eval", [],
                                                                                lm_eval_tasks=["mmlu"])])
+
+
+def test_lm_eval_metric_names_keep_filter_and_stderr_apart():
+    assert harness._metric_name("acc,none") == "acc" and harness._metric_name("acc_stderr,none") == "acc_stderr"
+    assert harness._metric_name("exact_match,strict-match") == "exact_match[strict-match]"
+    assert harness._metric_name("exact_match_stderr,strict-match") == "exact_match[strict-match]_stderr"

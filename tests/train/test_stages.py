@@ -94,3 +94,36 @@ def test_stage_configs_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigFileError, match="unmerged continues"):
         load_run_config(DEMO, ["stages=[{name: a, train: {lora: {rank: 2}}}, {name: b, lora_from_previous: unmerged}]"])
 
+
+
+@pytest.mark.slow
+def test_each_stage_exports_its_adapter_on_the_base_it_applies_to(lora_run, tmp_path):
+    """export --adapter per stage of a multi-stage run: base_model_name_or_path names what the adapters apply
+    to, and on that base (exported) they give the stage's own logits."""
+    import json
+
+    from diabetica_jax import hf
+    from diabetica_jax.train.run_dir import export_run
+
+    def base_of(adapter):
+        return json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+
+    run_dir, _ = lora_run
+    export_run(run_dir, tmp_path / "adapter1", adapter=True)
+    assert base_of(tmp_path / "adapter1") is None  # a preset's random weights: no checkpoint to name
+
+    stage2 = tmp_path / "stage2"  # continues stage 1 with its adapters folded in, and new ones of its own
+    train(_config(f"model.init_from={run_dir}", "lora.rank=2", "loop.steps=2", "loop.checkpoint_every=2"), stage2,
+          progress=False)
+    export_run(stage2, tmp_path / "adapter2", adapter=True)
+    assert base_of(tmp_path / "adapter2") == str(run_dir)
+    export_run(run_dir, tmp_path / "stage1-merged")  # the base the adapter names, as a checkpoint
+    on_base = hf.open(tmp_path / "stage1-merged", adapter=tmp_path / "adapter2", progress=False).model
+    trained, _, _ = trained_model(stage2)
+    assert np.abs(np.asarray(forward(on_base, TOKENS)) - np.asarray(forward(trained, TOKENS))).max() <= 1e-5
+
+    stage3 = tmp_path / "stage3"  # keeps training stage 2's adapters (never folded in): stage 2's base still
+    train(_config(f"model.init_from={stage2}", "model.init_lora=unmerged", "lora.rank=2", "loop.steps=1",
+                  "loop.checkpoint_every=1"), stage3, progress=False)
+    export_run(stage3, tmp_path / "adapter3", adapter=True)
+    assert base_of(tmp_path / "adapter3") == str(run_dir)

@@ -104,12 +104,18 @@ def test_evaluation_tables_and_files(tmp_path):
     trackers.log_file(out / "summary.md")
     trackers.close()
     client, run = _mlflow_run(out)
-    assert run.info.run_name == "demo-eval"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"learning.json", "summary.md"} <= artifacts
-    table = json.loads(open(client.download_artifacts(run.info.run_id, "learning.json", str(tmp_path))).read())
+    assert run.info.run_name == "demo-eval" and run.info.status == "FINISHED"
+    assert {"tables", "summary.md"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    table = json.loads(open(client.download_artifacts(run.info.run_id, "tables/learning.json", str(tmp_path))).read())
     assert table["columns"] == ["point", "domain_perplexity", "domain_mcq_ci95"]
     assert [row[1] for row in table["data"]] == [150.0, 40.0]
+
+    # evaluated again: a tracked run of its own (its table is not appended to the first's); a failure says so
+    again = Trackers(TrackingSection(backends=["mlflow"]), out, {}, name="demo-eval", resume=False)
+    again.log_table("learning", rows[:1])
+    again.close(failed=True)
+    client, second = _mlflow_run(out)
+    assert second.info.run_id != run.info.run_id and second.info.status == "FAILED"
 
 
 def test_a_missing_tracker_package_is_refused_with_the_fix(hf_checkpoints, monkeypatch):
