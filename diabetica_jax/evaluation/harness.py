@@ -79,7 +79,7 @@ class DiabeticaLM(TemplateLM):
         self._batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self._max_length = int(max_length) if max_length else model.config.max_position_embeddings
         self._max_gen_toks = int(max_gen_toks)
-        self._stop, self._pad = stop_and_pad(self.tokenizer)
+        _, self._pad = stop_and_pad(self.tokenizer)  # the engine stops where the tokenizer says itself
         self.graphdef, self.state = nnx.split(model)
         self._engine = engine  # else built on the first generate_until (log-likelihood tasks never need its cache)
 

@@ -147,8 +147,10 @@ def test_diabetica_mcq_task_through_the_cli(checkpoint, tmp_path, monkeypatch_mo
     assert code == 0
     written = list(out.rglob("results_*.json"))
     assert len(written) == 1
-    results = json.loads(written[0].read_text(encoding="utf-8"))["results"]["diabetica_mcq"]
-    assert 0.0 <= results["acc,none"] <= 1.0
+    written = json.loads(written[0].read_text(encoding="utf-8"))
+    assert written["n-samples"]["diabetica_mcq"]["effective"] == 4  # the embedded file's items, through --limit
+    acc = written["results"]["diabetica_mcq"]["acc,none"]
+    assert 0.0 <= acc <= 1.0 and (acc * 4).is_integer()
 
 
 def test_a_missing_benchmark_file_is_named(checkpoint, tmp_path, monkeypatch_module, capsys):
